@@ -89,7 +89,10 @@ class NativeHybridAttention(nn.Module):
         self.q_proj = nn.Linear(hidden_size, num_heads * head_dim, bias=attention_bias)
         self.k_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=attention_bias)
         self.v_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=attention_bias)
-        self.f_proj = nn.Linear(hidden_size, num_kv_heads * num_slots, bias=False)  # the only new parameter
+        # the only new parameter; a layer without slots (full attention, SWA) has no gate: no unused or empty
+        # parameter for DDP to trip over
+        has_slots = window_size is not None and num_slots > 0
+        self.f_proj = nn.Linear(hidden_size, num_kv_heads * num_slots, bias=False) if has_slots else None
         self.o_proj = nn.Linear(num_heads * head_dim, hidden_size, bias=False)
         self.q_norm = RMSNorm(head_dim, eps=rms_norm_eps) if qk_norm else None
         self.k_norm = RMSNorm(head_dim, eps=rms_norm_eps) if qk_norm else None
@@ -143,12 +146,15 @@ class NativeHybridAttention(nn.Module):
 
         new_mask = None if attention_mask is None else attention_mask[:, -T:].bool()
         if self.window_size is None:
-            o = self._full_attention(q_win, k_win, v, attention_mask, past_key_values)
+            o = self._full_attention(q_win, k_win, v, attention_mask, past_key_values, cu_seqlens)
         else:
             feature_map = FEATURE_MAPS[self.slot_feature_map]
             if feature_map is not None:
                 q, k = feature_map(q), feature_map(k)
-            g = (F.logsigmoid(self.f_proj(hidden_states).float()) / self.gate_normalizer).to(q.dtype).view(B, T, H, M)
+            if self.f_proj is None:
+                g = q.new_zeros(B, T, H, 0)
+            else:
+                g = (F.logsigmoid(self.f_proj(hidden_states).float()) / self.gate_normalizer).to(q.dtype).view(B, T, H, M)
             o = self._nha(q, k, v, g, q_win, k_win, new_mask, past_key_values, cu_seqlens)
         if new_mask is not None:
             o = o * new_mask[:, :, None, None].to(o.dtype)
@@ -184,10 +190,17 @@ class NativeHybridAttention(nn.Module):
             layer.update_state(new_state, T)
         return o
 
-    def _full_attention(self, q_win, k_win, v, attention_mask, cache) -> torch.Tensor:
+    def _full_attention(self, q_win, k_win, v, attention_mask, cache, cu_seqlens=None) -> torch.Tensor:
         """Causal softmax attention over the cached and new keys (a `window_size=None` layer)."""
         B, T = q_win.shape[:2]
         q, k, v = q_win.transpose(1, 2), k_win.transpose(1, 2), v.transpose(1, 2)  # [B, heads, T, D]
+        if cu_seqlens is not None:
+            # packed documents never see each other: causal within each document (block-diagonal mask)
+            doc = torch.searchsorted(cu_seqlens[1:].to(q.device), torch.arange(T, device=q.device), right=True)
+            idx = torch.arange(T, device=q.device)
+            allowed = (idx[None, :] <= idx[:, None]) & (doc[None, :] == doc[:, None])
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=self.scaling, enable_gqa=True)
+            return o.transpose(1, 2)
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
         S = k.shape[2]
