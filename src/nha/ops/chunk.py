@@ -43,6 +43,8 @@ class Extended:
 
 def _gather_rows(x: torch.Tensor, index: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """`out[n, t] = x[n_or_0, index[n, t]]` where `keep`, else 0. x: `[B, T, ...]`, index/keep: `[N, L]`."""
+    if x.shape[1] == 0:  # nothing to gather from (a zero-length call)
+        return x.new_zeros(*index.shape, *x.shape[2:])
     flat = x.flatten(0, 1) if x.shape[0] == 1 else None
     if flat is not None:
         out = flat[index.clamp(0, max(flat.shape[0] - 1, 0)).reshape(-1)].reshape(*index.shape, *x.shape[2:])
