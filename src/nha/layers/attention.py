@@ -89,10 +89,10 @@ class NativeHybridAttention(nn.Module):
         self.q_proj = nn.Linear(hidden_size, num_heads * head_dim, bias=attention_bias)
         self.k_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=attention_bias)
         self.v_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=attention_bias)
-        # the only new parameter; a layer without slots (full attention, SWA) has no gate: no unused or empty
-        # parameter for DDP to trip over
-        has_slots = window_size is not None and num_slots > 0
-        self.f_proj = nn.Linear(hidden_size, num_kv_heads * num_slots, bias=False) if has_slots else None
+        # the only new parameter. A full-attention layer keeps it too (unused while window_size is None), so every
+        # layer has the same parameters and windows can be reassigned after training (NHA_SPEC section 4); only a
+        # layer without slots (SWA) has none
+        self.f_proj = nn.Linear(hidden_size, num_kv_heads * num_slots, bias=False) if num_slots > 0 else None
         self.o_proj = nn.Linear(num_heads * head_dim, hidden_size, bias=False)
         self.q_norm = RMSNorm(head_dim, eps=rms_norm_eps) if qk_norm else None
         self.k_norm = RMSNorm(head_dim, eps=rms_norm_eps) if qk_norm else None
