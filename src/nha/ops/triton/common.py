@@ -1,0 +1,29 @@
+"""Helpers shared by the Triton launchers: output allocation and the chunk layout.
+
+N sequences, E time, H heads, D dim, BT chunk.
+"""
+from __future__ import annotations
+
+import torch
+
+# Tests set this to fill every kernel output with NaN before the kernel writes it, so an unwritten element fails.
+POISON_OUTPUTS = False
+
+
+def new_output(*shape: int, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+    if POISON_OUTPUTS:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(*shape, dtype=dtype, device=device)
+
+
+def chunk_cumsum(g: torch.Tensor, chunk: int) -> torch.Tensor:
+    """`[N, E, H, M]` log gates -> their cumulative sums restarted at every chunk of `chunk` rows (float32)."""
+    N, E, H, M = g.shape
+    return g.float().view(N, E // chunk, chunk, H, M).cumsum(2).view(N, E, H, M)
+
+
+def pad_time(x: torch.Tensor, length: int) -> torch.Tensor:
+    """`[N, E, ...]` -> `[N, length, ...]` with zero rows at the end (identity steps for the slot scan)."""
+    if x.shape[1] == length:
+        return x
+    return torch.cat([x, x.new_zeros(x.shape[0], length - x.shape[1], *x.shape[2:])], dim=1)

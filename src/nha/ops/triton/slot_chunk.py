@@ -1,0 +1,205 @@
+"""Triton kernels of the gated slot scan, the recurrence behind both passes of NHA's slot path (NHA_SPEC section 5).
+
+N sequences, E time (a multiple of BT), H heads, M slots, D column dim (K or V), BT chunk, BC sub-chunk, NT chunks.
+
+The scan keeps a state `S_t [M, D] = diag(exp(g_t)) S_{t-1} + x_t (x) y_t` (rows gated) and reads it two ways:
+  logits (pass 1):  z_t = S_t q_t        q_t `[D]` -> z_t `[M]`
+  read   (pass 2):  o_t = S_t^T p_t      p_t `[M]` -> o_t `[D]`
+Inside a chunk, decays are taken relative to a point between the two tokens (the start of the query's sub-chunk),
+so every exp() factor is <= 1 and nothing overflows whatever the gates; inside a sub-chunk the pairs are exact.
+Backward passes reuse the same kernels (slot_scan.py derives how).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from nha.ops.triton.common import new_output
+
+
+@triton.jit
+def slot_state_kernel(
+    x, gc, y, h0, h, ht,
+    E, H, M, D,
+    BT: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr,
+    HAS_H0: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    # one program walks every chunk of one (sequence, head, D block) and stores the state at each chunk start
+    i_d, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
+    NT = E // BT
+    o_m = tl.arange(0, BM)
+    o_d = i_d * BD + tl.arange(0, BD)
+    o_t = tl.arange(0, BT)
+    m_m, m_d = o_m < M, o_d < D
+    m_md = m_m[:, None] & m_d[None, :]
+    p_state = (i_n * H + i_h) * M * D + o_m[:, None] * D + o_d[None, :]
+    b_h = tl.zeros([BM, BD], dtype=tl.float32)
+    if HAS_H0:
+        b_h = tl.load(h0 + p_state, mask=m_md, other=0.0).to(tl.float32)
+    for i_t in range(0, NT):
+        p_h = h + ((i_n * H + i_h) * NT + i_t) * M * D + o_m[:, None] * D + o_d[None, :]
+        tl.store(p_h, b_h, mask=m_md)
+        rows = (i_n * E + i_t * BT + o_t).to(tl.int64)
+        b_x = tl.load(x + (rows[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0)
+        b_gc = tl.load(gc + (rows[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0)
+        last = (i_n * E + i_t * BT + BT - 1).to(tl.int64)
+        b_glast = tl.load(gc + (last * H + i_h) * M + o_m, mask=m_m, other=0.0)
+        b_y = tl.load(y + (rows[:, None] * H + i_h) * D + o_d[None, :], mask=m_d[None, :], other=0.0).to(tl.float32)
+        # weight of each token at the chunk end: exp(G_last - G_j) x_j, every factor <= 1
+        b_xw = b_x * tl.exp(b_glast[None, :] - b_gc)
+        b_h = b_h * tl.exp(b_glast)[:, None] + tl.dot(tl.trans(b_xw), b_y, input_precision=DOT_PREC)
+    tl.store(ht + p_state, b_h, mask=m_md)
+
+
+@triton.jit
+def slot_read_kernel(
+    p, x, gc, y, h, o,
+    E, H, M, D,
+    BT: tl.constexpr, BC: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    # o_t = S_t^T p_t for one sub-chunk of BC rows and one D block
+    i_d, i_c, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
+    NT = E // BT
+    i_t, i_s = (i_c * BC) // BT, ((i_c * BC) % BT) // BC
+    o_m = tl.arange(0, BM)
+    o_d = i_d * BD + tl.arange(0, BD)
+    o_i = tl.arange(0, BC)
+    m_m, m_d = o_m < M, o_d < D
+    rows = (i_n * E + i_c * BC + o_i).to(tl.int64)
+    p_rm = (rows[:, None] * H + i_h) * M + o_m[None, :]
+    b_p = tl.load(p + p_rm, mask=m_m[None, :], other=0.0).to(tl.float32)
+    b_gc = tl.load(gc + p_rm, mask=m_m[None, :], other=0.0)
+    p_h = h + ((i_n * H + i_h) * NT + i_t) * M * D + o_m[:, None] * D + o_d[None, :]
+    b_h = tl.load(p_h, mask=m_m[:, None] & m_d[None, :], other=0.0)
+    # from the state at the chunk start
+    b_o = tl.dot(b_p * tl.exp(b_gc), b_h, input_precision=DOT_PREC)
+    # earlier sub-chunks of this chunk, decays split at this sub-chunk's first row
+    first = (i_n * E + i_c * BC).to(tl.int64)
+    b_gn = tl.load(gc + (first * H + i_h) * M + o_m, mask=m_m, other=0.0)
+    b_pn = b_p * tl.exp(b_gc - b_gn[None, :])
+    for i_j in range(0, i_s):
+        rows_j = (i_n * E + i_t * BT + i_j * BC + o_i).to(tl.int64)
+        p_jm = (rows_j[:, None] * H + i_h) * M + o_m[None, :]
+        b_xj = tl.load(x + p_jm, mask=m_m[None, :], other=0.0)
+        b_gj = tl.load(gc + p_jm, mask=m_m[None, :], other=0.0)
+        b_a = tl.dot(b_pn, tl.trans(b_xj * tl.exp(b_gn[None, :] - b_gj)), input_precision=DOT_PREC)
+        b_yj = tl.load(y + (rows_j[:, None] * H + i_h) * D + o_d[None, :], mask=m_d[None, :], other=0.0)
+        b_o += tl.dot(b_a, b_yj.to(tl.float32), input_precision=DOT_PREC)
+    # the diagonal sub-chunk, pair by pair (exact)
+    b_a = tl.zeros([BC, BC], dtype=tl.float32)
+    for jj in range(0, BC):
+        row = (i_n * E + i_c * BC + jj).to(tl.int64)
+        b_xr = tl.load(x + (row * H + i_h) * M + o_m, mask=m_m, other=0.0)
+        b_gr = tl.load(gc + (row * H + i_h) * M + o_m, mask=m_m, other=0.0)
+        b_dec = tl.exp(tl.where(o_i[:, None] >= jj, b_gc - b_gr[None, :], float("-inf")))
+        b_col = tl.sum(b_p * b_xr[None, :] * b_dec, axis=1)
+        b_a = tl.where(o_i[None, :] == jj, b_col[:, None], b_a)
+    b_yi = tl.load(y + (rows[:, None] * H + i_h) * D + o_d[None, :], mask=m_d[None, :], other=0.0)
+    b_o += tl.dot(b_a, b_yi.to(tl.float32), input_precision=DOT_PREC)
+    tl.store(o + (rows[:, None] * H + i_h) * D + o_d[None, :], b_o, mask=m_d[None, :])
+
+
+@triton.jit
+def slot_logits_kernel(
+    q, x, gc, y, h, z,
+    E, H, M, D,
+    BT: tl.constexpr, BC: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    # z_t = S_t q_t for one sub-chunk of BC rows (all M slots; D walked in blocks of BD)
+    i_c, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
+    NT = E // BT
+    i_t, i_s = (i_c * BC) // BT, ((i_c * BC) % BT) // BC
+    o_m = tl.arange(0, BM)
+    o_i = tl.arange(0, BC)
+    m_m = o_m < M
+    rows = (i_n * E + i_c * BC + o_i).to(tl.int64)
+    p_rm = (rows[:, None] * H + i_h) * M + o_m[None, :]
+    b_gc = tl.load(gc + p_rm, mask=m_m[None, :], other=0.0)
+    first = (i_n * E + i_c * BC).to(tl.int64)
+    b_gn = tl.load(gc + (first * H + i_h) * M + o_m, mask=m_m, other=0.0)
+    # from the state at the chunk start: (q S^T) scaled by exp(G_t)
+    b_qh = tl.zeros([BC, BM], dtype=tl.float32)
+    b_qy = tl.zeros([BC, BC], dtype=tl.float32)
+    for i_d in range(0, tl.cdiv(D, BD)):
+        o_d = i_d * BD + tl.arange(0, BD)
+        m_d = o_d < D
+        b_q = tl.load(q + (rows[:, None] * H + i_h) * D + o_d[None, :], mask=m_d[None, :], other=0.0).to(tl.float32)
+        p_h = h + ((i_n * H + i_h) * NT + i_t) * M * D + o_m[:, None] * D + o_d[None, :]
+        b_h = tl.load(p_h, mask=m_m[:, None] & m_d[None, :], other=0.0)
+        b_qh += tl.dot(b_q, tl.trans(b_h), input_precision=DOT_PREC)
+        b_yi = tl.load(y + (rows[:, None] * H + i_h) * D + o_d[None, :], mask=m_d[None, :], other=0.0)
+        b_qy += tl.dot(b_q, tl.trans(b_yi.to(tl.float32)), input_precision=DOT_PREC)
+    b_z = b_qh * tl.exp(b_gc)
+    # earlier sub-chunks of this chunk, decays split at this sub-chunk's first row
+    b_acc = tl.zeros([BC, BM], dtype=tl.float32)
+    for i_j in range(0, i_s):
+        rows_j = (i_n * E + i_t * BT + i_j * BC + o_i).to(tl.int64)
+        b_qyj = tl.zeros([BC, BC], dtype=tl.float32)
+        for i_d in range(0, tl.cdiv(D, BD)):
+            o_d = i_d * BD + tl.arange(0, BD)
+            m_d = o_d < D
+            b_q = tl.load(q + (rows[:, None] * H + i_h) * D + o_d[None, :], mask=m_d[None, :], other=0.0)
+            b_yj = tl.load(y + (rows_j[:, None] * H + i_h) * D + o_d[None, :], mask=m_d[None, :], other=0.0)
+            b_qyj += tl.dot(b_q.to(tl.float32), tl.trans(b_yj.to(tl.float32)), input_precision=DOT_PREC)
+        p_jm = (rows_j[:, None] * H + i_h) * M + o_m[None, :]
+        b_xj = tl.load(x + p_jm, mask=m_m[None, :], other=0.0)
+        b_gj = tl.load(gc + p_jm, mask=m_m[None, :], other=0.0)
+        b_acc += tl.dot(b_qyj, b_xj * tl.exp(b_gn[None, :] - b_gj), input_precision=DOT_PREC)
+    b_z += b_acc * tl.exp(b_gc - b_gn[None, :])
+    # the diagonal sub-chunk, pair by pair (exact)
+    for jj in range(0, BC):
+        row = (i_n * E + i_c * BC + jj).to(tl.int64)
+        b_xr = tl.load(x + (row * H + i_h) * M + o_m, mask=m_m, other=0.0)
+        b_gr = tl.load(gc + (row * H + i_h) * M + o_m, mask=m_m, other=0.0)
+        b_col = tl.sum(tl.where(o_i[None, :] == jj, b_qy, 0.0), axis=1)
+        b_dec = tl.exp(tl.where(o_i[:, None] >= jj, b_gc - b_gr[None, :], float("-inf")))
+        b_z += b_col[:, None] * b_xr[None, :] * b_dec
+    tl.store(z + p_rm, b_z, mask=m_m[None, :])
+
+
+def _blocks(M: int, D: int) -> tuple[int, int]:
+    return max(16, triton.next_power_of_2(M)), max(16, min(64, triton.next_power_of_2(D)))
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """float32 inputs get exact float32 products; half inputs get tf32, well inside their own rounding."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def slot_states(x, gc, y, h0, chunk: int, prec: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """States at every chunk start `[N, H, NT, M, D]` and the final state `[N, H, M, D]` (float32)."""
+    N, E, H, M = x.shape
+    D = y.shape[-1]
+    BM, BD = _blocks(M, D)
+    h = new_output(N, H, E // chunk, M, D, device=x.device)
+    ht = new_output(N, H, M, D, device=x.device)
+    grid = (triton.cdiv(D, BD), N * H)
+    slot_state_kernel[grid](x, gc, y, h0 if h0 is not None else ht, h, ht, E, H, M, D,
+                            BT=chunk, BM=BM, BD=BD, HAS_H0=h0 is not None, DOT_PREC=prec)
+    return h, ht
+
+
+def slot_read(p, x, gc, y, h, chunk: int, prec: str, sub: int = 16) -> torch.Tensor:
+    """`o_t = S_t^T p_t`: p `[N, E, H, M]` -> `[N, E, H, D]` float32."""
+    N, E, H, M = x.shape
+    D = y.shape[-1]
+    BM, BD = _blocks(M, D)
+    o = new_output(N, E, H, D, device=x.device)
+    grid = (triton.cdiv(D, BD), E // sub, N * H)
+    slot_read_kernel[grid](p, x, gc, y, h, o, E, H, M, D, BT=chunk, BC=sub, BM=BM, BD=BD, DOT_PREC=prec)
+    return o
+
+
+def slot_logits(q, x, gc, y, h, chunk: int, prec: str, sub: int = 16) -> torch.Tensor:
+    """`z_t = S_t q_t`: q `[N, E, H, D]` -> `[N, E, H, M]` float32."""
+    N, E, H, M = x.shape
+    D = y.shape[-1]
+    BM, BD = _blocks(M, D)
+    z = new_output(N, E, H, M, device=x.device)
+    grid = (E // sub, N * H)
+    slot_logits_kernel[grid](q, x, gc, y, h, z, E, H, M, D, BT=chunk, BC=sub, BM=BM, BD=BD, DOT_PREC=prec)
+    return z

@@ -1,0 +1,106 @@
+"""Autograd for the two passes of the slot path, built only from the three kernels of slot_chunk.py.
+
+N sequences, E time (a multiple of BT), H heads, M slots, K/V head dims, D = K or V, BT chunk.
+
+Both passes scan `S_t = diag(a_t) S_{t-1} + s_t (x) y_t` with `a = exp(g)`, `S_0 = h0`, `G_t = sum_{i<=t} g_i`:
+  pass 1 (logits)  z_t = S_t q_t,    y = k;   pass 2 (read)  o_t = S_t^T p_t,   y = v.
+Backward, for a read-out with row input r_t `[M]` and column input c_t `[D]` (pass 1: r = dz, c = q; pass 2:
+r = p, c = do), let `R_t = sum_{t' >= t} exp(G_t' - G_t) r_t' (x) c_t' + exp(G_E - G_t) dS_E`: R is the same scan run
+backwards in time, i.e. forwards on flipped inputs with gates `g'_u = g_{E-u}`, `g'_0 = 0`. Then
+  ds_t = R_t y_t (a logits read-out of R),  dy_t = R_t^T s_t (a plain read-out of R),
+  pass 1: dq_t = S_t^T dz_t;  pass 2: dp_t = S_t do_t  (the forward states again),
+  dG_t = (dz_t * z_t or p_t * dp_t) - s_t * ds_t  (+ rowsum(dS_E * S_E) at t = E), dg = reverse cumsum of dG,
+  dh0 = exp(g_0) R_0.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from nha.ops.triton.common import chunk_cumsum
+from nha.ops.triton.slot_chunk import dot_precision, slot_logits, slot_read, slot_states
+
+
+def _flip(x: torch.Tensor) -> torch.Tensor:
+    return torch.flip(x, dims=[1]).contiguous()
+
+
+def _reverse_gates(g: torch.Tensor) -> torch.Tensor:
+    """Gates of the time-flipped scan: `g'_u = g_{E-u}` and `g'_0 = 0` (so R_t is the flipped state at E-1-t)."""
+    flipped = torch.flip(g, dims=[1])
+    return torch.cat([torch.zeros_like(flipped[:, :1]), flipped[:, :-1]], dim=1).contiguous()
+
+
+def _reverse_scan(r, c, g, s, y, d_final, chunk, prec):
+    """`(ds, dy, R_0)`: read-outs of the backward-in-time state R (see the module docstring)."""
+    gr = _reverse_gates(g)
+    gcr = chunk_cumsum(gr, chunk)
+    rr, cr = _flip(r), _flip(c)
+    hr, r0 = slot_states(rr, gcr, cr, d_final, chunk, prec)
+    ds = _flip(slot_logits(_flip(y), rr, gcr, cr, hr, chunk, prec))
+    dy = _flip(slot_read(_flip(s), rr, gcr, cr, hr, chunk, prec))
+    return ds, dy, r0
+
+
+def _gate_grad(dG: torch.Tensor, d_final: Optional[torch.Tensor], final: torch.Tensor) -> torch.Tensor:
+    if d_final is not None:
+        dG = dG.clone()
+        dG[:, -1] += (d_final * final).sum(-1)
+    return torch.flip(torch.cumsum(torch.flip(dG, dims=[1]), dim=1), dims=[1])
+
+
+class SlotLogitsFunction(torch.autograd.Function):
+    """Pass 1: `z = S_t q_t` over states built from (s, g, k); returns z `[N, E, H, M]` and `S_E` `[N, H, M, K]`."""
+
+    @staticmethod
+    def forward(ctx, q, s, g, k, h0, chunk: int):
+        prec = dot_precision(q.dtype)
+        gc = chunk_cumsum(g, chunk)
+        h, ht = slot_states(s, gc, k, h0, chunk, prec)
+        z = slot_logits(q, s, gc, k, h, chunk, prec)
+        ctx.save_for_backward(q, s, g, k, h0, z, ht)
+        ctx.chunk, ctx.prec = chunk, prec
+        return z, ht
+
+    @staticmethod
+    def backward(ctx, dz, dht):
+        q, s, g, k, h0, z, ht = ctx.saved_tensors
+        chunk, prec = ctx.chunk, ctx.prec
+        dz = dz.float().contiguous()
+        gc = chunk_cumsum(g, chunk)
+        h, _ = slot_states(s, gc, k, h0, chunk, prec)
+        dq = slot_read(dz, s, gc, k, h, chunk, prec)
+        d_final = None if dht is None else dht.float().contiguous()
+        ds, dk, r0 = _reverse_scan(dz, q, g, s, k, d_final, chunk, prec)
+        dg = _gate_grad(dz * z - s * ds, d_final, ht)
+        dh0 = None if h0 is None else torch.exp(g[:, 0].float())[..., None] * r0
+        return dq.to(q.dtype), ds, dg, dk.to(k.dtype), dh0, None
+
+
+class SlotReadFunction(torch.autograd.Function):
+    """Pass 2: `o = S_t^T p_t` over states built from (s, g, v); returns o `[N, E, H, V]` and `S_E` `[N, H, M, V]`."""
+
+    @staticmethod
+    def forward(ctx, p, s, g, v, h0, chunk: int):
+        prec = dot_precision(v.dtype)
+        gc = chunk_cumsum(g, chunk)
+        h, ht = slot_states(s, gc, v, h0, chunk, prec)
+        o = slot_read(p, s, gc, v, h, chunk, prec)
+        ctx.save_for_backward(p, s, g, v, h0, ht)
+        ctx.chunk, ctx.prec = chunk, prec
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        p, s, g, v, h0, ht = ctx.saved_tensors
+        chunk, prec = ctx.chunk, ctx.prec
+        do = do.float().contiguous()
+        gc = chunk_cumsum(g, chunk)
+        h, _ = slot_states(s, gc, v, h0, chunk, prec)
+        dp = slot_logits(do, s, gc, v, h, chunk, prec)
+        d_final = None if dht is None else dht.float().contiguous()
+        ds, dv, r0 = _reverse_scan(p, do, g, s, v, d_final, chunk, prec)
+        dg = _gate_grad(p * dp - s * ds, d_final, ht)
+        dh0 = None if h0 is None else torch.exp(g[:, 0].float())[..., None] * r0
+        return dp, ds, dg, dv.to(v.dtype), dh0, None

@@ -1,0 +1,204 @@
+"""Banded causal softmax attention (the window path) with its row log-sum-exp, forward and backward in Triton.
+
+N sequences, E time, HQ query heads, H key/value heads, G = HQ // H, K/V head dims, W window, BM/BN query/key blocks.
+
+Query t attends keys j with `t - W < j <= t` that are `valid` (real tokens); key blocks outside the band are never
+visited, so the cost is O(E * W), and W = E gives plain causal attention. Rows with no key get o = 0, lse = MASKED.
+The backward takes the gradient of lse too: dS = P * (dP - (rowsum(dO * O) - dlse)).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from nha.ops.triton.common import new_output
+
+MASKED = -1e30
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _band_mask(rows, cols, valid, E, WINDOW):
+    b_valid = tl.load(valid + cols, mask=cols < E, other=0)
+    return (cols[None, :] <= rows[:, None]) & (cols[None, :] > rows[:, None] - WINDOW) & (b_valid[None, :] != 0)
+
+
+@triton.jit
+def window_fwd_kernel(
+    q, k, v, valid, o, lse,
+    E, HQ, H, K, V, WINDOW, scale,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    i_m, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_hq = (i_nh // HQ).to(tl.int64), (i_nh % HQ).to(tl.int64)
+    i_h = i_hq // (HQ // H)
+    o_k, o_v = tl.arange(0, BK), tl.arange(0, BV)
+    rows = i_m * BM + tl.arange(0, BM)
+    m_rows = rows < E
+    p_rows = i_n * E + rows.to(tl.int64)
+    b_q = tl.load(q + (p_rows[:, None] * HQ + i_hq) * K + o_k[None, :], mask=m_rows[:, None] & (o_k[None, :] < K),
+                  other=0.0)
+    qk_scale = scale * 1.4426950408889634  # work in base 2: exp2 is the fast instruction
+    b_m = tl.full([BM], MASKED, dtype=tl.float32)
+    b_l = tl.zeros([BM], dtype=tl.float32)
+    b_acc = tl.zeros([BM, BV], dtype=tl.float32)
+    lo = tl.maximum(i_m * BM - WINDOW + 1, 0) // BN * BN
+    hi = tl.minimum((i_m + 1) * BM, E)
+    for start in range(lo, hi, BN):
+        cols = start + tl.arange(0, BN)
+        p_cols = i_n * E + cols.to(tl.int64)
+        m_cols = cols < E
+        b_k = tl.load(k + (p_cols[:, None] * H + i_h) * K + o_k[None, :], mask=m_cols[:, None] & (o_k[None, :] < K),
+                      other=0.0)
+        b_v = tl.load(v + (p_cols[:, None] * H + i_h) * V + o_v[None, :], mask=m_cols[:, None] & (o_v[None, :] < V),
+                      other=0.0)
+        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC) * qk_scale
+        b_s = tl.where(_band_mask(rows, cols, valid + i_n * E, E, WINDOW), b_s, float("-inf"))
+        b_mnew = tl.maximum(b_m, tl.max(b_s, axis=1))
+        b_p = tl.exp2(b_s - b_mnew[:, None])
+        b_alpha = tl.exp2(b_m - b_mnew)
+        b_l = b_l * b_alpha + tl.sum(b_p, axis=1)
+        b_acc = b_acc * b_alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v, input_precision=DOT_PREC)
+        b_m = b_mnew
+    has = b_l > 0
+    b_o = b_acc / tl.where(has, b_l, 1.0)[:, None]
+    b_lse = tl.where(has, (b_m + tl.log2(tl.where(has, b_l, 1.0))) / 1.4426950408889634, MASKED)
+    tl.store(o + (p_rows[:, None] * HQ + i_hq) * V + o_v[None, :], b_o, mask=m_rows[:, None] & (o_v[None, :] < V))
+    tl.store(lse + p_rows * HQ + i_hq, b_lse, mask=m_rows)
+
+
+@triton.jit
+def window_bwd_dkdv_kernel(
+    q, k, v, valid, lse, delta, do, dk, dv,
+    E, HQ, H, K, V, WINDOW, scale,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    # one key block of one key/value head; the G query heads of its group and the queries in the band
+    i_j, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
+    G = HQ // H
+    o_k, o_v = tl.arange(0, BK), tl.arange(0, BV)
+    cols = i_j * BN + tl.arange(0, BN)
+    m_cols = cols < E
+    p_cols = i_n * E + cols.to(tl.int64)
+    m_kk = m_cols[:, None] & (o_k[None, :] < K)
+    m_vv = m_cols[:, None] & (o_v[None, :] < V)
+    b_k = tl.load(k + (p_cols[:, None] * H + i_h) * K + o_k[None, :], mask=m_kk, other=0.0)
+    b_v = tl.load(v + (p_cols[:, None] * H + i_h) * V + o_v[None, :], mask=m_vv, other=0.0)
+    b_dk = tl.zeros([BN, BK], dtype=tl.float32)
+    b_dv = tl.zeros([BN, BV], dtype=tl.float32)
+    lo = i_j * BN // BM * BM
+    hi = tl.minimum(i_j * BN + BN - 1 + WINDOW, E)
+    for i_g in range(0, G):
+        i_hq = i_h * G + i_g
+        for start in range(lo, hi, BM):
+            rows = start + tl.arange(0, BM)
+            m_rows = rows < E
+            p_rows = i_n * E + rows.to(tl.int64)
+            b_q = tl.load(q + (p_rows[:, None] * HQ + i_hq) * K + o_k[None, :],
+                          mask=m_rows[:, None] & (o_k[None, :] < K), other=0.0)
+            b_do = tl.load(do + (p_rows[:, None] * HQ + i_hq) * V + o_v[None, :],
+                           mask=m_rows[:, None] & (o_v[None, :] < V), other=0.0)
+            b_lse = tl.load(lse + p_rows * HQ + i_hq, mask=m_rows, other=0.0)
+            b_delta = tl.load(delta + p_rows * HQ + i_hq, mask=m_rows, other=0.0)
+            b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC) * scale
+            b_s = tl.where(_band_mask(rows, cols, valid + i_n * E, E, WINDOW), b_s, float("-inf"))
+            b_p = tl.exp(b_s - b_lse[:, None])  # [BM, BN]
+            b_dv += tl.dot(tl.trans(b_p).to(b_do.dtype), b_do, input_precision=DOT_PREC)
+            b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PREC)
+            b_ds = b_p * (b_dp - b_delta[:, None])
+            b_dk += tl.dot(tl.trans(b_ds).to(b_q.dtype), b_q, input_precision=DOT_PREC)
+    tl.store(dk + (p_cols[:, None] * H + i_h) * K + o_k[None, :], b_dk * scale, mask=m_kk)
+    tl.store(dv + (p_cols[:, None] * H + i_h) * V + o_v[None, :], b_dv, mask=m_vv)
+
+
+@triton.jit
+def window_bwd_dq_kernel(
+    q, k, v, valid, lse, delta, do, dq,
+    E, HQ, H, K, V, WINDOW, scale,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    i_m, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_hq = (i_nh // HQ).to(tl.int64), (i_nh % HQ).to(tl.int64)
+    i_h = i_hq // (HQ // H)
+    o_k, o_v = tl.arange(0, BK), tl.arange(0, BV)
+    rows = i_m * BM + tl.arange(0, BM)
+    m_rows = rows < E
+    p_rows = i_n * E + rows.to(tl.int64)
+    m_qk = m_rows[:, None] & (o_k[None, :] < K)
+    b_q = tl.load(q + (p_rows[:, None] * HQ + i_hq) * K + o_k[None, :], mask=m_qk, other=0.0)
+    b_do = tl.load(do + (p_rows[:, None] * HQ + i_hq) * V + o_v[None, :], mask=m_rows[:, None] & (o_v[None, :] < V),
+                   other=0.0)
+    b_lse = tl.load(lse + p_rows * HQ + i_hq, mask=m_rows, other=0.0)
+    b_delta = tl.load(delta + p_rows * HQ + i_hq, mask=m_rows, other=0.0)
+    b_dq = tl.zeros([BM, BK], dtype=tl.float32)
+    lo = tl.maximum(i_m * BM - WINDOW + 1, 0) // BN * BN
+    hi = tl.minimum((i_m + 1) * BM, E)
+    for start in range(lo, hi, BN):
+        cols = start + tl.arange(0, BN)
+        p_cols = i_n * E + cols.to(tl.int64)
+        m_cols = cols < E
+        b_k = tl.load(k + (p_cols[:, None] * H + i_h) * K + o_k[None, :], mask=m_cols[:, None] & (o_k[None, :] < K),
+                      other=0.0)
+        b_v = tl.load(v + (p_cols[:, None] * H + i_h) * V + o_v[None, :], mask=m_cols[:, None] & (o_v[None, :] < V),
+                      other=0.0)
+        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC) * scale
+        b_s = tl.where(_band_mask(rows, cols, valid + i_n * E, E, WINDOW), b_s, float("-inf"))
+        b_p = tl.exp(b_s - b_lse[:, None])
+        b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PREC)
+        b_ds = b_p * (b_dp - b_delta[:, None])
+        b_dq += tl.dot(b_ds.to(b_k.dtype), b_k, input_precision=DOT_PREC)
+    tl.store(dq + (p_rows[:, None] * HQ + i_hq) * K + o_k[None, :], b_dq * scale, mask=m_qk)
+
+
+def _config(K: int, V: int, interpret: bool) -> dict:
+    BK, BV = max(16, triton.next_power_of_2(K)), max(16, triton.next_power_of_2(V))
+    block = 16 if interpret else (64 if max(BK, BV) <= 128 else 32)
+    return dict(BM=block, BN=block, BK=BK, BV=BV)
+
+
+class WindowAttentionFunction(torch.autograd.Function):
+    """`(o [N, E, HQ, V] float32, lse [N, E, HQ] float32)` of banded attention; valid `[N, E]` marks real keys."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, valid, window: int, scale: float):
+        N, E, HQ, K = q.shape
+        H, V = k.shape[2], v.shape[3]
+        prec = "ieee" if q.dtype == torch.float32 else "tf32"
+        cfg = _config(K, V, not q.is_cuda)
+        o = new_output(N, E, HQ, V, device=q.device)
+        lse = new_output(N, E, HQ, device=q.device)
+        valid_i = valid.to(torch.int8).contiguous()
+        grid = (triton.cdiv(E, cfg["BM"]), N * HQ)
+        window_fwd_kernel[grid](q, k, v, valid_i, o, lse, E, HQ, H, K, V, window, scale, DOT_PREC=prec, **cfg)
+        ctx.save_for_backward(q, k, v, valid_i, o, lse)
+        ctx.window, ctx.scale, ctx.prec, ctx.cfg = window, scale, prec, cfg
+        return o, lse
+
+    @staticmethod
+    def backward(ctx, do, dlse):
+        q, k, v, valid_i, o, lse = ctx.saved_tensors
+        N, E, HQ, K = q.shape
+        H, V = k.shape[2], v.shape[3]
+        cfg, window, scale, prec = ctx.cfg, ctx.window, ctx.scale, ctx.prec
+        do = do.float() if do is not None else torch.zeros_like(o)
+        delta = (do * o).sum(-1)
+        if dlse is not None:
+            delta = delta - dlse.float()
+        do = do.to(q.dtype).contiguous()
+        delta = delta.contiguous()
+        dq = new_output(N, E, HQ, K, dtype=torch.float32, device=q.device)
+        dk = new_output(N, E, H, K, dtype=torch.float32, device=q.device)
+        dv = new_output(N, E, H, V, dtype=torch.float32, device=q.device)
+        args = (E, HQ, H, K, V, window, scale)
+        window_bwd_dkdv_kernel[(triton.cdiv(E, cfg["BN"]), N * H)](q, k, v, valid_i, lse, delta, do, dk, dv, *args,
+                                                                  DOT_PREC=prec, **cfg)
+        window_bwd_dq_kernel[(triton.cdiv(E, cfg["BM"]), N * HQ)](q, k, v, valid_i, lse, delta, do, dq, *args,
+                                                                 DOT_PREC=prec, **cfg)
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None
+
+
+def window_attention(q, k, v, valid, window: int, scale: float):
+    """Banded attention of `q [N, E, HQ, K]` over `k [N, E, H, K]`, `v [N, E, H, V]`; returns (o, lse), float32."""
+    return WindowAttentionFunction.apply(q.contiguous(), k.contiguous(), v.contiguous(), valid, window, scale)
