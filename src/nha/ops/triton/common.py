@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import torch
 
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_HEAD_DIM = 256
+MAX_SLOTS = 128
+
 # Tests set this to fill every kernel output with NaN before the kernel writes it, so an unwritten element fails.
 POISON_OUTPUTS = False
 

@@ -1,9 +1,166 @@
-"""One NHA decoding step per sequence (B sequences, HQ query heads, H key/value heads, K/V dims, M slots, L rows)."""
+"""One fused NHA decoding step per sequence over its state (slots + window ring buffer), in one Triton kernel.
+
+B sequences, HQ query heads, H key/value heads, G = HQ // H, K/V head dims, M slots, L window rows, BL row block.
+One program per (sequence, query head): it absorbs the token leaving the window into the slots (the group's first
+head writes the new slots), then takes one softmax over the M slot logits, the live window rows and the new token.
+The kernel only reads the window buffers; the new token's row is written after it, in PyTorch.
+"""
 from __future__ import annotations
 
-from nha.ops.recurrent import recurrent_nha_step
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from nha.ops.checks import check_inputs
+from nha.ops.recurrent import _put_row, recurrent_nha_step
+from nha.ops.state import NHAState
+from nha.ops.triton.common import MAX_HEAD_DIM, MAX_SLOTS, SUPPORTED_DTYPES, new_output
 
 
-def triton_nha_step(q, k, v, g, window_size, state, *, q_win=None, k_win=None, scale=None):
-    """Same as `recurrent_nha_step` (the fused kernel comes next)."""
-    return recurrent_nha_step(q, k, v, g, window_size, state, q_win=q_win, k_win=k_win, scale=scale)
+@triton.jit
+def decode_kernel(
+    q, k, v, g, qw, kw, sk, sv, wk, wv, wg, wkw, seen, live, sk_out, sv_out, live_out, o,
+    HQ, H, K, V, M, L, WINDOW, scale,
+    MODE: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BL: tl.constexpr,
+):
+    # MODE 0: w == 0 (the token itself is absorbed, no window); 1: bounded window; 2: unbounded (nothing absorbed)
+    i_b, i_hq = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
+    G = HQ // H
+    i_h = i_hq // G
+    o_m, o_k, o_v = tl.arange(0, BM), tl.arange(0, BK), tl.arange(0, BV)
+    m_m, m_k, m_v = o_m < M, o_k < K, o_v < V
+    b_seen = tl.load(seen + i_b)
+    b_live = tl.load(live + i_b) != 0
+    cur = b_seen % tl.maximum(L, 1)
+    # the token that enters the slots now, if any
+    if MODE == 0:
+        absorb = b_seen >= 0
+        p_j = i_b * H + i_h
+        b_kj = tl.load(k + p_j * K + o_k, mask=m_k, other=0.0).to(tl.float32)
+        b_vj = tl.load(v + p_j * V + o_v, mask=m_v, other=0.0).to(tl.float32)
+        b_gj = tl.load(g + p_j * M + o_m, mask=m_m, other=0.0).to(tl.float32)
+    else:
+        if MODE == 1:
+            absorb = b_seen >= WINDOW
+        else:
+            absorb = b_seen < 0
+        p_j = (i_b * L + cur) * H + i_h
+        b_kj = tl.load(wk + p_j * K + o_k, mask=m_k & absorb, other=0.0).to(tl.float32)
+        b_vj = tl.load(wv + p_j * V + o_v, mask=m_v & absorb, other=0.0).to(tl.float32)
+        b_gj = tl.load(wg + p_j * M + o_m, mask=m_m & absorb, other=0.0).to(tl.float32)
+    b_a = tl.where(absorb, tl.exp(b_gj), 1.0)
+    b_s = 1.0 - b_a
+    b_live = b_live | absorb
+    p_sk = ((i_b * H + i_h) * M + o_m[:, None]) * K + o_k[None, :]
+    b_sk = tl.load(sk + p_sk, mask=m_m[:, None] & m_k[None, :], other=0.0)
+    b_sk = b_a[:, None] * b_sk + b_s[:, None] * b_kj[None, :]
+    b_q = tl.load(q + (i_b * HQ + i_hq) * K + o_k, mask=m_k, other=0.0).to(tl.float32)
+    b_z = tl.sum(b_sk * b_q[None, :], axis=1) * scale
+    b_z = tl.where(m_m & b_live, b_z, float("-inf"))
+    first_of_group = i_hq % G == 0
+    tl.store(sk_out + p_sk, b_sk, mask=m_m[:, None] & m_k[None, :] & first_of_group)
+    if i_hq == 0:
+        tl.store(live_out + i_b, b_live.to(tl.int8))
+
+    # window: the new token, then the live rows of the ring buffer except the one it replaces (online softmax)
+    b_mw = tl.full([1], -1e30, dtype=tl.float32)
+    b_lw = tl.zeros([1], dtype=tl.float32)
+    b_acc = tl.zeros([BV], dtype=tl.float32)
+    if MODE != 0:
+        b_qw = tl.load(qw + (i_b * HQ + i_hq) * K + o_k, mask=m_k, other=0.0).to(tl.float32)
+        b_kc = tl.load(kw + (i_b * H + i_h) * K + o_k, mask=m_k, other=0.0).to(tl.float32)
+        b_mw = tl.zeros([1], dtype=tl.float32) + tl.sum(b_qw * b_kc) * scale
+        b_lw = tl.full([1], 1.0, dtype=tl.float32)
+        b_acc = tl.load(v + (i_b * H + i_h) * V + o_v, mask=m_v, other=0.0).to(tl.float32)
+        for start in range(0, L, BL):
+            rows = start + tl.arange(0, BL)
+            m_r = (rows < L) & (rows < b_seen) & (rows != cur)
+            p_r = (i_b * L + rows.to(tl.int64)) * H + i_h
+            b_kw = tl.load(wkw + p_r[:, None] * K + o_k[None, :], mask=m_r[:, None] & m_k[None, :], other=0.0)
+            b_l = tl.sum(b_kw.to(tl.float32) * b_qw[None, :], axis=1) * scale
+            b_l = tl.where(m_r, b_l, float("-inf"))
+            b_mnew = tl.maximum(b_mw, tl.max(b_l, axis=0))
+            b_p = tl.exp(b_l - b_mnew)
+            b_alpha = tl.exp(b_mw - b_mnew)
+            b_vw = tl.load(wv + p_r[:, None] * V + o_v[None, :], mask=m_r[:, None] & m_v[None, :], other=0.0)
+            b_acc = b_acc * b_alpha + tl.sum(b_p[:, None] * b_vw.to(tl.float32), axis=0)
+            b_lw = b_lw * b_alpha + tl.sum(b_p, axis=0)
+            b_mw = b_mnew
+
+    # one softmax over slots and window
+    b_m = tl.maximum(b_mw, tl.max(b_z, axis=0))
+    b_ps = tl.exp(b_z - b_m)
+    b_den = tl.sum(b_ps, axis=0) + b_lw * tl.exp(b_mw - b_m)
+    p_sv = ((i_b * H + i_h) * M + o_m[:, None]) * V + o_v[None, :]
+    b_sv = tl.load(sv + p_sv, mask=m_m[:, None] & m_v[None, :], other=0.0)
+    b_sv = b_a[:, None] * b_sv + b_s[:, None] * b_vj[None, :]
+    tl.store(sv_out + p_sv, b_sv, mask=m_m[:, None] & m_v[None, :] & first_of_group)
+    b_o = (tl.sum(b_ps[:, None] * b_sv, axis=0) + b_acc * tl.exp(b_mw - b_m)) / b_den
+    tl.store(o + (i_b * HQ + i_hq) * V + o_v, b_o.to(o.dtype.element_ty), mask=m_v)
+
+
+def triton_nha_step(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    window_size: Optional[int],
+    state: NHAState,
+    *,
+    q_win: Optional[torch.Tensor] = None,
+    k_win: Optional[torch.Tensor] = None,
+    scale: Optional[float] = None,
+) -> tuple[torch.Tensor, NHAState]:
+    """One decoding step in one kernel; same arguments and results as `recurrent_nha_step` (no autograd).
+
+    Inputs that need gradients, or that the kernel does not cover (float64, head dims > 256, M > 128, M == 0),
+    run `recurrent_nha_step` instead. The input state is left unchanged; the new state shares nothing with it.
+
+    Args:
+        q: `[B, 1, HQ, K]`, k: `[B, 1, H, K]`, v: `[B, 1, H, V]`, g: `[B, 1, H, M]` (`<= 0`).
+        window_size: `w >= 0`, or None; state: the `NHAState` of the B sequences.
+        q_win, k_win: this token's window-path query/key (default q, k); scale: default `K ** -0.5`.
+
+    Returns:
+        `o` `[B, 1, HQ, V]` and the new `NHAState`.
+
+    Example:
+        >>> state = NHAState.empty(16, 8, 64, 128, 128, window_size=64, dtype=torch.bfloat16, device="cuda")
+        >>> o, state = triton_nha_step(q, k, v, g, 64, state)  # q: [16, 1, 32, 128], g: [16, 1, 8, 64]
+    """
+    shapes = check_inputs(q, k, v, g, window_size, q_win, k_win, state, None)
+    if shapes.time != 1:
+        raise ValueError(f"triton_nha_step takes one token per sequence (T == 1), got T == {shapes.time}")
+    grads = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, g, *state.tensors()))
+    covered = (q.dtype in SUPPORTED_DTYPES and max(shapes.k_dim, shapes.v_dim) <= MAX_HEAD_DIM
+               and 0 < shapes.num_slots <= MAX_SLOTS)
+    if grads or not covered:
+        return recurrent_nha_step(q, k, v, g, window_size, state, q_win=q_win, k_win=k_win, scale=scale)
+    B, HQ, H, K, V, M = shapes.batch, shapes.q_heads, shapes.kv_heads, shapes.k_dim, shapes.v_dim, shapes.num_slots
+    w = window_size
+    scale = K ** -0.5 if scale is None else scale
+    q_win = q if q_win is None else q_win
+    k_win = k if k_win is None else k_win
+    window = [state.window_k, state.window_v, state.window_g, state.window_k_win]
+    if w is None and bool((state.seen >= state.window_rows).any()):  # an unbounded window grows by a row
+        window = [torch.cat([x, x.new_zeros(B, 1, *x.shape[2:])], dim=1) for x in window]
+    L = window[0].shape[1]
+    window = [x.contiguous() for x in window]
+    slot_k, slot_v = state.slot_k.float().contiguous(), state.slot_v.float().contiguous()
+    sk_out, sv_out = new_output(B, H, M, K, device=q.device), new_output(B, H, M, V, device=q.device)
+    live_out = torch.empty(B, dtype=torch.int8, device=q.device)
+    o = new_output(B, 1, HQ, V, dtype=q.dtype, device=q.device)
+    mode = 0 if w == 0 else 2 if w is None else 1
+    BM, BK, BV = (max(16, triton.next_power_of_2(n)) for n in (M, K, V))
+    decode_kernel[(B, HQ)](
+        q.contiguous(), k.contiguous(), v.contiguous(), g.contiguous(), q_win.contiguous(), k_win.contiguous(),
+        slot_k, slot_v, *window, state.seen.contiguous(), state.slots_live.to(torch.int8), sk_out, sv_out, live_out, o,
+        HQ, H, K, V, M, L, 0 if w is None else w, scale,
+        MODE=mode, BM=BM, BK=BK, BV=BV, BL=32 if q.is_cuda else 16, num_warps=4 if BM * max(BK, BV) <= 8192 else 8,
+    )
+    if mode != 0:
+        row = state.seen % L
+        window = [_put_row(x, row, new[:, 0]) for x, new in zip(window, (k, v, g, k_win))]
+    return o, NHAState(sk_out, sv_out, *window, seen=state.seen + 1, slots_live=live_out.bool())

@@ -20,14 +20,12 @@ import torch
 from nha.ops.checks import check_inputs
 from nha.ops.chunk import MASKED, _extend, _final_state, _shift_right, _to_input_layout, chunk_nha
 from nha.ops.state import NHAState
-from nha.ops.triton.common import pad_time
+from nha.ops.triton.common import MAX_HEAD_DIM, MAX_SLOTS, SUPPORTED_DTYPES, pad_time
+from nha.ops.triton.decode import triton_nha_step
 from nha.ops.triton.slot_scan import SlotLogitsFunction, SlotReadFunction
 from nha.ops.triton.window_attn import window_attention
 
 CHUNK = 64
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-MAX_HEAD_DIM = 256
-MAX_SLOTS = 128
 
 
 def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor) -> bool:
@@ -58,7 +56,8 @@ def triton_nha(
     """Native Hybrid Attention with Triton kernels; same arguments, results and gradients as `chunk_nha`.
 
     Float32 inputs are computed in float32 throughout; float16/bfloat16 inputs accumulate in float32. Inputs the
-    kernels do not cover (float64, head dims > 256, M > 128, T == 0) run `chunk_nha` instead.
+    kernels do not cover (float64, head dims > 256, M > 128, T == 0) run `chunk_nha` instead. One token per
+    sequence over an initial state with no `cu_seqlens` and no gradients is a decoding step: `triton_nha_step`.
 
     Args:
         q: `[B, T, HQ, K]` slot-path queries; k: `[B, T, H, K]`; v: `[B, T, H, V]`; g: `[B, T, H, M]` (`<= 0`).
@@ -80,6 +79,10 @@ def triton_nha(
     if not supports(q, k, v, g):
         return chunk_nha(q, k, v, g, window_size, q_win=q_win, k_win=k_win, scale=scale, initial_state=initial_state,
                          output_final_state=output_final_state, cu_seqlens=cu_seqlens)
+    grads = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, g, q_win, k_win))
+    if shapes.time == 1 and initial_state is not None and cu_seqlens is None and not grads:
+        o, state = triton_nha_step(q, k, v, g, window_size, initial_state, q_win=q_win, k_win=k_win, scale=scale)
+        return o, state if output_final_state else None
     scale = shapes.k_dim ** -0.5 if scale is None else scale
     q_win = q if q_win is None else q_win
     k_win = k if k_win is None else k_win

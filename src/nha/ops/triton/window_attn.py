@@ -3,7 +3,7 @@
 N sequences, E time, HQ query heads, H key/value heads, G = HQ // H, K/V head dims, W window, BM/BN query/key blocks.
 
 Query t attends keys j with `t - W < j <= t` that are `valid` (real tokens); key blocks outside the band are never
-visited, so the cost is O(E * W), and W = E gives plain causal attention. Rows with no key get o = 0, lse = MASKED.
+visited, so the cost is O(E * W), and W = E gives plain causal attention. Rows with no key get o = 0, lse = -1e30 (chunk.py's MASKED).
 The backward takes the gradient of lse too: dS = P * (dP - (rowsum(dO * O) - dlse)).
 """
 from __future__ import annotations
@@ -14,8 +14,6 @@ import triton.language as tl
 
 from nha.ops.triton.common import new_output
 
-MASKED = -1e30
-LOG2E = 1.4426950408889634
 
 
 @triton.jit
@@ -40,7 +38,7 @@ def window_fwd_kernel(
     b_q = tl.load(q + (p_rows[:, None] * HQ + i_hq) * K + o_k[None, :], mask=m_rows[:, None] & (o_k[None, :] < K),
                   other=0.0)
     qk_scale = scale * 1.4426950408889634  # work in base 2: exp2 is the fast instruction
-    b_m = tl.full([BM], MASKED, dtype=tl.float32)
+    b_m = tl.full([BM], -1e30, dtype=tl.float32)
     b_l = tl.zeros([BM], dtype=tl.float32)
     b_acc = tl.zeros([BM, BV], dtype=tl.float32)
     lo = tl.maximum(i_m * BM - WINDOW + 1, 0) // BN * BN
@@ -63,7 +61,7 @@ def window_fwd_kernel(
         b_m = b_mnew
     has = b_l > 0
     b_o = b_acc / tl.where(has, b_l, 1.0)[:, None]
-    b_lse = tl.where(has, (b_m + tl.log2(tl.where(has, b_l, 1.0))) / 1.4426950408889634, MASKED)
+    b_lse = tl.where(has, (b_m + tl.log2(tl.where(has, b_l, 1.0))) / 1.4426950408889634, -1e30)
     tl.store(o + (p_rows[:, None] * HQ + i_hq) * V + o_v[None, :], b_o, mask=m_rows[:, None] & (o_v[None, :] < V))
     tl.store(lse + p_rows * HQ + i_hq, b_lse, mask=m_rows)
 
