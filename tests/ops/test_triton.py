@@ -1,0 +1,194 @@
+"""Triton kernels against the reference: output, final state and every gradient.
+
+On CPU the kernels run under TRITON_INTERPRET=1 (tests/conftest.py) in float32 on tiny shapes against
+`naive_recurrent_nha`; on a GPU the `gpu`-marked grid runs bf16/fp16 at real sizes against float32 `chunk_nha`.
+B batch, T time, HQ query heads, H key/value heads, K/V head dims, M slots, w window.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nha.ops import chunk_nha, naive_recurrent_nha, recurrent_nha_step
+from nha.ops.testing import INPUT_NAMES, make_inputs, random_state, rel_rmse
+from nha.ops.triton import common, triton_nha, triton_nha_step
+
+STATE_GRADS = ("slot_k", "slot_v", "window_k", "window_v", "window_g", "window_k_win")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture(autouse=True)
+def _poison_outputs(monkeypatch):
+    # every kernel output starts as NaN, so an element a kernel forgot to write fails the comparison
+    monkeypatch.setattr(common, "POISON_OUTPUTS", True)
+
+
+def run_with_grads(fn, x, window, state=None, cu_seqlens=None, grads=True):
+    """Output, final state and the gradients of every input and initial-state tensor for a fixed random loss."""
+    o, final = fn(x["q"], x["k"], x["v"], x["g"], window, q_win=x["q_win"], k_win=x["k_win"], initial_state=state,
+                  output_final_state=True, cu_seqlens=cu_seqlens)
+    if not grads:
+        return o, final, []
+    gen = torch.Generator().manual_seed(1)
+    rnd = lambda t: torch.randn(t.shape, generator=gen).to(t.device)  # noqa: E731
+    loss = (o.float() * rnd(o)).sum() + (final.slot_k.float() * rnd(final.slot_k)).sum()
+    loss = loss + (final.slot_v.float() * rnd(final.slot_v)).sum() + (final.window_v.float() * rnd(final.window_v)).sum()
+    wrt = [x[n] for n in INPUT_NAMES] + ([getattr(state, n) for n in STATE_GRADS] if state is not None else [])
+    grads = torch.autograd.grad(loss, wrt, allow_unused=True)
+    return o, final, [torch.zeros_like(w) if g is None else g for w, g in zip(wrt, grads)]
+
+
+def errors(a, b) -> dict[str, float]:
+    """Relative RMS error of every output, state tensor and gradient of `a` against `b`; seen/live must be equal."""
+    (oa, fa, ga), (ob, fb, gb) = a, b
+    assert torch.equal(fa.seen, fb.seen) and torch.equal(fa.slots_live, fb.slots_live)
+    err = {"o": rel_rmse(oa, ob)}
+    for name in STATE_GRADS:
+        ta, tb = getattr(fa, name), getattr(fb, name)
+        assert ta.shape == tb.shape, f"state {name}: {ta.shape} vs {tb.shape}"
+        err[name] = rel_rmse(ta, tb)
+    names = list(INPUT_NAMES) + [f"state.{n}" for n in STATE_GRADS]
+    err.update({f"d{n}": rel_rmse(x, y) for n, x, y in zip(names, ga, gb)})
+    return err
+
+
+# ---- CPU (interpreter) and GPU: float32 against the token loop, tiny shapes --------------------------------------
+
+CASES = [  # (B, T, HQ, H, K, V, M, w, cu_seqlens, seen of an initial state)
+    pytest.param(1, 40, 2, 1, 16, 24, 4, 8, None, None, id="gqa-w8"),
+    pytest.param(1, 70, 1, 1, 16, 16, 4, 0, None, None, id="gsa-w0-two-chunks"),
+    pytest.param(1, 30, 2, 2, 16, 16, 4, None, None, None, id="unbounded"),
+    pytest.param(2, 30, 2, 2, 16, 16, 4, 100, None, None, id="w-beyond-T"),
+    pytest.param(1, 30, 2, 2, 16, 16, 0, 5, None, None, id="no-slots"),
+    pytest.param(1, 40, 1, 1, 16, 16, 4, 6, [0, 13, 13, 40], None, id="varlen"),
+    pytest.param(2, 20, 2, 1, 16, 16, 4, 6, None, [3, 20], id="initial-state-gqa"),
+]
+
+
+def _against_float64(x, w, state=None, cu=None, tol=2e-5):
+    """Kernel (float32) errors against the token loop run in float64 on the same values."""
+    up = lambda t: t.detach().double().requires_grad_() if t.is_floating_point() else t  # noqa: E731
+    x64 = {n: up(t) for n, t in x.items()}
+    state64 = None if state is None else state.map(up)
+    err = errors(run_with_grads(triton_nha, x, w, state, cu), run_with_grads(naive_recurrent_nha, x64, w, state64, cu))
+    bad = {k: v for k, v in err.items() if not v <= tol}
+    assert not bad, bad
+
+
+@pytest.mark.parametrize("B,T,HQ,H,K,V,M,w,cu,seen", CASES)
+def test_matches_reference_fp32(B, T, HQ, H, K, V, M, w, cu, seen):
+    x = make_inputs(B, T, HQ, H, K, V, M, device=DEVICE, gate_scale=3.0, requires_grad=True, seed=0)
+    state = None
+    if seen is not None:
+        state = random_state(len(seen), H, M, K, V, w, seen).map(lambda t: t.to(DEVICE))
+        state = state.map(lambda t: t.detach().requires_grad_() if t.is_floating_point() else t)
+    _against_float64(x, w, state, None if cu is None else torch.tensor(cu, device=DEVICE))
+
+
+def test_steep_gates_stay_finite():
+    # decays far below exp(-88) inside one chunk: every exp() factor in the kernels must stay <= 1
+    x = make_inputs(1, 70, 1, 1, 16, 16, 4, device=DEVICE, requires_grad=True, seed=3)
+    with torch.no_grad():
+        x["g"].copy_(-30.0 * torch.rand_like(x["g"]))
+    # dg cancels heavily here: chunk_nha in float32 is off by 5e-5 from float64 on these inputs, the kernels by 3e-5
+    _against_float64(x, 3, tol=1e-4)
+
+
+@pytest.mark.parametrize("w,seen", [(5, [2, 9]), (0, [0, 3]), (None, [3, 7])])
+def test_decode_step_matches_recurrent(w, seen):
+    B, HQ, H, K, V, M = 2, 4, 2, 16, 24, 4
+    state = random_state(B, H, M, K, V, w, seen).map(lambda t: t.to(DEVICE))
+    ref = state
+    for step in range(3):
+        x = make_inputs(B, 1, HQ, H, K, V, M, device=DEVICE, seed=step)
+        args = (x["q"], x["k"], x["v"], x["g"], w)
+        o, state = triton_nha_step(*args, state, q_win=x["q_win"], k_win=x["k_win"])
+        ro, ref = recurrent_nha_step(*args, ref, q_win=x["q_win"], k_win=x["k_win"])
+        assert rel_rmse(o, ro) <= 1e-5
+        assert torch.equal(state.seen, ref.seen) and torch.equal(state.slots_live, ref.slots_live)
+        for a, b in zip(state.tensors()[:6], ref.tensors()[:6]):
+            assert rel_rmse(a, b) <= 1e-5
+
+
+def test_bad_input_is_a_value_error():
+    x = make_inputs(1, 8, 2, 2, 16, 16, 4, device=DEVICE)
+    with pytest.raises(ValueError, match="log forget gates"):
+        triton_nha(x["q"], x["k"], x["v"], x["g"].abs() + 0.1, 4)
+    with pytest.raises(ValueError, match="T == 1"):
+        triton_nha_step(x["q"], x["k"], x["v"], x["g"], 4, random_state(1, 2, 4, 16, 16, 4, [0]))
+
+
+# ---- GPU: bf16 / fp16 grid against float32 chunk_nha ---------------------------------------------------------------
+
+TOLERANCE = {torch.bfloat16: 5e-3, torch.float16: 2e-3}
+
+
+def _half_case(B, T, HQ, H, K, V, M, w, dtype, *, cu=None, seen=None, grads=True, seed=0):
+    """Errors of the kernels in `dtype` against float32 `chunk_nha` on the same (rounded) inputs, and the error of
+    `chunk_nha` itself run on `dtype` inputs (the PyTorch code in half precision: STYLE.md's 2x rule)."""
+    x = make_inputs(B, T, HQ, H, K, V, M, device="cuda", dtype=dtype, seed=seed, requires_grad=grads)
+    x32 = {n: t.detach().float().requires_grad_(grads) for n, t in x.items()}
+    state = state32 = None
+    if seen is not None:
+        state = random_state(len(seen), H, M, K, V, w, seen, dtype=dtype).map(lambda t: t.cuda())
+        state = state.map(lambda t: t.detach().requires_grad_(grads) if t.is_floating_point() else t)
+        state32 = state.map(lambda t: t.detach().float().requires_grad_(grads) if t.is_floating_point() else t)
+    cu = None if cu is None else torch.tensor(cu, device="cuda")
+    ref = run_with_grads(chunk_nha, x32, w, state32, cu, grads)
+    kernel = errors(run_with_grads(triton_nha, x, w, state, cu, grads), ref) if grads else None
+    if not grads:
+        o, _, _ = run_with_grads(triton_nha, x, w, state, cu, grads)
+        kernel = {"o": rel_rmse(o, ref[0])}
+    half = {"o": rel_rmse(chunk_nha(*(x[n] for n in ("q", "k", "v", "g")), w, q_win=x["q_win"], k_win=x["k_win"],
+                                    initial_state=state, cu_seqlens=cu)[0], ref[0])}
+    return kernel, half
+
+
+def _check(kernel, half, dtype):
+    limit = max(2 * half["o"], TOLERANCE[dtype])
+    bad = {k: v for k, v in kernel.items() if not v <= limit}
+    print(f"worst {max(kernel.values()):.2e} ({max(kernel, key=kernel.get)}), limit {limit:.1e}")
+    assert not bad, bad
+
+
+GPU_GRID = [  # (K, V, M, w, T)
+    (64, 64, 16, 0, 2048), (128, 128, 64, 64, 2048), (256, 256, 128, 100, 1000), (128, 64, 64, 1, 777),
+    (64, 128, 16, 512, 3000), (128, 128, 64, None, 2048), (64, 64, 128, 4096, 5000), (128, 256, 64, 64, 1500),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("K,V,M,w,T", GPU_GRID)
+def test_gpu_grid(K, V, M, w, T, dtype):
+    _check(*_half_case(2, T, 4, 2, K, V, M, w, dtype), dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_gpu_varlen_and_state(dtype):
+    _check(*_half_case(1, 3000, 4, 1, 128, 128, 64, 100, dtype, cu=[0, 1000, 1001, 2500, 3000]), dtype)
+    _check(*_half_case(2, 700, 4, 2, 128, 128, 64, 64, dtype, seen=[10, 500]), dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("w", [64, 4096, None])
+def test_gpu_long_forward(w):
+    T = 65536 if w is not None else 16384
+    _check(*_half_case(1, T, 2, 2, 128, 128, 64, w, torch.bfloat16, grads=False), torch.bfloat16)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("w", [64, 0, None])
+def test_gpu_decode(w):
+    B, HQ, H, K, V, M = 3, 8, 2, 128, 128, 64
+    state = random_state(B, H, M, K, V, w, [5, 64, 300], dtype=torch.bfloat16).map(lambda t: t.cuda())
+    ref = state.map(lambda t: t.float() if t.is_floating_point() else t)
+    for step in range(3):
+        x = make_inputs(B, 1, HQ, H, K, V, M, device="cuda", dtype=torch.bfloat16, seed=step)
+        o, state = triton_nha_step(x["q"], x["k"], x["v"], x["g"], w, state, q_win=x["q_win"], k_win=x["k_win"])
+        x32 = {n: t.float() for n, t in x.items()}
+        ro, ref = recurrent_nha_step(x32["q"], x32["k"], x32["v"], x32["g"], w, ref, q_win=x32["q_win"],
+                                     k_win=x32["k_win"])
+        assert rel_rmse(o, ro) <= 5e-3
+        assert rel_rmse(state.slot_k, ref.slot_k) <= 1e-4 and rel_rmse(state.slot_v, ref.slot_v) <= 1e-4
