@@ -48,6 +48,7 @@ def test_presets_are_layouts_of_one_module():
     (dict(gate_normalizer=0), "gate_normalizer"),
     (dict(slot_feature_map="relu"), "slot_feature_map"),
     (dict(hidden_size=0), "hidden_size must be a positive int"),
+    (dict(hidden_act="swishy"), "hidden_act"),
 ])
 def test_bad_values_raise_at_construction(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Optional, Union
 
 from transformers import PretrainedConfig
+from transformers.activations import ACT2FN
 
 Window = Optional[int]
 
@@ -102,6 +103,8 @@ class NHAConfig(PretrainedConfig):
             self.window_size = windows
         if self.gate_normalizer <= 0:
             raise ValueError(f"gate_normalizer must be > 0, got {self.gate_normalizer}")
+        if self.hidden_act not in ACT2FN:
+            raise ValueError(f"hidden_act must be an activation transformers knows (e.g. 'silu'), got {self.hidden_act!r}")
         if self.slot_feature_map not in (None, "swish"):
             raise ValueError(f"slot_feature_map must be None or 'swish', got {self.slot_feature_map!r}")
         # transformers' own RoPE standardization: accepts rope_theta / rope_scaling and fills rope_parameters
