@@ -175,6 +175,9 @@ def slot_states(x, gc, y, h0, chunk: int, prec: str) -> tuple[torch.Tensor, torc
     N, E, H, M = x.shape
     D = y.shape[-1]
     BM, BD = _blocks(M, D)
+    # the walk over chunks is sequential: with few (sequence, head) pairs, narrower D blocks keep more SMs busy
+    while BD > 16 and N * H * triton.cdiv(D, BD) < 256:
+        BD //= 2
     h = new_output(N, H, E // chunk, M, D, device=x.device)
     ht = new_output(N, H, M, D, device=x.device)
     grid = (triton.cdiv(D, BD), N * H)

@@ -150,9 +150,11 @@ def window_bwd_dq_kernel(
     tl.store(dq + (p_rows[:, None] * HQ + i_hq) * K + o_k[None, :], b_dq * scale, mask=m_qk)
 
 
-def _config(K: int, V: int, interpret: bool) -> dict:
+def _config(K: int, V: int, dtype: torch.dtype, interpret: bool) -> dict:
     BK, BV = max(16, triton.next_power_of_2(K)), max(16, triton.next_power_of_2(V))
-    block = 16 if interpret else (64 if max(BK, BV) <= 128 else 32)
+    # shared memory holds q, k, v, do tiles: float32 tiles are twice as large, so their blocks are smaller
+    width = max(BK, BV) * (2 if dtype == torch.float32 else 1)
+    block = 16 if interpret else 64 if width <= 128 else 32 if width <= 256 else 16
     return dict(BM=block, BN=block, BK=BK, BV=BV)
 
 
@@ -164,7 +166,7 @@ class WindowAttentionFunction(torch.autograd.Function):
         N, E, HQ, K = q.shape
         H, V = k.shape[2], v.shape[3]
         prec = "ieee" if q.dtype == torch.float32 else "tf32"
-        cfg = _config(K, V, not q.is_cuda)
+        cfg = _config(K, V, q.dtype, not q.is_cuda)
         o = new_output(N, E, HQ, V, device=q.device)
         lse = new_output(N, E, HQ, device=q.device)
         valid_i = valid.to(torch.int8).contiguous()

@@ -1,0 +1,176 @@
+"""GPU timings of the Triton NHA operator against the baselines, re-measured in the same run.
+
+B batch, T time, H heads, D head dim, M slots, w window. Every training row processes 65,536 tokens (B = 65536 / T),
+16 heads, K = V = 128, M = 64, bf16: FlashAttention (torch SDPA, flash backend) causal, fla's sliding-window
+attention and gated slot attention (when fla is installed), NHA for w in {64, 512, 2048}; median ms by
+triton.testing.do_bench, as ../shared/bench/anchors_gpu.py does. Decoding: one token at batch 1 and 16 (32 query
+heads, 8 key/value heads, head dim 128), SDPA over a 4k/32k/128k KV cache against NHA's step over its state.
+Prints markdown tables; writes gpu_ops.json, gpu_ops.md and gpu_ops.png to --out (default $OUT or /tmp).
+
+    PYTHONPATH=src python benchmarks/bench_gpu_ops.py [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import torch
+import torch.nn.functional as F
+import triton
+
+from nha.ops.state import NHAState
+from nha.ops.triton import triton_nha, triton_nha_step
+
+TOKENS, H, D, M = 65536, 16, 128, 64
+WINDOWS = (64, 512, 2048)
+
+
+def bench(fn, rep=100) -> float:
+    return triton.testing.do_bench(fn, warmup=25, rep=rep, return_mode="median")
+
+
+def fwd_bwd(fn, inputs, do):
+    def run():
+        for x in inputs:
+            x.grad = None
+        fn().backward(do)
+    return run
+
+
+def training_rows(lengths, fla) -> list[dict]:
+    rows = []
+    dt, dev = torch.bfloat16, "cuda"
+    for T in lengths:
+        B = max(1, TOKENS // T)
+        rnd = lambda *s: torch.randn(*s, device=dev, dtype=dt, requires_grad=True)  # noqa: E731
+        q, k, v = rnd(B, T, H, D), rnd(B, T, H, D), rnd(B, T, H, D)
+        do = torch.randn(B, T, H, D, device=dev, dtype=dt)
+        g = F.logsigmoid(torch.randn(B, T, H, M, device=dev)).div(8).to(dt).requires_grad_()
+        row = {"T": T, "B": B}
+        qt, kt, vt = (x.detach().transpose(1, 2).contiguous().requires_grad_() for x in (q, k, v))
+        dot = do.transpose(1, 2).contiguous()
+        with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
+            f = lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=True)  # noqa: E731
+            row["sdpa"] = (bench(f), bench(fwd_bwd(f, (qt, kt, vt), dot)))
+        del qt, kt, vt, dot
+        for w in WINDOWS:
+            if w >= T:
+                continue
+            f = lambda w=w: triton_nha(q, k, v, g, w)[0]  # noqa: E731
+            row[f"nha_w{w}"] = (bench(f), bench(fwd_bwd(f, (q, k, v, g), do)))
+            if fla is not None:
+                f = lambda w=w: fla["swa"](q, k, v, window_size=w)  # noqa: E731
+                row[f"fla_swa_w{w}"] = (bench(f), bench(fwd_bwd(f, (q, k, v), do)))
+        if fla is not None:
+            s = torch.randn(B, T, H, M, device=dev, dtype=dt, requires_grad=True)
+            f = lambda: fla["gsa"](q, k, v, s, g)[0]  # noqa: E731
+            row["fla_gsa"] = (bench(f), bench(fwd_bwd(f, (q, k, v, s, g), do)))
+            del s
+        print({k: v if not isinstance(v, tuple) else tuple(round(x, 3) for x in v) for k, v in row.items()}, flush=True)
+        rows.append(row)
+        del q, k, v, g, do
+        torch.cuda.empty_cache()
+    return rows
+
+
+def decoding_rows(contexts, batches, w=64) -> list[dict]:
+    rows = []
+    dt, dev, HQ, HKV = torch.bfloat16, "cuda", 32, 8
+    for Bd in batches:
+        row = {"B": Bd}
+        for L in contexts:
+            try:
+                kc = torch.randn(Bd, HKV, L, D, device=dev, dtype=dt)
+                vc = torch.randn(Bd, HKV, L, D, device=dev, dtype=dt)
+                qd = torch.randn(Bd, HQ, 1, D, device=dev, dtype=dt)
+                row[f"sdpa_{L}"] = bench(lambda: F.scaled_dot_product_attention(qd, kc, vc, enable_gqa=True), rep=200)
+                row[f"kv_cache_MiB_{L}"] = 2 * kc.numel() * 2 / 2**20
+                del kc, vc
+            except torch.OutOfMemoryError:
+                row[f"sdpa_{L}"] = float("nan")
+            torch.cuda.empty_cache()
+            # NHA's state after L tokens: slots + a w-row ring buffer, whatever L is
+            state = NHAState.empty(Bd, HKV, M, D, D, w, dtype=dt, device=dev)
+            state.seen.fill_(L)
+            state.slots_live.fill_(True)
+            x = [torch.randn(Bd, 1, n, d, device=dev, dtype=dt) for n, d in ((HQ, D), (HKV, D), (HKV, D))]
+            gd = F.logsigmoid(torch.randn(Bd, 1, HKV, M, device=dev)).div(8).to(dt)
+            row[f"nha_{L}"] = bench(lambda: triton_nha_step(*x, gd, w, state), rep=200)
+        row["nha_state_MiB"] = sum(t.numel() * t.element_size() for t in state.tensors()) / 2**20
+        print(row, flush=True)
+        rows.append(row)
+    return rows
+
+
+def tables(device: str, train: list[dict], decode: list[dict]) -> str:
+    out = [f"Card: {device}. bf16, {TOKENS} tokens per batch, {H} heads, K = V = {D}, M = {M}; median ms.", ""]
+    for mode, i in (("forward", 0), ("forward+backward", 1)):
+        cols = ["sdpa"] + [f"{p}_w{w}" for w in WINDOWS for p in ("nha", "fla_swa")] + ["fla_gsa"]
+        out += [f"**{mode}**", "", "| T | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        for r in train:
+            out.append(f"| {r['T']:,} | " + " | ".join(f"{r[c][i]:.2f}" if c in r else "-" for c in cols) + " |")
+        out.append("")
+    if decode:
+        ctx = sorted({int(k.split("_")[1]) for r in decode for k in r if k.startswith("sdpa_")})
+        out += ["**decoding one token** (32 query heads, 8 KV heads, head dim 128; NHA w = 64, M = 64)", "",
+                "| batch | " + " | ".join(f"SDPA {c // 1024}k / NHA {c // 1024}k" for c in ctx)
+                + " | KV cache at max | NHA state |", "|---" * (len(ctx) + 3) + "|"]
+        for r in decode:
+            cells = " | ".join(f"{r[f'sdpa_{c}']:.3f} / {r[f'nha_{c}']:.3f}" for c in ctx)
+            out.append(f"| {r['B']} | {cells} | {r.get(f'kv_cache_MiB_{ctx[-1]}', float('nan')):.0f} MiB | "
+                       f"{r['nha_state_MiB']:.1f} MiB |")
+    return "\n".join(out)
+
+
+def plot(device: str, train: list[dict], path: str) -> None:
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    methods = sorted({k for r in train for k in r if k not in ("T", "B")})
+    for ax, i, title in ((axes[0], 0, "forward"), (axes[1], 1, "forward+backward")):
+        for m in methods:
+            pts = [(r["T"], r[m][i]) for r in train if m in r]
+            ax.plot(*zip(*pts), marker="o", ls="-" if m.startswith("nha") else "--", label=m)
+        ax.set(xscale="log", yscale="log", xlabel="T (65,536 tokens per batch)", ylabel="ms", title=title)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7)
+    fig.suptitle(f"NHA Triton vs baselines, bf16, H=16, K=V=128, M=64 ({device})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=os.environ.get("OUT", "/tmp"))
+    ap.add_argument("--quick", action="store_true", help="two lengths, batch-1 decoding only")
+    args = ap.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        from fla.ops.attn.parallel import parallel_attn  # noqa: PLC0415
+        from fla.ops.gsa import chunk_gsa  # noqa: PLC0415
+
+        fla = {"swa": parallel_attn, "gsa": chunk_gsa}
+    except ImportError as e:
+        print("fla not importable, its baselines are skipped:", e)
+        fla = None
+    device = torch.cuda.get_device_name()
+    lengths = (2048, 65536) if args.quick else (2048, 8192, 32768, 65536)
+    train = training_rows(lengths, fla)
+    decode = decoding_rows((4096, 32768, 131072), (1,) if args.quick else (1, 16))
+    text = tables(device, train, decode)
+    print(text)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "gpu_ops.md"), "w") as f:
+        f.write(text + "\n")
+    with open(os.path.join(args.out, "gpu_ops.json"), "w") as f:
+        json.dump({"device": device, "torch": torch.__version__, "triton": triton.__version__, "train": train,
+                   "decode": decode}, f, indent=1)
+    plot(device, train, os.path.join(args.out, "gpu_ops.png"))
+
+
+if __name__ == "__main__":
+    main()
