@@ -10,6 +10,8 @@ import sys
 
 COMMANDS = {
     # name: (module, one-line help)
+    "train": ("nha.train.cli_train", "train an NHA model or a baseline on text or a synthetic recall task"),
+    "demo": ("nha.train.demo", "recall demo: Transformer / SWA / GSA / NHA on MQAR at equal state, table + plot"),
 }
 
 

@@ -1,0 +1,284 @@
+"""The training loop: model and data from a `TrainConfig`, AdamW with warm-up + cosine, accumulation, clipping,
+held-out evaluation, a JSONL log and atomic checkpoints that resume bit for bit (on CPU).
+
+The loss of a step is the mean token cross-entropy over the whole global batch: every micro-batch adds its summed
+loss divided by the global count of scored tokens, so 1 process x 2 accumulation steps and 2 processes x 1 give the
+same gradient up to summation order.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+
+from nha.data.sources import TaskSource, TextSource
+from nha.data.synthetic import IGNORE, exact_match
+from nha.models import PRESETS, NHAConfig, NHAForCausalLM, preset_config
+from nha.train.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from nha.train.config import TrainConfig
+from nha.train.distributed import (cleanup, init_distributed, no_grad_sync, parameters_without_gradient, unwrap,
+                                   wrap_model)
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    final_loss: float
+    eval: dict = field(default_factory=dict)
+    parameters: int = 0
+    seconds: float = 0.0
+    out_dir: str = ""
+
+
+def build_model_config(cfg: TrainConfig, data_vocab: int) -> NHAConfig:
+    """The model's config: a preset (vocab follows the data unless overridden) or a JSON file / model folder."""
+    if cfg.model in PRESETS:
+        overrides = {"vocab_size": data_vocab, **cfg.overrides}
+        config = preset_config(cfg.model, cfg.size, **overrides)
+    else:
+        path = Path(cfg.model)
+        if not path.exists():
+            raise FileNotFoundError(f"model {cfg.model!r} is neither a preset ({', '.join(PRESETS)}) nor an existing "
+                                    "config JSON file or model folder")
+        config = NHAConfig.from_json_file(str(path)) if path.is_file() else NHAConfig.from_pretrained(str(path))
+        for key, value in cfg.overrides.items():
+            setattr(config, key, value)
+        config = NHAConfig(**config.to_dict())  # re-validate after the overrides
+    if config.vocab_size < data_vocab:
+        raise ValueError(f"the model's vocab_size {config.vocab_size} is smaller than the data's vocabulary "
+                         f"({data_vocab} ids)")
+    return config
+
+
+def build_source(cfg: TrainConfig, micro_batches: int):
+    if cfg.task is not None:
+        args = {"seq_len": cfg.seq_len, **cfg.task_args}
+        return TaskSource(cfg.task, micro_batch_size=cfg.micro_batch_size, micro_batches=micro_batches,
+                          seed=cfg.seed, **args)
+    return TextSource(cfg.data, tokenizer=cfg.tokenizer, seq_len=cfg.seq_len, micro_batch_size=cfg.micro_batch_size,
+                      micro_batches=micro_batches, seed=cfg.seed, val_fraction=cfg.val_fraction,
+                      text_field=cfg.text_field)
+
+
+def lr_lambda(cfg: TrainConfig):
+    """Linear warm-up to `lr`, then cosine decay to `min_lr_ratio * lr` at the last step."""
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        span = max(1, cfg.steps - cfg.warmup_steps)
+        progress = min(1.0, (step - cfg.warmup_steps) / span)
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return f
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, skip: set[str]) -> torch.optim.AdamW:
+    """AdamW; no weight decay on vectors (norms, biases). Parameters no forward reaches (`skip`) are left out, so
+    they stay as initialised in every run layout instead of decaying where DDP hands them zero gradients."""
+    decay, no_decay = [], []
+    for name, p in unwrap(model).named_parameters():
+        if p.requires_grad and name not in skip:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # foreach=False: the same per-parameter kernels whatever the layout, part of what keeps resume bitwise
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), foreach=False)
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    np_state = np.random.get_state()
+    state["numpy"] = (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:])
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _forward_loss(model, batch: dict, device: torch.device, autocast: bool) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy over the scored targets of one micro-batch, and their count."""
+    inputs = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "targets"}
+    targets = batch["targets"].to(device, non_blocking=True)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        logits = model(**inputs, use_cache=False).logits
+    loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum")
+    return loss, int((targets != IGNORE).sum())
+
+
+class _Log:
+    """JSONL records on the main rank; on resume, records past the checkpoint's step are dropped."""
+
+    def __init__(self, path: Path, enabled: bool, resume_step: int | None):
+        self.path, self.enabled = path, enabled
+        if not enabled:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is None:
+            path.write_text("")
+        elif path.exists():
+            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
+            path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def evaluate(model, source, cfg: TrainConfig, d, autocast: bool) -> dict:
+    """Held-out loss over `eval_batches` micro-batches shared among ranks; exact match for synthetic tasks."""
+    model.eval()
+    total = count = 0.0
+    per_rank = math.ceil(cfg.eval_batches / d.world_size)  # every rank runs as many forwards (FSDP needs it)
+    with torch.no_grad():
+        for i in range(per_rank):
+            loss, n = _forward_loss(model, source.eval_batch(d.rank + d.world_size * i), d.device, autocast)
+            total, count = total + float(loss), count + n
+    total, count = d.all_reduce_sum([total, count])
+    out = {"eval_loss": total / max(count, 1)}
+    if isinstance(source, TaskSource):
+        with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=autocast):
+            score = exact_match(unwrap(model), source.eval_set, batch_size=cfg.micro_batch_size * 4)
+        out.update(eval_token_accuracy=score.token_accuracy, eval_row_accuracy=score.row_accuracy)
+    model.train()
+    return out
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Run (or resume) training as `cfg` says; under torchrun, every process calls this."""
+    d = init_distributed(cfg.device)
+    try:
+        return _train(cfg, d)
+    finally:
+        cleanup()
+
+
+def _train(cfg: TrainConfig, d) -> TrainResult:
+    out = Path(cfg.out_dir)
+    ckpt_root = out / "checkpoints"
+    state = None
+    if cfg.resume is not None:
+        if cfg.resume == "auto":
+            try:
+                state = load_checkpoint(resolve_checkpoint(ckpt_root))
+            except FileNotFoundError:
+                state = None  # nothing saved yet: start fresh
+        else:
+            state = load_checkpoint(cfg.resume)
+    elif (ckpt_root / "latest").exists():
+        raise ValueError(f"{out} already holds checkpoints of a run: pass --resume auto to continue it, or choose "
+                         "another --out")
+
+    micro_batches = cfg.grad_accum * d.world_size
+    source = build_source(cfg, micro_batches)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed % 2**32)
+    if state is not None:
+        config = NHAConfig(**state["model_config"])
+    else:
+        config = build_model_config(cfg, source.vocab_size)
+    model = NHAForCausalLM(config).to(d.device)
+    n_params = sum(p.numel() for p in model.parameters())
+    skip = set(parameters_without_gradient(model))
+    model = wrap_model(model, d, fsdp=cfg.fsdp)
+    optimizer = make_optimizer(model, cfg, skip)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    start_step = 0
+    if state is not None:
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+                       options=StateDictOptions(full_state_dict=True))
+        scheduler.load_state_dict(state["scheduler"])
+        start_step = state["step"]
+        _set_rng_state(state["rng"][d.rank] if d.rank < len(state["rng"]) else state["rng"][0])
+    if start_step >= cfg.steps:
+        raise ValueError(f"the checkpoint is at step {start_step}, and --steps is {cfg.steps}: nothing left to do")
+    autocast = d.device.type == "cuda"
+    log = _Log(out / "log.jsonl", d.is_main, start_step if state is not None else None)
+    if d.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+
+    def checkpoint(step: int) -> None:
+        model_sd, optim_sd = get_state_dict(model, optimizer,
+                                            options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        rng = [_rng_state()]
+        if d.world_size > 1:
+            rng = [None] * d.world_size
+            torch.distributed.all_gather_object(rng, _rng_state())
+        if d.is_main:
+            save_checkpoint(ckpt_root, step, {
+                "model": model_sd, "optimizer": optim_sd, "scheduler": scheduler.state_dict(), "step": step,
+                "rng": rng, "model_config": config.to_dict(), "train_config": cfg.to_dict(),
+                "data": {"sequences_consumed": step * micro_batches * cfg.micro_batch_size},
+            }, keep=cfg.keep_checkpoints)
+        if d.world_size > 1:
+            torch.distributed.barrier()
+
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
+    bar = tqdm(total=cfg.steps, initial=start_step, disable=not (cfg.progress and d.is_main), desc="train",
+               dynamic_ncols=True)
+    model.train()
+    t_start, loss_value, eval_out = time.perf_counter(), float("nan"), {}
+    mine = list(range(d.rank, micro_batches, d.world_size))  # this rank's micro-batches of every step
+    last = start_step + cfg.stop_after if cfg.stop_after else cfg.steps
+    last = min(last, cfg.steps)
+    for step in range(start_step, last):
+        t0 = time.perf_counter()
+        batches = [source.batch(step, j) for j in mine]
+        local = sum(int((b["targets"] != IGNORE).sum()) for b in batches)
+        tokens = sum(b["input_ids"].numel() for b in batches)
+        global_count, global_tokens = d.all_reduce_sum([local, tokens])
+        # each rank's gradient is averaged over ranks by DDP/FSDP, hence the factor world_size
+        scale = d.world_size / max(global_count, 1)
+        loss_sum = 0.0
+        for i, batch in enumerate(batches):
+            with no_grad_sync(model, sync=i == len(batches) - 1):
+                loss, _ = _forward_loss(model, batch, d.device, autocast)
+                (loss * scale).backward()
+            loss_sum += float(loss.detach())
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)) if cfg.grad_clip > 0 \
+            else float("nan")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        lr = scheduler.get_last_lr()[0]
+        scheduler.step()
+        (loss_value,) = d.all_reduce_sum([loss_sum])
+        loss_value /= max(global_count, 1)
+        done = step + 1
+        dt = time.perf_counter() - t0
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{global_tokens / dt:,.0f}")
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            log.write({"step": done, "loss": loss_value, "lr": lr, "grad_norm": grad_norm, "tokens": int(global_tokens),
+                       "tokens_per_s": global_tokens / dt, "elapsed_s": time.perf_counter() - t_start})
+        if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps:
+            eval_out = evaluate(model, source, cfg, d, autocast)
+            log.write({"step": done, **eval_out})
+            bar.write(f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in eval_out.items()))
+        if (cfg.save_every and done % cfg.save_every == 0) or done == last:
+            checkpoint(done)
+    bar.close()
+    if cfg.save_model and last == cfg.steps:
+        model_sd, _ = get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if d.is_main:
+            final = NHAForCausalLM(config)
+            final.load_state_dict(model_sd)
+            final.save_pretrained(out / "model")
+    return TrainResult(steps=last, final_loss=loss_value, eval=eval_out, parameters=n_params,
+                       seconds=time.perf_counter() - t_start, out_dir=str(out))
