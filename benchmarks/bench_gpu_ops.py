@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 
 import torch
 import torch.nn.functional as F
@@ -26,8 +27,11 @@ TOKENS, H, D, M = 65536, 16, 128, 64
 WINDOWS = (64, 512, 2048)
 
 
-def bench(fn, rep=100) -> float:
-    return triton.testing.do_bench(fn, warmup=25, rep=rep, return_mode="median")
+def bench(fn, rep=50, name="") -> float:
+    start = time.time()
+    ms = triton.testing.do_bench(fn, warmup=25, rep=rep, return_mode="median")
+    print(f"  {name}: {ms:.3f} ms (measured in {time.time() - start:.1f} s)", flush=True)
+    return ms
 
 
 def fwd_bwd(fn, inputs, do):
@@ -52,20 +56,20 @@ def training_rows(lengths, fla) -> list[dict]:
         dot = do.transpose(1, 2).contiguous()
         with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
             f = lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=True)  # noqa: E731
-            row["sdpa"] = (bench(f), bench(fwd_bwd(f, (qt, kt, vt), dot)))
+            row["sdpa"] = (bench(f, name=f"T{T} sdpa"), bench(fwd_bwd(f, (qt, kt, vt), dot), name="bwd"))
         del qt, kt, vt, dot
         for w in WINDOWS:
             if w >= T:
                 continue
             f = lambda w=w: triton_nha(q, k, v, g, w)[0]  # noqa: E731
-            row[f"nha_w{w}"] = (bench(f), bench(fwd_bwd(f, (q, k, v, g), do)))
+            row[f"nha_w{w}"] = (bench(f, name=f"nha w{w}"), bench(fwd_bwd(f, (q, k, v, g), do), name="bwd"))
             if fla is not None:
                 f = lambda w=w: fla["swa"](q, k, v, window_size=w)  # noqa: E731
-                row[f"fla_swa_w{w}"] = (bench(f), bench(fwd_bwd(f, (q, k, v), do)))
+                row[f"fla_swa_w{w}"] = (bench(f, name=f"swa w{w}"), bench(fwd_bwd(f, (q, k, v), do), name="bwd"))
         if fla is not None:
             s = torch.randn(B, T, H, M, device=dev, dtype=dt, requires_grad=True)
             f = lambda: fla["gsa"](q, k, v, s, g)[0]  # noqa: E731
-            row["fla_gsa"] = (bench(f), bench(fwd_bwd(f, (q, k, v, s, g), do)))
+            row["fla_gsa"] = (bench(f, name="gsa"), bench(fwd_bwd(f, (q, k, v, s, g), do), name="bwd"))
             del s
         print({k: v if not isinstance(v, tuple) else tuple(round(x, 3) for x in v) for k, v in row.items()}, flush=True)
         rows.append(row)
