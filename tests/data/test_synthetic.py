@@ -10,20 +10,21 @@ def gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
-@pytest.mark.parametrize("V,P,T", [(16, 2, 8), (64, 8, 64), (40, 19, 100)])
-def test_mqar_answers_are_recoverable_from_the_prompt(V, P, T):
-    b = mqar(50, vocab_size=V, num_pairs=P, seq_len=T, generator=gen())
+@pytest.mark.parametrize("V,P,T,Q", [(16, 2, 8, None), (64, 8, 64, None), (40, 19, 100, None), (32, 4, 48, 16)])
+def test_mqar_answers_are_recoverable_from_the_prompt(V, P, T, Q):
+    b = mqar(50, vocab_size=V, num_pairs=P, seq_len=T, num_queries=Q, generator=gen())
+    Q = P if Q is None else Q
     assert b.input_ids.shape == b.targets.shape == (50, T)
     for ids, tgt in zip(b.input_ids.tolist(), b.targets.tolist()):
         pairs = dict(zip(ids[0:2 * P:2], ids[1:2 * P:2]))
         assert len(pairs) == P, "keys of a row must be distinct"
         assert all(1 <= k < V // 2 <= v < V for k, v in pairs.items())
         scored = [t for t in range(T) if tgt[t] != IGNORE]
-        assert len(scored) == P
+        assert len(scored) == Q
         for t in scored:
             # the answer after a queried key is the value that followed that key among the pairs
             assert tgt[t] == pairs[ids[t]] == ids[t + 1]
-        assert all(x == 0 for x in ids[2 * P:T - 2 * P])
+        assert all(x == 0 for x in ids[2 * P:T - 2 * Q])
 
 
 def test_mqar_is_seeded():
@@ -51,6 +52,7 @@ def test_haystack_puts_the_needle_where_it_says(depth):
 @pytest.mark.parametrize("fn,kwargs,match", [
     (mqar, dict(vocab_size=8, num_pairs=4), "vocab_size must be at least 10"),
     (mqar, dict(num_pairs=8, seq_len=20), "seq_len >= 32"),
+    (mqar, dict(num_pairs=2, num_queries=9, seq_len=20), "2 pairs and 9 queries needs seq_len >= 22"),
     (mqar, dict(num_pairs=0), "num_pairs must be a positive int"),
     (haystack, dict(depth=1.5), "depth must be a fraction"),
     (haystack, dict(seq_len=8, needle_len=4), "seq_len >= 11"),

@@ -40,20 +40,22 @@ def _positive_int(name: str, value) -> int:
 
 
 def mqar(num_examples: int, *, vocab_size: int = 64, num_pairs: int = 8, seq_len: int = 64,
-         generator: torch.Generator | None = None) -> SyntheticBatch:
+         num_queries: int | None = None, generator: torch.Generator | None = None) -> SyntheticBatch:
     """Multi-query associative recall (Zoology's MQAR, with all queries after a gap).
 
-    Layout of each row: `k_1 v_1 ... k_P v_P`, filler token 0 up to position `T - 2P`, then the `P` keys again in
-    a random order, each followed by its value. The model is scored on predicting each value right after its
-    queried key; the pairs are `>= T - 4P` positions back, so a sliding window shorter than that cannot see them.
+    Layout of each row: `k_1 v_1 ... k_P v_P`, filler token 0 up to position `T - 2Q`, then `Q` queries: keys drawn
+    uniformly with replacement from the row's pairs, each followed by its value. The model is scored on predicting
+    each value right after its queried key; the pairs end `T - 2P - 2Q` positions before the first query, so a
+    sliding window shorter than that cannot see them.
     Keys come from ids `1 .. vocab_size // 2 - 1`, values from `vocab_size // 2 .. vocab_size - 1`; the keys of a
     row are distinct, values may repeat.
 
     Args:
         num_examples: N rows.
         vocab_size: ids `0 .. vocab_size - 1`; needs `vocab_size // 2 - 1 >= num_pairs`.
-        num_pairs: P key-value pairs per row (all of them are queried).
-        seq_len: T, at least `4 * num_pairs`.
+        num_pairs: P key-value pairs per row.
+        seq_len: T, at least `2 * (num_pairs + num_queries)`.
+        num_queries: Q queries per row (default P); more queries give more scored tokens per row.
         generator: a seeded `torch.Generator` (CPU) for reproducible data.
 
     Returns:
@@ -64,24 +66,27 @@ def mqar(num_examples: int, *, vocab_size: int = 64, num_pairs: int = 8, seq_len
         >>> int((batch.targets != -100).sum(1)[0])
         8
     """
-    N, V, P, T = (_positive_int(n, x) for n, x in
-                  (("num_examples", num_examples), ("vocab_size", vocab_size), ("num_pairs", num_pairs),
-                   ("seq_len", seq_len)))
+    Q = num_pairs if num_queries is None else num_queries
+    N, V, P, T, Q = (_positive_int(n, x) for n, x in
+                     (("num_examples", num_examples), ("vocab_size", vocab_size), ("num_pairs", num_pairs),
+                      ("seq_len", seq_len), ("num_queries", Q)))
     num_keys = V // 2 - 1
     if num_keys < P:
         raise ValueError(f"MQAR needs {P} distinct keys from ids 1..{V // 2 - 1}: vocab_size must be at least "
                          f"{2 * (P + 1)}, got {V}")
-    if T < 4 * P:
-        raise ValueError(f"MQAR with {P} pairs needs seq_len >= {4 * P} (pairs, then queries), got {T}")
+    if T < 2 * (P + Q):
+        raise ValueError(f"MQAR with {P} pairs and {Q} queries needs seq_len >= {2 * (P + Q)}, got {T}")
     keys = torch.rand(N, num_keys, generator=generator).argsort(-1)[:, :P] + 1               # [N, P] distinct
     values = torch.randint(V // 2, V, (N, P), generator=generator)                          # [N, P]
-    order = torch.rand(N, P, generator=generator).argsort(-1)                              # query order
+    # queries drawn with replacement: were every key asked once, the last answers would follow by elimination
+    # (a shortcut tiny models find before they learn to look keys up)
+    order = torch.randint(0, P, (N, Q), generator=generator)                               # [N, Q]
     q_keys, q_values = keys.gather(1, order), values.gather(1, order)
     input_ids = torch.zeros(N, T, dtype=torch.long)
     input_ids[:, 0:2 * P:2], input_ids[:, 1:2 * P:2] = keys, values
-    input_ids[:, T - 2 * P::2], input_ids[:, T - 2 * P + 1::2] = q_keys, q_values
+    input_ids[:, T - 2 * Q::2], input_ids[:, T - 2 * Q + 1::2] = q_keys, q_values
     targets = torch.full((N, T), IGNORE, dtype=torch.long)
-    targets[:, T - 2 * P::2] = q_values
+    targets[:, T - 2 * Q::2] = q_values
     return SyntheticBatch(input_ids, targets)
 
 

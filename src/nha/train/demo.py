@@ -23,15 +23,15 @@ import torch
 
 SETUPS = {
     # measured on a 2-core CPU: about 5 minutes for 4 models x 3 seeds (see BENCHMARKS.md, "Demo (CPU)")
-    "cpu": dict(task=dict(vocab_size=32, num_pairs=4, seq_len=48),
-                model=dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
-                           num_key_value_heads=4),
-                nha=dict(window_size=4, num_slots=4), steps=1200, lr=3e-3, batch=32, seeds=3, workers=2),
+    "cpu": dict(task=dict(vocab_size=32, num_pairs=4, num_queries=16, seq_len=64),
+                model=dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=2,
+                           num_key_value_heads=2),
+                nha=dict(window_size=4, num_slots=8), steps=1200, lr=1e-3, batch=32, seeds=3, workers=2),
     # meant for one GPU (not yet measured): more pairs, longer rows, a wider model
-    "gpu": dict(task=dict(vocab_size=256, num_pairs=16, seq_len=256),
+    "gpu": dict(task=dict(vocab_size=256, num_pairs=16, num_queries=64, seq_len=256),
                 model=dict(num_hidden_layers=2, hidden_size=128, intermediate_size=256, num_attention_heads=4,
                            num_key_value_heads=4),
-                nha=dict(window_size=16, num_slots=16), steps=4000, lr=2e-3, batch=128, seeds=3, workers=1),
+                nha=dict(window_size=16, num_slots=16), steps=4000, lr=1e-3, batch=128, seeds=3, workers=1),
 }
 MODELS = ("transformer", "swa", "gsa", "nha")
 
@@ -89,8 +89,9 @@ def _mean_spread(xs: list[float]) -> tuple[float, float]:
 
 def summarize(runs: list[dict], layouts: dict, bytes_: dict, setup: dict) -> str:
     task = setup["task"]
-    lines = [f"MQAR: {task['num_pairs']} pairs, vocab {task['vocab_size']}, {task['seq_len']} tokens per row (pairs "
-             f"{task['seq_len'] - 4 * task['num_pairs']}+ tokens before their queries); "
+    gap = task["seq_len"] - 2 * task["num_pairs"] - 2 * task["num_queries"]
+    lines = [f"MQAR: {task['num_pairs']} pairs, {task['num_queries']} queries, vocab {task['vocab_size']}, "
+             f"{task['seq_len']} tokens per row ({gap} filler tokens between the pairs and the first query); "
              f"{setup['steps']} steps x {setup['batch']} rows; accuracy = exact match per query on 512 held-out rows",
              "",
              "| model | layout per layer | parameters | decoding state (bytes) | accuracy (mean ± std) | per seed | "
