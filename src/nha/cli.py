@@ -12,6 +12,9 @@ COMMANDS = {
     # name: (module, one-line help)
     "train": ("nha.train.cli_train", "train an NHA model or a baseline on text or a synthetic recall task"),
     "demo": ("nha.train.demo", "recall demo: Transformer / SWA / GSA / NHA on MQAR at equal state, table + plot"),
+    "eval": ("nha.eval.cli_eval", "lm-eval tasks and long-context recall suites on a model: table + JSON"),
+    "search-windows": ("nha.eval.cli_windows", "choose per-layer windows under a state budget without retraining"),
+    "report": ("nha.eval.cli_report", "accuracy, state memory and speed of several models side by side"),
 }
 
 
