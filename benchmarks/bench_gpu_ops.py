@@ -42,23 +42,26 @@ def fwd_bwd(fn, inputs, do):
     return run
 
 
-def training_rows(lengths, fla) -> list[dict]:
-    rows = []
+def training_rows(lengths, fla, with_gsa: bool, rows: list[dict]) -> list[dict]:
     dt, dev = torch.bfloat16, "cuda"
     for T in lengths:
         B = max(1, TOKENS // T)
+        row = next((r for r in rows if r["T"] == T), None)
+        if row is None:
+            row = {"T": T, "B": B}
+            rows.append(row)
         rnd = lambda *s: torch.randn(*s, device=dev, dtype=dt, requires_grad=True)  # noqa: E731
         q, k, v = rnd(B, T, H, D), rnd(B, T, H, D), rnd(B, T, H, D)
         do = torch.randn(B, T, H, D, device=dev, dtype=dt)
         g = F.logsigmoid(torch.randn(B, T, H, M, device=dev)).div(8).to(dt).requires_grad_()
-        row = {"T": T, "B": B}
         qt, kt, vt = (x.detach().transpose(1, 2).contiguous().requires_grad_() for x in (q, k, v))
         dot = do.transpose(1, 2).contiguous()
         with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
             f = lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=True)  # noqa: E731
-            row["sdpa"] = (bench(f, name=f"T{T} sdpa"), bench(fwd_bwd(f, (qt, kt, vt), dot), name="bwd"))
+            if not with_gsa:
+                row["sdpa"] = (bench(f, name=f"T{T} sdpa"), bench(fwd_bwd(f, (qt, kt, vt), dot), name="bwd"))
         del qt, kt, vt, dot
-        for w in WINDOWS:
+        for w in WINDOWS if not with_gsa else ():
             if w >= T:
                 continue
             f = lambda w=w: triton_nha(q, k, v, g, w)[0]  # noqa: E731
@@ -66,13 +69,12 @@ def training_rows(lengths, fla) -> list[dict]:
             if fla is not None:
                 f = lambda w=w: fla["swa"](q, k, v, window_size=w)  # noqa: E731
                 row[f"fla_swa_w{w}"] = (bench(f, name=f"swa w{w}"), bench(fwd_bwd(f, (q, k, v), do), name="bwd"))
-        if fla is not None:
+        if fla is not None and with_gsa:
             s = torch.randn(B, T, H, M, device=dev, dtype=dt, requires_grad=True)
             f = lambda: fla["gsa"](q, k, v, s, g)[0]  # noqa: E731
-            row["fla_gsa"] = (bench(f, name="gsa"), bench(fwd_bwd(f, (q, k, v, s, g), do), name="bwd"))
+            row["fla_gsa"] = (bench(f, name=f"T{T} gsa"), bench(fwd_bwd(f, (q, k, v, s, g), do), name="bwd"))
             del s
         print({k: v if not isinstance(v, tuple) else tuple(round(x, 3) for x in v) for k, v in row.items()}, flush=True)
-        rows.append(row)
         del q, k, v, g, do
         torch.cuda.empty_cache()
     return rows
@@ -151,7 +153,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "/tmp"))
     ap.add_argument("--quick", action="store_true", help="two lengths, batch-1 decoding only")
+    ap.add_argument("--plot-from", help="only redraw the plot and tables from a gpu_ops.json written earlier")
     args = ap.parse_args()
+    if args.plot_from:
+        with open(args.plot_from) as f:
+            saved = json.load(f)
+        saved["train"] = [{k: tuple(v) if isinstance(v, list) else v for k, v in r.items()} for r in saved["train"]]
+        print(tables(saved["device"], saved["train"], saved["decode"]))
+        plot(saved["device"], saved["train"], os.path.join(args.out, "gpu_ops.png"))
+        return
     torch.backends.cuda.matmul.allow_tf32 = True
     try:
         from fla.ops.attn.parallel import parallel_attn  # noqa: PLC0415
@@ -163,17 +173,30 @@ def main() -> None:
         fla = None
     device = torch.cuda.get_device_name()
     lengths = (2048, 65536) if args.quick else (2048, 8192, 32768, 65536)
-    train = training_rows(lengths, fla)
-    decode = decoding_rows((4096, 32768, 131072), (1,) if args.quick else (1, 16))
-    text = tables(device, train, decode)
-    print(text)
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "gpu_ops.md"), "w") as f:
-        f.write(text + "\n")
-    with open(os.path.join(args.out, "gpu_ops.json"), "w") as f:
-        json.dump({"device": device, "torch": torch.__version__, "triton": triton.__version__, "train": train,
-                   "decode": decode}, f, indent=1)
-    plot(device, train, os.path.join(args.out, "gpu_ops.png"))
+    train, decode = [], []
+
+    def save() -> None:  # after every phase, so a run cut short still leaves its numbers
+        text = tables(device, train, decode)
+        print(text, flush=True)
+        with open(os.path.join(args.out, "gpu_ops.md"), "w") as f:
+            f.write(text + "\n")
+        with open(os.path.join(args.out, "gpu_ops.json"), "w") as f:
+            json.dump({"device": device, "torch": torch.__version__, "triton": triton.__version__, "train": train,
+                       "decode": decode}, f, indent=1)
+        try:
+            plot(device, train, os.path.join(args.out, "gpu_ops.png"))
+        except ImportError as e:  # the GPU image may lack matplotlib: plot later with --plot-from
+            print("no plot:", e)
+
+    training_rows(lengths, fla, False, train)
+    save()
+    decode += decoding_rows((4096, 32768, 131072), (1,) if args.quick else (1, 16))
+    save()
+    # fla's gated slot attention autotunes for minutes on its first calls: it goes last, one length at a time
+    for T in lengths if fla is not None else ():
+        training_rows((T,), fla, True, train)
+        save()
 
 
 if __name__ == "__main__":

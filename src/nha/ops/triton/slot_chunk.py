@@ -88,9 +88,9 @@ def slot_read_kernel(
         b_a = tl.dot(b_pn, tl.trans(b_xj * tl.exp(b_gn[None, :] - b_gj)), input_precision=DOT_PREC)
         b_yj = tl.load(y + (rows_j[:, None] * H + i_h) * D + o_d[None, :], mask=m_d[None, :], other=0.0)
         b_o += tl.dot(b_a, b_yj.to(tl.float32), input_precision=DOT_PREC)
-    # the diagonal sub-chunk, pair by pair (exact)
+    # the diagonal sub-chunk, pair by pair (exact); unrolled so the row loads are issued together, not one by one
     b_a = tl.zeros([BC, BC], dtype=tl.float32)
-    for jj in range(0, BC):
+    for jj in tl.static_range(0, BC):
         row = (i_n * E + i_c * BC + jj).to(tl.int64)
         b_xr = tl.load(x + (row * H + i_h) * M + o_m, mask=m_m, other=0.0)
         b_gr = tl.load(gc + (row * H + i_h) * M + o_m, mask=m_m, other=0.0)
@@ -150,8 +150,8 @@ def slot_logits_kernel(
         b_gj = tl.load(gc + p_jm, mask=m_m[None, :], other=0.0)
         b_acc += tl.dot(b_qyj, b_xj * tl.exp(b_gn[None, :] - b_gj), input_precision=DOT_PREC)
     b_z += b_acc * tl.exp(b_gc - b_gn[None, :])
-    # the diagonal sub-chunk, pair by pair (exact)
-    for jj in range(0, BC):
+    # the diagonal sub-chunk, pair by pair (exact); unrolled so the row loads are issued together, not one by one
+    for jj in tl.static_range(0, BC):
         row = (i_n * E + i_c * BC + jj).to(tl.int64)
         b_xr = tl.load(x + (row * H + i_h) * M + o_m, mask=m_m, other=0.0)
         b_gr = tl.load(gc + (row * H + i_h) * M + o_m, mask=m_m, other=0.0)
@@ -161,8 +161,8 @@ def slot_logits_kernel(
     tl.store(z + p_rm, b_z, mask=m_m[None, :])
 
 
-def _blocks(M: int, D: int) -> tuple[int, int]:
-    return max(16, triton.next_power_of_2(M)), max(16, min(64, triton.next_power_of_2(D)))
+def _blocks(M: int, D: int, widest: int = 64) -> tuple[int, int]:
+    return max(16, triton.next_power_of_2(M)), max(16, min(widest, triton.next_power_of_2(D)))
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -191,7 +191,8 @@ def slot_read(p, x, gc, y, h, chunk: int, prec: str, sub: int = 16) -> torch.Ten
     """`o_t = S_t^T p_t`: p `[N, E, H, M]` -> `[N, E, H, D]` float32."""
     N, E, H, M = x.shape
     D = y.shape[-1]
-    BM, BD = _blocks(M, D)
+    # each D block recomputes the sub-chunk's weights, so blocks are as wide as registers allow
+    BM, BD = _blocks(M, D, widest=128 if M <= 64 else 64)
     o = new_output(N, E, H, D, device=x.device)
     grid = (triton.cdiv(D, BD), E // sub, N * H)
     slot_read_kernel[grid](p, x, gc, y, h, o, E, H, M, D, BT=chunk, BC=sub, BM=BM, BD=BD, DOT_PREC=prec)

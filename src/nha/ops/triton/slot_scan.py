@@ -43,11 +43,17 @@ def _reverse_scan(r, c, g, s, y, d_final, chunk, prec):
     return ds, dy, r0
 
 
-def _gate_grad(dG: torch.Tensor, d_final: Optional[torch.Tensor], final: torch.Tensor) -> torch.Tensor:
+def _gate_grad(dG: torch.Tensor, d_final: Optional[torch.Tensor], final: torch.Tensor, chunk: int) -> torch.Tensor:
+    """`dg_t = sum_{t' >= t} dG_t'`. A scan along a long time axis runs one thread per column in PyTorch, so it is
+    done in two levels: inside each chunk, then over the chunk totals."""
     if d_final is not None:
         dG = dG.clone()
         dG[:, -1] += (d_final * final).sum(-1)
-    return torch.flip(torch.cumsum(torch.flip(dG, dims=[1]), dim=1), dims=[1])
+    N, E, H, M = dG.shape
+    local = torch.flip(torch.cumsum(torch.flip(dG.view(N, E // chunk, chunk, H, M), dims=[2]), dim=2), dims=[2])
+    totals = local[:, :, 0]  # [N, NT, H, M]
+    later = torch.flip(torch.cumsum(torch.flip(totals, dims=[1]), dim=1), dims=[1]) - totals  # chunks after this one
+    return (local + later[:, :, None]).view(N, E, H, M)
 
 
 class SlotLogitsFunction(torch.autograd.Function):
@@ -73,7 +79,7 @@ class SlotLogitsFunction(torch.autograd.Function):
         dq = slot_read(dz, s, gc, k, h, chunk, prec)
         d_final = None if dht is None else dht.float().contiguous()
         ds, dk, r0 = _reverse_scan(dz, q, g, s, k, d_final, chunk, prec)
-        dg = _gate_grad(dz * z - s * ds, d_final, ht)
+        dg = _gate_grad(dz * z - s * ds, d_final, ht, chunk)
         dh0 = None if h0 is None else torch.exp(g[:, 0].float())[..., None] * r0
         return dq.to(q.dtype), ds, dg, dk.to(k.dtype), dh0, None
 
@@ -101,6 +107,6 @@ class SlotReadFunction(torch.autograd.Function):
         dp = slot_logits(do, s, gc, v, h, chunk, prec)
         d_final = None if dht is None else dht.float().contiguous()
         ds, dv, r0 = _reverse_scan(p, do, g, s, v, d_final, chunk, prec)
-        dg = _gate_grad(p * dp - s * ds, d_final, ht)
+        dg = _gate_grad(p * dp - s * ds, d_final, ht, chunk)
         dh0 = None if h0 is None else torch.exp(g[:, 0].float())[..., None] * r0
         return dp, ds, dg, dv.to(v.dtype), dh0, None
