@@ -27,12 +27,13 @@ class NHAConfig(PretrainedConfig):
 
     Args:
         window_size: `w >= 0` for every layer, or a list with one entry per layer; `None` = full attention.
-        num_slots: `M >= 0` slots per key/value head, for every layer or per layer (ignored by full layers).
+        num_slots: `M >= 0` slots per key/value head, for every layer or per layer (a full-attention layer with
+            slots keeps its gate projection, unused until its window is set).
         gate_normalizer: tau in `g = logsigmoid(W_f x) / tau`.
         qk_norm: per-head RMSNorm on q and k (Qwen3).
         v_silu, slot_feature_map, output_norm: the from-scratch GSA-block options (off for converted models).
-        full_attention_every: construction helper: layers `k-1, 2k-1, ...` become full attention.
-        full_attention_layers: construction helper: these layer indices become full attention.
+        full_attention_every: construction helper: layers `k-1, 2k-1, ...` become full attention (0 slots).
+        full_attention_layers: construction helper: these layer indices become full attention (0 slots).
         The two helpers are folded into `window_size` (saved as a per-layer list) and not stored.
 
     Example:
@@ -90,7 +91,8 @@ class NHAConfig(PretrainedConfig):
         for i in layers or []:
             if not _is_int(i) or not -self.num_hidden_layers <= i < self.num_hidden_layers:
                 raise ValueError(f"full_attention_layers holds {i!r}, not a layer index in 0..{self.num_hidden_layers - 1}")
-            windows[i] = None
+            # a layer made full attention here is a plain attention layer: no slots, so no gate to leave unused
+            windows[i], slots[i] = None, 0
         for i, (w, m) in enumerate(zip(windows, slots)):
             if w is not None and (not _is_int(w) or w < 0):
                 raise ValueError(f"window_size of layer {i} must be an int >= 0 or None (full attention), got {w!r}")
@@ -100,7 +102,7 @@ class NHAConfig(PretrainedConfig):
                 raise ValueError(f"layer {i} has window_size=0 and num_slots=0: it would attend to nothing")
         # a uniform layout stays a scalar so saved configs read as written
         if layers:
-            self.window_size = windows
+            self.window_size, self.num_slots = windows, slots
         if self.gate_normalizer <= 0:
             raise ValueError(f"gate_normalizer must be > 0, got {self.gate_normalizer}")
         if self.hidden_act not in ACT2FN:
@@ -145,6 +147,10 @@ class NHAConfig(PretrainedConfig):
 
     @property
     def layer_slots(self) -> list[int]:
-        """The slot count of each layer (0 for full-attention layers, which keep no slots)."""
-        slots = self._per_layer("num_slots", self.num_slots)
-        return [0 if w is None else m for w, m in zip(self.layer_windows, slots)]
+        """The slot count of each layer, as configured.
+
+        A full-attention layer with slots keeps its gate projection (unused while its window is None) so that its
+        window can be reassigned after training and survive save/load; layers made full by `full_attention_every`
+        or `full_attention_layers` get 0 slots.
+        """
+        return self._per_layer("num_slots", self.num_slots)
