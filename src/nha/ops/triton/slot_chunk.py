@@ -19,11 +19,19 @@ from nha.ops.triton.common import new_output
 
 
 @triton.jit
+def _time(t, E, REVERSE: tl.constexpr):
+    # REVERSE reads the sequence back to front: the scan of a backward pass, without flipping tensors in memory
+    if REVERSE:
+        return E - 1 - t
+    return t
+
+
+@triton.jit
 def slot_state_kernel(
     x, gc, y, h0, h, ht,
     E, H, M, D,
     BT: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr,
-    HAS_H0: tl.constexpr, DOT_PREC: tl.constexpr,
+    HAS_H0: tl.constexpr, REVERSE: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
     # one program walks every chunk of one (sequence, head, D block) and stores the state at each chunk start
     i_d, i_nh = tl.program_id(0), tl.program_id(1)
@@ -38,26 +46,43 @@ def slot_state_kernel(
     b_h = tl.zeros([BM, BD], dtype=tl.float32)
     if HAS_H0:
         b_h = tl.load(h0 + p_state, mask=m_md, other=0.0).to(tl.float32)
-    for i_t in range(0, NT):
+    # the loads of a chunk do not depend on the state: pipelining overlaps them with the previous chunk's update
+    for i_t in tl.range(0, NT, num_stages=2):
         p_h = h + ((i_n * H + i_h) * NT + i_t) * M * D + o_m[:, None] * D + o_d[None, :]
         tl.store(p_h, b_h, mask=m_md)
-        rows = (i_n * E + i_t * BT + o_t).to(tl.int64)
-        b_x = tl.load(x + (rows[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0)
+        rows = i_n * E + (i_t * BT + o_t).to(tl.int64)
+        rows_in = i_n * E + _time(i_t * BT + o_t, E, REVERSE).to(tl.int64)
+        b_x = tl.load(x + (rows_in[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0).to(tl.float32)
         b_gc = tl.load(gc + (rows[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0)
         last = (i_n * E + i_t * BT + BT - 1).to(tl.int64)
         b_glast = tl.load(gc + (last * H + i_h) * M + o_m, mask=m_m, other=0.0)
-        b_y = tl.load(y + (rows[:, None] * H + i_h) * D + o_d[None, :], mask=m_d[None, :], other=0.0).to(tl.float32)
+        b_y = tl.load(y + (rows_in[:, None] * H + i_h) * D + o_d[None, :], mask=m_d[None, :], other=0.0)
         # weight of each token at the chunk end: exp(G_last - G_j) x_j, every factor <= 1
         b_xw = b_x * tl.exp(b_glast[None, :] - b_gc)
-        b_h = b_h * tl.exp(b_glast)[:, None] + tl.dot(tl.trans(b_xw), b_y, input_precision=DOT_PREC)
+        b_h = b_h * tl.exp(b_glast)[:, None] + tl.dot(tl.trans(b_xw), b_y.to(tl.float32), input_precision=DOT_PREC)
     tl.store(ht + p_state, b_h, mask=m_md)
+
+
+@triton.jit
+def _earlier_rows(x, gc, b_gn, i_n, i_h, i_t, i_s, E, H, M,
+                  BT: tl.constexpr, BC: tl.constexpr, BM: tl.constexpr, REVERSE: tl.constexpr):
+    # `[BT, BM]`: x_j exp(G_n - G_j) for the chunk's rows j before this sub-chunk (G_n its first row), 0 elsewhere
+    o_t = tl.arange(0, BT)
+    o_m = tl.arange(0, BM)
+    m_m = o_m < M
+    rows = i_n * E + (i_t * BT + o_t).to(tl.int64)
+    rows_in = i_n * E + _time(i_t * BT + o_t, E, REVERSE).to(tl.int64)
+    b_x = tl.load(x + (rows_in[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0).to(tl.float32)
+    b_g = tl.load(gc + (rows[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0)
+    return b_x * tl.exp(tl.where((o_t < i_s * BC)[:, None], b_gn[None, :] - b_g, float("-inf")))
 
 
 @triton.jit
 def slot_read_kernel(
     p, x, gc, y, h, o,
     E, H, M, D,
-    BT: tl.constexpr, BC: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, DOT_PREC: tl.constexpr,
+    BT: tl.constexpr, BC: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr,
+    REVERSE: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
     # o_t = S_t^T p_t for one sub-chunk of BC rows and one D block
     i_d, i_c, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -67,98 +92,91 @@ def slot_read_kernel(
     o_m = tl.arange(0, BM)
     o_d = i_d * BD + tl.arange(0, BD)
     o_i = tl.arange(0, BC)
+    o_t = tl.arange(0, BT)
     m_m, m_d = o_m < M, o_d < D
-    rows = (i_n * E + i_c * BC + o_i).to(tl.int64)
+    rows = i_n * E + (i_c * BC + o_i).to(tl.int64)
+    rows_in = i_n * E + _time(i_c * BC + o_i, E, REVERSE).to(tl.int64)
     p_rm = (rows[:, None] * H + i_h) * M + o_m[None, :]
-    b_p = tl.load(p + p_rm, mask=m_m[None, :], other=0.0).to(tl.float32)
+    b_p = tl.load(p + (rows_in[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0).to(tl.float32)
     b_gc = tl.load(gc + p_rm, mask=m_m[None, :], other=0.0)
     p_h = h + ((i_n * H + i_h) * NT + i_t) * M * D + o_m[:, None] * D + o_d[None, :]
     b_h = tl.load(p_h, mask=m_m[:, None] & m_d[None, :], other=0.0)
     # from the state at the chunk start
     b_o = tl.dot(b_p * tl.exp(b_gc), b_h, input_precision=DOT_PREC)
-    # earlier sub-chunks of this chunk, decays split at this sub-chunk's first row
-    first = (i_n * E + i_c * BC).to(tl.int64)
+    # earlier sub-chunks of this chunk in one product, decays split at this sub-chunk's first row
+    first = i_n * E + (i_c * BC).to(tl.int64)
     b_gn = tl.load(gc + (first * H + i_h) * M + o_m, mask=m_m, other=0.0)
-    b_pn = b_p * tl.exp(b_gc - b_gn[None, :])
-    for i_j in range(0, i_s):
-        rows_j = (i_n * E + i_t * BT + i_j * BC + o_i).to(tl.int64)
-        p_jm = (rows_j[:, None] * H + i_h) * M + o_m[None, :]
-        b_xj = tl.load(x + p_jm, mask=m_m[None, :], other=0.0)
-        b_gj = tl.load(gc + p_jm, mask=m_m[None, :], other=0.0)
-        b_a = tl.dot(b_pn, tl.trans(b_xj * tl.exp(b_gn[None, :] - b_gj)), input_precision=DOT_PREC)
-        b_yj = tl.load(y + (rows_j[:, None] * H + i_h) * D + o_d[None, :], mask=m_d[None, :], other=0.0)
-        b_o += tl.dot(b_a, b_yj.to(tl.float32), input_precision=DOT_PREC)
+    b_xw = _earlier_rows(x, gc, b_gn, i_n, i_h, i_t, i_s, E, H, M, BT, BC, BM, REVERSE)
+    b_a = tl.dot(b_p * tl.exp(b_gc - b_gn[None, :]), tl.trans(b_xw), input_precision=DOT_PREC)  # [BC, BT]
+    rows_c = i_n * E + _time(i_t * BT + o_t, E, REVERSE).to(tl.int64)
+    b_yc = tl.load(y + (rows_c[:, None] * H + i_h) * D + o_d[None, :], mask=m_d[None, :], other=0.0)
+    b_o += tl.dot(b_a, b_yc.to(tl.float32), input_precision=DOT_PREC)
     # the diagonal sub-chunk, pair by pair (exact); unrolled so the row loads are issued together, not one by one
     b_a = tl.zeros([BC, BC], dtype=tl.float32)
     for jj in tl.static_range(0, BC):
-        row = (i_n * E + i_c * BC + jj).to(tl.int64)
-        b_xr = tl.load(x + (row * H + i_h) * M + o_m, mask=m_m, other=0.0)
+        row = i_n * E + (i_c * BC + jj).to(tl.int64)
+        row_in = i_n * E + _time(i_c * BC + jj, E, REVERSE).to(tl.int64)
+        b_xr = tl.load(x + (row_in * H + i_h) * M + o_m, mask=m_m, other=0.0).to(tl.float32)
         b_gr = tl.load(gc + (row * H + i_h) * M + o_m, mask=m_m, other=0.0)
         b_dec = tl.exp(tl.where(o_i[:, None] >= jj, b_gc - b_gr[None, :], float("-inf")))
         b_col = tl.sum(b_p * b_xr[None, :] * b_dec, axis=1)
         b_a = tl.where(o_i[None, :] == jj, b_col[:, None], b_a)
-    b_yi = tl.load(y + (rows[:, None] * H + i_h) * D + o_d[None, :], mask=m_d[None, :], other=0.0)
+    b_yi = tl.load(y + (rows_in[:, None] * H + i_h) * D + o_d[None, :], mask=m_d[None, :], other=0.0)
     b_o += tl.dot(b_a, b_yi.to(tl.float32), input_precision=DOT_PREC)
-    tl.store(o + (rows[:, None] * H + i_h) * D + o_d[None, :], b_o, mask=m_d[None, :])
+    tl.store(o + (rows_in[:, None] * H + i_h) * D + o_d[None, :], b_o, mask=m_d[None, :])
 
 
 @triton.jit
 def slot_logits_kernel(
     q, x, gc, y, h, z,
     E, H, M, D,
-    BT: tl.constexpr, BC: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, DOT_PREC: tl.constexpr,
+    BT: tl.constexpr, BC: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, ND: tl.constexpr,
+    REVERSE: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
-    # z_t = S_t q_t for one sub-chunk of BC rows (all M slots; D walked in blocks of BD)
+    # z_t = S_t q_t for one sub-chunk of BC rows (all M slots; D walked in ND blocks of BD)
     i_c, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
     NT = E // BT
     i_t, i_s = (i_c * BC) // BT, ((i_c * BC) % BT) // BC
     o_m = tl.arange(0, BM)
     o_i = tl.arange(0, BC)
+    o_t = tl.arange(0, BT)
     m_m = o_m < M
-    rows = (i_n * E + i_c * BC + o_i).to(tl.int64)
-    p_rm = (rows[:, None] * H + i_h) * M + o_m[None, :]
-    b_gc = tl.load(gc + p_rm, mask=m_m[None, :], other=0.0)
-    first = (i_n * E + i_c * BC).to(tl.int64)
+    rows = i_n * E + (i_c * BC + o_i).to(tl.int64)
+    rows_in = i_n * E + _time(i_c * BC + o_i, E, REVERSE).to(tl.int64)
+    rows_c = i_n * E + _time(i_t * BT + o_t, E, REVERSE).to(tl.int64)
+    b_gc = tl.load(gc + (rows[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0)
+    first = i_n * E + (i_c * BC).to(tl.int64)
     b_gn = tl.load(gc + (first * H + i_h) * M + o_m, mask=m_m, other=0.0)
-    # from the state at the chunk start: (q S^T) scaled by exp(G_t)
+    # q against the chunk-start state, the whole chunk's columns and this sub-chunk's columns
     b_qh = tl.zeros([BC, BM], dtype=tl.float32)
+    b_qyc = tl.zeros([BC, BT], dtype=tl.float32)
     b_qy = tl.zeros([BC, BC], dtype=tl.float32)
-    for i_d in range(0, tl.cdiv(D, BD)):
+    for i_d in tl.static_range(0, ND):
         o_d = i_d * BD + tl.arange(0, BD)
         m_d = o_d < D
-        b_q = tl.load(q + (rows[:, None] * H + i_h) * D + o_d[None, :], mask=m_d[None, :], other=0.0).to(tl.float32)
+        b_q = tl.load(q + (rows_in[:, None] * H + i_h) * D + o_d[None, :], mask=m_d[None, :], other=0.0)
+        b_q = b_q.to(tl.float32)
         p_h = h + ((i_n * H + i_h) * NT + i_t) * M * D + o_m[:, None] * D + o_d[None, :]
         b_h = tl.load(p_h, mask=m_m[:, None] & m_d[None, :], other=0.0)
         b_qh += tl.dot(b_q, tl.trans(b_h), input_precision=DOT_PREC)
-        b_yi = tl.load(y + (rows[:, None] * H + i_h) * D + o_d[None, :], mask=m_d[None, :], other=0.0)
+        b_yc = tl.load(y + (rows_c[:, None] * H + i_h) * D + o_d[None, :], mask=m_d[None, :], other=0.0)
+        b_qyc += tl.dot(b_q, tl.trans(b_yc.to(tl.float32)), input_precision=DOT_PREC)
+        b_yi = tl.load(y + (rows_in[:, None] * H + i_h) * D + o_d[None, :], mask=m_d[None, :], other=0.0)
         b_qy += tl.dot(b_q, tl.trans(b_yi.to(tl.float32)), input_precision=DOT_PREC)
-    b_z = b_qh * tl.exp(b_gc)
-    # earlier sub-chunks of this chunk, decays split at this sub-chunk's first row
-    b_acc = tl.zeros([BC, BM], dtype=tl.float32)
-    for i_j in range(0, i_s):
-        rows_j = (i_n * E + i_t * BT + i_j * BC + o_i).to(tl.int64)
-        b_qyj = tl.zeros([BC, BC], dtype=tl.float32)
-        for i_d in range(0, tl.cdiv(D, BD)):
-            o_d = i_d * BD + tl.arange(0, BD)
-            m_d = o_d < D
-            b_q = tl.load(q + (rows[:, None] * H + i_h) * D + o_d[None, :], mask=m_d[None, :], other=0.0)
-            b_yj = tl.load(y + (rows_j[:, None] * H + i_h) * D + o_d[None, :], mask=m_d[None, :], other=0.0)
-            b_qyj += tl.dot(b_q.to(tl.float32), tl.trans(b_yj.to(tl.float32)), input_precision=DOT_PREC)
-        p_jm = (rows_j[:, None] * H + i_h) * M + o_m[None, :]
-        b_xj = tl.load(x + p_jm, mask=m_m[None, :], other=0.0)
-        b_gj = tl.load(gc + p_jm, mask=m_m[None, :], other=0.0)
-        b_acc += tl.dot(b_qyj, b_xj * tl.exp(b_gn[None, :] - b_gj), input_precision=DOT_PREC)
-    b_z += b_acc * tl.exp(b_gc - b_gn[None, :])
+    # state part, then the earlier sub-chunks in one product (decays split at this sub-chunk's first row)
+    b_xw = _earlier_rows(x, gc, b_gn, i_n, i_h, i_t, i_s, E, H, M, BT, BC, BM, REVERSE)
+    b_z = b_qh * tl.exp(b_gc) + tl.dot(b_qyc, b_xw, input_precision=DOT_PREC) * tl.exp(b_gc - b_gn[None, :])
     # the diagonal sub-chunk, pair by pair (exact); unrolled so the row loads are issued together, not one by one
     for jj in tl.static_range(0, BC):
-        row = (i_n * E + i_c * BC + jj).to(tl.int64)
-        b_xr = tl.load(x + (row * H + i_h) * M + o_m, mask=m_m, other=0.0)
+        row = i_n * E + (i_c * BC + jj).to(tl.int64)
+        row_in = i_n * E + _time(i_c * BC + jj, E, REVERSE).to(tl.int64)
+        b_xr = tl.load(x + (row_in * H + i_h) * M + o_m, mask=m_m, other=0.0).to(tl.float32)
         b_gr = tl.load(gc + (row * H + i_h) * M + o_m, mask=m_m, other=0.0)
         b_col = tl.sum(tl.where(o_i[None, :] == jj, b_qy, 0.0), axis=1)
         b_dec = tl.exp(tl.where(o_i[:, None] >= jj, b_gc - b_gr[None, :], float("-inf")))
         b_z += b_col[:, None] * b_xr[None, :] * b_dec
-    tl.store(z + p_rm, b_z, mask=m_m[None, :])
+    tl.store(z + (rows_in[:, None] * H + i_h) * M + o_m[None, :], b_z, mask=m_m[None, :])
 
 
 def _blocks(M: int, D: int, widest: int = 64) -> tuple[int, int]:
@@ -171,8 +189,10 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32x3"
 
 
-def slot_states(x, gc, y, h0, chunk: int, prec: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """States at every chunk start `[N, H, NT, M, D]` and the final state `[N, H, M, D]` (float32)."""
+def slot_states(x, gc, y, h0, chunk: int, prec: str, reverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """States at every chunk start `[N, H, NT, M, D]` and the final state `[N, H, M, D]` (float32).
+
+    `gc` is always in scan order; with `reverse`, x and y are read back to front (time t is row E - 1 - t)."""
     N, E, H, M = x.shape
     D = y.shape[-1]
     BM, BD = _blocks(M, D)
@@ -183,28 +203,30 @@ def slot_states(x, gc, y, h0, chunk: int, prec: str) -> tuple[torch.Tensor, torc
     ht = new_output(N, H, M, D, device=x.device)
     grid = (triton.cdiv(D, BD), N * H)
     slot_state_kernel[grid](x, gc, y, h0 if h0 is not None else ht, h, ht, E, H, M, D,
-                            BT=chunk, BM=BM, BD=BD, HAS_H0=h0 is not None, DOT_PREC=prec)
+                            BT=chunk, BM=BM, BD=BD, HAS_H0=h0 is not None, REVERSE=reverse, DOT_PREC=prec)
     return h, ht
 
 
-def slot_read(p, x, gc, y, h, chunk: int, prec: str, sub: int = 16) -> torch.Tensor:
-    """`o_t = S_t^T p_t`: p `[N, E, H, M]` -> `[N, E, H, D]` float32."""
+def slot_read(p, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub: int = 16) -> torch.Tensor:
+    """`o_t = S_t^T p_t`: p `[N, E, H, M]` -> `[N, E, H, D]` float32 (p, x, y and o back to front if `reverse`)."""
     N, E, H, M = x.shape
     D = y.shape[-1]
     # each D block recomputes the sub-chunk's weights, so blocks are as wide as registers allow
     BM, BD = _blocks(M, D, widest=128 if M <= 64 else 64)
     o = new_output(N, E, H, D, device=x.device)
     grid = (triton.cdiv(D, BD), E // sub, N * H)
-    slot_read_kernel[grid](p, x, gc, y, h, o, E, H, M, D, BT=chunk, BC=sub, BM=BM, BD=BD, DOT_PREC=prec)
+    slot_read_kernel[grid](p, x, gc, y, h, o, E, H, M, D, BT=chunk, BC=sub, BM=BM, BD=BD, REVERSE=reverse,
+                                 DOT_PREC=prec)
     return o
 
 
-def slot_logits(q, x, gc, y, h, chunk: int, prec: str, sub: int = 16) -> torch.Tensor:
-    """`z_t = S_t q_t`: q `[N, E, H, D]` -> `[N, E, H, M]` float32."""
+def slot_logits(q, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub: int = 16) -> torch.Tensor:
+    """`z_t = S_t q_t`: q `[N, E, H, D]` -> `[N, E, H, M]` float32 (q, x, y and z back to front if `reverse`)."""
     N, E, H, M = x.shape
     D = y.shape[-1]
-    BM, BD = _blocks(M, D)
+    BM, BD = _blocks(M, D, widest=128)
     z = new_output(N, E, H, M, device=x.device)
     grid = (E // sub, N * H)
-    slot_logits_kernel[grid](q, x, gc, y, h, z, E, H, M, D, BT=chunk, BC=sub, BM=BM, BD=BD, DOT_PREC=prec)
+    slot_logits_kernel[grid](q, x, gc, y, h, z, E, H, M, D, BT=chunk, BC=sub, BM=BM, BD=BD,
+                                   ND=triton.cdiv(D, BD), REVERSE=reverse, DOT_PREC=prec)
     return z

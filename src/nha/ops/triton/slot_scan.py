@@ -6,7 +6,7 @@ Both passes scan `S_t = diag(a_t) S_{t-1} + s_t (x) y_t` with `a = exp(g)`, `S_0
   pass 1 (logits)  z_t = S_t q_t,    y = k;   pass 2 (read)  o_t = S_t^T p_t,   y = v.
 Backward, for a read-out with row input r_t `[M]` and column input c_t `[D]` (pass 1: r = dz, c = q; pass 2:
 r = p, c = do), let `R_t = sum_{t' >= t} exp(G_t' - G_t) r_t' (x) c_t' + exp(G_E - G_t) dS_E`: R is the same scan run
-backwards in time, i.e. forwards on flipped inputs with gates `g'_u = g_{E-u}`, `g'_0 = 0`. Then
+backwards in time, i.e. forwards on time-flipped inputs with gates `g'_u = g_{E-u}`, `g'_0 = 0`. Then
   ds_t = R_t y_t (a logits read-out of R),  dy_t = R_t^T s_t (a plain read-out of R),
   pass 1: dq_t = S_t^T dz_t;  pass 2: dp_t = S_t do_t  (the forward states again),
   dG_t = (dz_t * z_t or p_t * dp_t) - s_t * ds_t  (+ rowsum(dS_E * S_E) at t = E), dg = reverse cumsum of dG,
@@ -22,10 +22,6 @@ from nha.ops.triton.common import chunk_cumsum
 from nha.ops.triton.slot_chunk import dot_precision, slot_logits, slot_read, slot_states
 
 
-def _flip(x: torch.Tensor) -> torch.Tensor:
-    return torch.flip(x, dims=[1]).contiguous()
-
-
 def _reverse_gates(g: torch.Tensor) -> torch.Tensor:
     """Gates of the time-flipped scan: `g'_u = g_{E-u}` and `g'_0 = 0` (so R_t is the flipped state at E-1-t)."""
     flipped = torch.flip(g, dims=[1])
@@ -33,13 +29,14 @@ def _reverse_gates(g: torch.Tensor) -> torch.Tensor:
 
 
 def _reverse_scan(r, c, g, s, y, d_final, chunk, prec):
-    """`(ds, dy, R_0)`: read-outs of the backward-in-time state R (see the module docstring)."""
-    gr = _reverse_gates(g)
-    gcr = chunk_cumsum(gr, chunk)
-    rr, cr = _flip(r), _flip(c)
-    hr, r0 = slot_states(rr, gcr, cr, d_final, chunk, prec)
-    ds = _flip(slot_logits(_flip(y), rr, gcr, cr, hr, chunk, prec))
-    dy = _flip(slot_read(_flip(s), rr, gcr, cr, hr, chunk, prec))
+    """`(ds, dy, R_0)`: read-outs of the backward-in-time state R (see the module docstring).
+
+    The kernels read r, c, s, y back to front and write ds, dy in place order (`reverse=True`); only the gates'
+    chunk cumsums are laid out in the flipped order."""
+    gcr = chunk_cumsum(_reverse_gates(g), chunk)
+    hr, r0 = slot_states(r, gcr, c, d_final, chunk, prec, reverse=True)
+    ds = slot_logits(y, r, gcr, c, hr, chunk, prec, reverse=True)
+    dy = slot_read(s, r, gcr, c, hr, chunk, prec, reverse=True)
     return ds, dy, r0
 
 
