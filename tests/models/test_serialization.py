@@ -3,7 +3,7 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 import nha.models  # noqa: F401  (registers model_type "nha")
-from nha.models import NHAConfig, NHAForCausalLM, NHAModel
+from nha.models import NHAConfig, NHAForCausalLM, NHAModel, preset_config
 
 
 def test_save_load_round_trip(tmp_path, make_model):
@@ -21,10 +21,6 @@ def test_save_load_round_trip(tmp_path, make_model):
 def test_layer_switched_to_full_attention_keeps_its_gates_through_save_and_load(tmp_path):
     """Windows can be reassigned after training (issue 7's window search): a layer set to full attention keeps
     its trained gate projection, so it can be switched back after a reload."""
-    import torch
-
-    from nha.models import NHAForCausalLM, preset_config
-
     model = NHAForCausalLM(preset_config("nha", "tiny")).eval()
     gate = model.model.layers[1].self_attn.f_proj.weight.detach().clone()
     windows = model.config.layer_windows
