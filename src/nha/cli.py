@@ -15,6 +15,8 @@ COMMANDS = {
     "eval": ("nha.eval.cli_eval", "lm-eval tasks and long-context recall suites on a model: table + JSON"),
     "search-windows": ("nha.eval.cli_windows", "choose per-layer windows under a state budget without retraining"),
     "report": ("nha.eval.cli_report", "accuracy, state memory and speed of several models side by side"),
+    "convert": ("nha.convert.cli_convert", "pretrained Llama/Mistral/Qwen2/Qwen3 (or SmolLM2) -> NHA hybrid"),
+    "finetune": ("nha.convert.cli_finetune", "fine-tune a converted model: MLPs frozen, attention trained"),
 }
 
 

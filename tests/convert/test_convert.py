@@ -13,6 +13,11 @@ from nha.models import NHACache, NHAStateLayer
 from convert_sources import ARCHS, COMMON, tiny_source
 
 
+def gate_keys(model) -> list[str]:
+    return [f"model.layers.{i}.self_attn.f_proj.weight" for i, layer in enumerate(model.model.layers)
+            if layer.self_attn.f_proj is not None]
+
+
 def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got - want).norm() / want.norm())
 
@@ -21,7 +26,8 @@ def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
 def test_full_attention_conversion_reproduces_the_source(arch):
     src = tiny_source(arch)
     model, report = convert_model(src, window_size=None)
-    assert not report.new and not report.dropped and len(report.mapped) == len(src.state_dict())
+    assert not report.dropped and len(report.mapped) == len(src.state_dict())
+    assert report.new == gate_keys(model)  # the only new weights: gates (kept in full layers for later windows)
     ids = torch.randint(0, 128, (2, 48))
     with torch.no_grad():
         assert rel_err(model(ids).logits, src(ids).logits) <= 1e-4
@@ -30,7 +36,7 @@ def test_full_attention_conversion_reproduces_the_source(arch):
 def test_smollm2_full_attention_conversion_reproduces_the_source(smollm2):
     src, tok = smollm2
     model, report = convert_model(src, window_size=None)
-    assert len(report.mapped) == len(src.state_dict()) and not report.new
+    assert len(report.mapped) == len(src.state_dict()) and report.new == gate_keys(model)
     ids = tok("Shall I compare thee to a summer's day? Thou art more lovely and more temperate:",
               return_tensors="pt").input_ids
     with torch.no_grad():
@@ -41,7 +47,7 @@ def test_smollm2_hybrid_keeps_the_layout_and_stays_close_on_short_text(smollm2):
     src, tok = smollm2
     model, report = convert_model(src)  # defaults: w=64, M=64, full attention in 7, 15, 23, 29
     assert report.full_attention_layers == [7, 15, 23, 29]
-    assert len(report.new) == 26 and model.config.layer_slots.count(64) == 26
+    assert model.config.layer_windows.count(64) == 26 and report.new == gate_keys(model)
     # shorter than the window, no token has reached the slots: the hybrid is still exactly the source
     ids = tok("To be, or not to be, that is the question:", return_tensors="pt").input_ids
     with torch.no_grad():
@@ -67,7 +73,7 @@ def test_key_map_rejects_a_weight_it_cannot_place():
 
 def test_hybrid_generates_with_constant_state_in_nha_layers():
     model, report = convert_model(tiny_source("llama"), window_size=4, num_slots=8, full_attention_layers=[1])
-    assert report.full_attention_layers == [1] and len(report.new) == 2
+    assert report.full_attention_layers == [1] and report.new == gate_keys(model)
     ids = torch.randint(0, 128, (1, 12))
     out = model.generate(ids, max_new_tokens=20, do_sample=False, return_dict_in_generate=True)
     assert out.sequences.shape == (1, 32)

@@ -116,7 +116,9 @@ def nha_config_from_hf(
         eos_token_id=getattr(hf_config, "eos_token_id", None),
         pad_token_id=getattr(hf_config, "pad_token_id", None),
         window_size=windows,
-        num_slots=num_slots,
+        # full-attention layers keep slots, hence gates initialised like the others, so that their window can be
+        # reassigned later (e.g. by `nha search-windows`) without retraining a gate from scratch
+        num_slots=[num_slots] * L,
         gate_normalizer=gate_normalizer,
         # the from-scratch GSA-block options stay off: a converted layer must start as the source's attention
         v_silu=False, slot_feature_map=None, output_norm=False,

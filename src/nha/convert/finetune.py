@@ -1,0 +1,285 @@
+"""Fine-tuning a converted NHA model: the paper's recipe and an attention-transfer option.
+
+- `next-token` (the paper's recipe): MLPs, embeddings and norms frozen; the attention of every layer (q/k/v/o,
+  q/k norms, slot gates) trained on next-token loss, lr 3e-5.
+- `distill` (attention transfer, as LoLCATs does for linearized attention): first train each NHA layer's
+  attention to reproduce the source model's attention output at that layer, layer by layer (normalised MSE, inputs
+  taken from the source's own forward, so layers train independently and no logits are needed); then a short
+  next-token stage as above. The source is the model itself with every layer at `window_size=None`, which is
+  exactly the pretrained model (tests/convert), so no second checkpoint is needed.
+
+Built on the training loop's pieces (`nha.train`: process group, DDP wrapping, AdamW groups, warm-up + cosine,
+gradient-accumulation sync; `nha.data.TextSource` for packed, held-out text), so it runs under `torchrun` with
+DDP. The loop itself (`nha train`) builds models from configs, not from pretrained weights, and trains every
+parameter; this module is the pretrained-weights, frozen-MLP variant of it. No mid-run checkpoints: a run is
+minutes to hours and writes its model once, atomically, at the end.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nha.convert.evaluate import heldout_loss
+from nha.data.sources import TextSource
+from nha.data.synthetic import IGNORE
+from nha.models import NHAConfig, NHAForCausalLM
+from nha.train.config import TrainConfig
+from nha.train.distributed import cleanup, init_distributed, no_grad_sync, unwrap, wrap_model
+from nha.train.loop import lr_lambda, make_optimizer
+
+RECIPES = ("next-token", "distill")
+
+
+@dataclass(kw_only=True)
+class FinetuneConfig:
+    """A fine-tuning run of a converted model folder `model` into `out_dir/model`.
+
+    `steps` next-token steps (lr `lr`), preceded for `recipe="distill"` by `distill_steps` attention-transfer steps
+    (lr `distill_lr`). Data: `data` paths (None = the embedded Shakespeare), tokenized with the model folder's
+    tokenizer unless `tokenizer` is given; the last `val_fraction` of the rows is held out for `eval_loss`.
+    """
+
+    model: str
+    out_dir: str = "runs/finetune"
+    recipe: str = "next-token"
+    steps: int = 100
+    lr: float = 3e-5
+    distill_steps: int = 100
+    distill_lr: float = 1e-3
+    train_full_attention: bool = True
+    data: Optional[list] = None
+    text_field: str = "text"
+    tokenizer: Optional[str] = None
+    val_fraction: float = 0.05
+    seq_len: int = 512
+    micro_batch_size: int = 1
+    grad_accum: int = 1
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    eval_batches: int = 8
+    log_every: int = 10
+    seed: int = 0
+    device: Optional[str] = None
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
+        if self.recipe == "distill" and (not isinstance(self.distill_steps, int) or self.distill_steps <= 0):
+            raise ValueError(f"the distill recipe needs distill_steps > 0, got {self.distill_steps!r}")
+        if not self.distill_lr > 0:
+            raise ValueError(f"distill_lr must be > 0, got {self.distill_lr}")
+        self.stage_config("next-token")  # TrainConfig validates the shared knobs once, here
+
+    def stage_config(self, stage: str) -> TrainConfig:
+        """The training loop's config for one stage (its schedule, optimizer groups and validation)."""
+        steps, lr = (self.distill_steps, self.distill_lr) if stage == "distill" else (self.steps, self.lr)
+        return TrainConfig(data=self.data, seq_len=self.seq_len, micro_batch_size=self.micro_batch_size,
+                           grad_accum=self.grad_accum, steps=steps, lr=lr, warmup_steps=min(self.warmup_steps, steps),
+                           min_lr_ratio=self.min_lr_ratio, weight_decay=self.weight_decay, grad_clip=self.grad_clip,
+                           eval_batches=self.eval_batches, log_every=self.log_every, seed=self.seed,
+                           val_fraction=self.val_fraction, out_dir=self.out_dir, device=self.device)
+
+
+def full_attention_twin(model: NHAForCausalLM) -> NHAForCausalLM:
+    """The same weights with every layer at `window_size=None`: the pretrained source, frozen (the teacher)."""
+    config = NHAConfig(**{**model.config.to_dict(), "window_size": None, "num_slots": 0})
+    teacher = NHAForCausalLM(config).to(next(model.parameters()).device, next(model.parameters()).dtype)
+    state = {k: v for k, v in model.state_dict().items() if ".f_proj." not in k}
+    teacher.load_state_dict(state, strict=True)
+    return teacher.eval().requires_grad_(False)
+
+
+class AttentionTransfer(nn.Module):
+    """Loss module of the distillation stage: mean over NHA layers of `||attn_i(x_i) - y_i||^2 / ||y_i||^2`, where
+    `x_i` / `y_i` are the teacher's attention input / output at layer i (the student's attention, teacher's inputs).
+    One module, so DDP sees every trainable parameter inside one forward."""
+
+    def __init__(self, student: NHAForCausalLM, teacher: NHAForCausalLM):
+        super().__init__()
+        self.student, self.teacher = student, teacher
+        self.layers = [i for i, w in enumerate(student.config.layer_windows) if w is not None]
+        if not self.layers:
+            raise ValueError("the model has no NHA layer (every layer is full attention): nothing to distill")
+
+    def forward(self, input_ids, position_ids, cu_seqlens) -> torch.Tensor:
+        captured = {}
+
+        def hook(i):
+            def fn(module, args, kwargs, output):
+                captured[i] = (args[0] if args else kwargs["hidden_states"], kwargs.get("position_embeddings"),
+                               output[0])
+            return fn
+
+        handles = [self.teacher.model.layers[i].self_attn.register_forward_hook(hook(i), with_kwargs=True)
+                   for i in self.layers]
+        try:
+            with torch.no_grad():
+                self.teacher.model(input_ids, position_ids=position_ids, cu_seqlens=cu_seqlens, use_cache=False)
+        finally:
+            for h in handles:
+                h.remove()
+        losses = []
+        for i in self.layers:
+            x, pos_emb, y = captured[i]
+            out = self.student.model.layers[i].self_attn(x, position_embeddings=pos_emb, cu_seqlens=cu_seqlens)[0]
+            losses.append(F.mse_loss(out.float(), y.float()) / y.float().pow(2).mean().clamp_min(1e-12))
+        return torch.stack(losses).mean()
+
+
+def set_trainable(model: NHAForCausalLM, stage: str, train_full_attention: bool = True) -> list[str]:
+    """Freeze everything but attention: every layer's for `next-token` (full layers optional), NHA layers' only for
+    `distill` (full layers already equal the teacher). Returns the trainable parameter names."""
+    model.requires_grad_(False)
+    for layer in model.model.layers:
+        attn = layer.self_attn
+        if attn.window_size is not None or (stage == "next-token" and train_full_attention):
+            attn.requires_grad_(True)
+            # a full-attention layer's gate is never read: no gradient would reach it
+            if attn.window_size is None and attn.f_proj is not None:
+                attn.f_proj.requires_grad_(False)
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def _next_token_loss(model, batch, device) -> tuple[torch.Tensor, int]:
+    targets = batch["targets"].to(device)
+    logits = model(batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device),
+                   cu_seqlens=batch["cu_seqlens"].to(device), use_cache=False).logits
+    loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum")
+    return loss, int((targets != IGNORE).sum())
+
+
+def _run_stage(stage: str, model: NHAForCausalLM, source: TextSource, cfg: FinetuneConfig, d, log, teacher=None):
+    tcfg = cfg.stage_config(stage)
+    trainable = set_trainable(model, stage, cfg.train_full_attention)
+    module = AttentionTransfer(model, teacher) if stage == "distill" else model
+    wrapped = wrap_model(module, d, fsdp=False)
+    optimizer = make_optimizer(wrapped, tcfg, skip=set())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tcfg))
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
+    bar = tqdm(total=tcfg.steps, desc=stage, disable=not (cfg.progress and d.is_main), dynamic_ncols=True)
+    mine = list(range(d.rank, cfg.grad_accum * d.world_size, d.world_size))
+    wrapped.train()
+    t_start = time.perf_counter()
+    for step in range(tcfg.steps):
+        batches = [source.batch(step, j) for j in mine]
+        value = 0.0
+        if stage == "distill":
+            for i, b in enumerate(batches):
+                with no_grad_sync(wrapped, sync=i == len(batches) - 1):
+                    loss = wrapped(b["input_ids"].to(d.device), b["position_ids"].to(d.device),
+                                   b["cu_seqlens"].to(d.device))
+                    (loss / len(batches)).backward()
+                value += float(loss.detach()) / len(batches)
+            (value,) = d.all_reduce_sum([value])
+            value /= d.world_size
+        else:
+            local = sum(int((b["targets"] != IGNORE).sum()) for b in batches)
+            (count,) = d.all_reduce_sum([local])
+            scale = d.world_size / max(count, 1)  # DDP averages over ranks: undo it, then divide by the global count
+            for i, b in enumerate(batches):
+                with no_grad_sync(wrapped, sync=i == len(batches) - 1):
+                    loss, _ = _next_token_loss(wrapped, b, d.device)
+                    (loss * scale).backward()
+                value += float(loss.detach())
+            (value,) = d.all_reduce_sum([value])
+            value /= max(count, 1)
+        if tcfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_([p for p in wrapped.parameters() if p.requires_grad], tcfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        lr = scheduler.get_last_lr()[0]
+        scheduler.step()
+        bar.update(1)
+        bar.set_postfix(loss=f"{value:.4f}")
+        if (step + 1) % tcfg.log_every == 0 or step + 1 == tcfg.steps:
+            log({"stage": stage, "step": step + 1, "loss": value, "lr": lr,
+                 "elapsed_s": round(time.perf_counter() - t_start, 2)})
+    bar.close()
+    model.requires_grad_(False)
+    return {"trainable_parameters": sum(p.numel() for n, p in model.named_parameters() if n in trainable),
+            "seconds": time.perf_counter() - t_start}
+
+
+def finetune(cfg: FinetuneConfig) -> dict:
+    """Run the recipe; returns a summary with held-out loss / perplexity before and after (and between stages)."""
+    d = init_distributed(cfg.device)
+    try:
+        return _finetune(cfg, d)
+    finally:
+        cleanup()
+
+
+def _finetune(cfg: FinetuneConfig, d) -> dict:
+    from transformers import AutoTokenizer  # noqa: PLC0415
+
+    from nha.convert.convert import save_model  # noqa: PLC0415
+
+    folder = Path(cfg.model)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} is not a saved model folder (no config.json): convert one first with "
+                                "`nha convert`")
+    out = Path(cfg.out_dir)
+    if (out / "model").exists() and not cfg.overwrite:
+        raise ValueError(f"{out / 'model'} already exists: choose another --out or pass --overwrite")
+    model = NHAForCausalLM.from_pretrained(str(folder), dtype=torch.float32).to(d.device)
+    if model.config.model_type != "nha":
+        raise ValueError(f"{folder} holds a {model.config.model_type!r} model, not an NHA one: convert it first")
+    tokenizer_spec = cfg.tokenizer or str(folder)
+    tokenizer = None
+    if cfg.tokenizer in (None, str(folder)):
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        except (OSError, ValueError, TypeError):
+            raise ValueError(f"{folder} has no tokenizer: pass --tokenizer (a tokenizer.json, a folder, or "
+                             "'bytes')") from None
+    source = TextSource(cfg.data, tokenizer=tokenizer_spec, seq_len=cfg.seq_len, micro_batch_size=cfg.micro_batch_size,
+                        micro_batches=cfg.grad_accum * d.world_size, seed=cfg.seed, val_fraction=cfg.val_fraction,
+                        text_field=cfg.text_field)
+    if source.vocab_size > model.config.vocab_size:
+        raise ValueError(f"the tokenizer has {source.vocab_size} ids but the model's vocabulary is "
+                         f"{model.config.vocab_size}")
+    records = []
+
+    def log(record: dict) -> None:
+        records.append(record)
+        if cfg.progress and d.is_main and "eval" in record.get("stage", ""):
+            print(json.dumps(record))
+
+    torch.manual_seed(cfg.seed)
+    summary = {"model": str(folder), "recipe": cfg.recipe, "data": source.description,
+               "train_rows": source.n_train, "heldout_rows": source.n_val}
+    before = heldout_loss(model, source, cfg.eval_batches)
+    log({"stage": "eval-before", **before})
+    summary["before"] = before
+    if cfg.recipe == "distill":
+        teacher = full_attention_twin(model)
+        summary["distill"] = _run_stage("distill", model, source, cfg, d, log, teacher=teacher)
+        del teacher
+        summary["after_distill"] = heldout_loss(model, source, cfg.eval_batches)
+        log({"stage": "eval-after-distill", **summary["after_distill"]})
+    summary["next_token"] = _run_stage("next-token", model, source, cfg, d, log)
+    summary["after"] = heldout_loss(model, source, cfg.eval_batches)
+    log({"stage": "eval-after", **summary["after"]})
+    if d.is_main:
+        log_text = "".join(json.dumps(r) + "\n" for r in records)
+        save_model(model.cpu(), tokenizer, out / "model", overwrite=cfg.overwrite,
+                   extra_files={"finetune_log.jsonl": log_text, "finetune_summary.json": json.dumps(summary, indent=2)})
+        summary["out"] = str(out / "model")
+    if d.world_size > 1:
+        torch.distributed.barrier()
+    return summary
+
+
+__all__ = ["RECIPES", "AttentionTransfer", "FinetuneConfig", "finetune", "full_attention_twin", "set_trainable"]
