@@ -104,6 +104,9 @@ def test_task_source_batches_are_seeded_per_step():
     assert not torch.equal(s.batch(3, 0)["input_ids"], s.batch(3, 1)["input_ids"])
     with pytest.raises(ValueError, match="unknown task"):
         TaskSource("copy")
+    with pytest.raises(ValueError, match=r"unknown mqar argument\(s\) \['pairs'\]"):
+        TaskSource("mqar", pairs=3)
+    assert TaskSource("haystack", seq_len=32).vocab_size == 64  # the generator's default, not the ids drawn
 
 
 def test_default_corpus_is_shakespeare():

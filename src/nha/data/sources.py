@@ -6,6 +6,7 @@ same sequences whatever W and A are. Resuming needs only the step number. B micr
 """
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import torch
@@ -79,11 +80,15 @@ class TaskSource:
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}: choose one of {', '.join(TASKS)}")
         self.task, self.fn, self.task_args = task, TASKS[task], task_args
+        known = set(inspect.signature(self.fn).parameters) - {"num_examples", "generator"}
+        if set(task_args) - known:
+            raise ValueError(f"unknown {task} argument(s) {sorted(set(task_args) - known)}: it takes {sorted(known)}")
         self.b, self.micro_batches, self.seed = micro_batch_size, micro_batches, seed
         self.eval_set: SyntheticBatch = self.fn(eval_examples, generator=torch.Generator().manual_seed(
             _mix(seed, 0xE7A1)), **task_args)  # also validates the task arguments
         self.seq_len = self.eval_set.input_ids.shape[1]
-        self.vocab_size = task_args.get("vocab_size", int(self.eval_set.input_ids.max()) + 1)
+        # the generator's own default when not given: every id it may draw, not only those the eval set drew
+        self.vocab_size = task_args.get("vocab_size", inspect.signature(self.fn).parameters["vocab_size"].default)
         self.description = f"{task} " + " ".join(f"{k}={v}" for k, v in task_args.items())
 
     @property

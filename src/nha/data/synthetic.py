@@ -7,6 +7,7 @@ N examples, T sequence length, P key-value pairs, L needle length.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -40,26 +41,35 @@ def _positive_int(name: str, value) -> int:
 
 
 def mqar(num_examples: int, *, vocab_size: int = 64, num_pairs: int = 8, seq_len: int = 64,
-         num_queries: int | None = None, generator: torch.Generator | None = None) -> SyntheticBatch:
-    """Multi-query associative recall (Zoology's MQAR, with all queries after a gap).
+         num_queries: int | None = None, pair_tokens: bool = False,
+         generator: torch.Generator | None = None) -> SyntheticBatch:
+    """Multi-query associative recall (Zoology's MQAR, with all queries after a gap and answers never shown).
 
-    Layout of each row: `k_1 v_1 ... k_P v_P`, filler token 0 up to position `T - 2Q`, then `Q` queries: keys drawn
-    uniformly with replacement from the row's pairs, each followed by its value. The model is scored on predicting
-    each value right after its queried key; the pairs end `T - 2P - 2Q` positions before the first query, so a
-    sliding window shorter than that cannot see them.
+    Layout of each row: `k_1 v_1 ... k_P v_P`, filler token 0 up to position `T - Q`, then `Q` query keys drawn
+    uniformly with replacement from the row's pairs. The model is scored on predicting, at each query key, that
+    key's value. The answers are never part of the input: were they (as in Zoology), a repeated key would be
+    answered from the previous query inside any sliding window, and with distinct keys the last answers would
+    follow by elimination. The pairs end `T - 2P - Q` positions before the first query, so a sliding window
+    shorter than that cannot see them.
     Keys come from ids `1 .. vocab_size // 2 - 1`, values from `vocab_size // 2 .. vocab_size - 1`; the keys of a
     row are distinct, values may repeat.
+
+    With `pair_tokens=True` each pair is ONE token standing for (key, value): the pairs take `P` positions and a
+    lookup is one attention hop instead of the two-token induction step, which tiny models learn in hundreds of
+    steps instead of many thousands (used by the CPU demo). Then `n = isqrt(vocab_size) - 1` keys and as many
+    values: ids `1..n` keys, `n+1..2n` values, `2n+1 .. 2n+n*n` pair tokens.
 
     Args:
         num_examples: N rows.
         vocab_size: ids `0 .. vocab_size - 1`; needs `vocab_size // 2 - 1 >= num_pairs`.
         num_pairs: P key-value pairs per row.
-        seq_len: T, at least `2 * (num_pairs + num_queries)`.
-        num_queries: Q queries per row (default P); more queries give more scored tokens per row.
+        seq_len: T, at least `2 * num_pairs + num_queries`.
+        num_queries: Q queries per row (default P).
+        pair_tokens: one token per pair (see above).
         generator: a seeded `torch.Generator` (CPU) for reproducible data.
 
     Returns:
-        `SyntheticBatch` with `input_ids`, `targets` `[N, T]` (`P` scored positions per row).
+        `SyntheticBatch` with `input_ids`, `targets` `[N, T]` (`Q` scored positions per row, the last `Q`).
 
     Example:
         >>> batch = mqar(1000, vocab_size=64, num_pairs=8, seq_len=64, generator=torch.Generator().manual_seed(0))
@@ -70,23 +80,33 @@ def mqar(num_examples: int, *, vocab_size: int = 64, num_pairs: int = 8, seq_len
     N, V, P, T, Q = (_positive_int(n, x) for n, x in
                      (("num_examples", num_examples), ("vocab_size", vocab_size), ("num_pairs", num_pairs),
                       ("seq_len", seq_len), ("num_queries", Q)))
-    num_keys = V // 2 - 1
+    width = 1 if pair_tokens else 2  # positions per pair
+    num_keys = math.isqrt(V) - 1 if pair_tokens else V // 2 - 1
     if num_keys < P:
-        raise ValueError(f"MQAR needs {P} distinct keys from ids 1..{V // 2 - 1}: vocab_size must be at least "
-                         f"{2 * (P + 1)}, got {V}")
-    if T < 2 * (P + Q):
-        raise ValueError(f"MQAR with {P} pairs and {Q} queries needs seq_len >= {2 * (P + Q)}, got {T}")
+        need = (P + 1) ** 2 if pair_tokens else 2 * (P + 1)
+        raise ValueError(f"MQAR with {P} pairs{' as pair tokens' if pair_tokens else ''} needs {P} distinct keys: "
+                         f"vocab_size must be at least {need}, got {V}")
+    if T < width * P + Q:
+        raise ValueError(f"MQAR with {P} pairs and {Q} queries needs seq_len >= {width * P + Q}, got {T}")
+    if pair_tokens:
+        n = num_keys
+        keys = torch.rand(N, n, generator=generator).argsort(-1)[:, :P]                    # [N, P] in 0..n-1
+        values = torch.randint(0, n, (N, P), generator=generator)
+        order = torch.randint(0, P, (N, Q), generator=generator)
+        input_ids = torch.zeros(N, T, dtype=torch.long)
+        input_ids[:, :P] = 1 + 2 * n + keys * n + values
+        input_ids[:, T - Q:] = 1 + keys.gather(1, order)
+        targets = torch.full((N, T), IGNORE, dtype=torch.long)
+        targets[:, T - Q:] = 1 + n + values.gather(1, order)
+        return SyntheticBatch(input_ids, targets)
     keys = torch.rand(N, num_keys, generator=generator).argsort(-1)[:, :P] + 1               # [N, P] distinct
     values = torch.randint(V // 2, V, (N, P), generator=generator)                          # [N, P]
-    # queries drawn with replacement: were every key asked once, the last answers would follow by elimination
-    # (a shortcut tiny models find before they learn to look keys up)
     order = torch.randint(0, P, (N, Q), generator=generator)                               # [N, Q]
-    q_keys, q_values = keys.gather(1, order), values.gather(1, order)
     input_ids = torch.zeros(N, T, dtype=torch.long)
     input_ids[:, 0:2 * P:2], input_ids[:, 1:2 * P:2] = keys, values
-    input_ids[:, T - 2 * Q::2], input_ids[:, T - 2 * Q + 1::2] = q_keys, q_values
+    input_ids[:, T - Q:] = keys.gather(1, order)
     targets = torch.full((N, T), IGNORE, dtype=torch.long)
-    targets[:, T - 2 * Q::2] = q_values
+    targets[:, T - Q:] = values.gather(1, order)
     return SyntheticBatch(input_ids, targets)
 
 

@@ -270,7 +270,8 @@ def _train(cfg: TrainConfig, d) -> TrainResult:
         if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps:
             eval_out = evaluate(model, source, cfg, d, autocast)
             log.write({"step": done, **eval_out})
-            bar.write(f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in eval_out.items()))
+            if cfg.progress and d.is_main:
+                bar.write(f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in eval_out.items()))
         if (cfg.save_every and done % cfg.save_every == 0) or done == last:
             checkpoint(done)
     bar.close()
