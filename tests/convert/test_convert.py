@@ -1,5 +1,7 @@
 """Conversion: w=None reproduces the source (tiny Llama / Mistral / Qwen2 / Qwen3 and the real SmolLM2), the key map
 round-trips, hybrids generate with constant-size NHA state, gates start in the paper's regime, bad input fails."""
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -150,3 +152,20 @@ def test_saved_conversion_loads_with_auto_classes(tmp_path):
         save_model(model, None, out)
     save_model(model, None, out, overwrite=True)
     assert not [p for p in tmp_path.iterdir() if p.name != "out"]  # no temporary or old folders left behind
+
+
+def test_cli_convert_writes_a_loadable_folder(tmp_path, capsys):
+    from nha.cli import main
+
+    src = tiny_source("qwen2")
+    src.save_pretrained(tmp_path / "src")
+    out = tmp_path / "out"
+    assert main(["convert", str(tmp_path / "src"), str(out), "--window", "4", "--slots", "8",
+                 "--full-attention-layers", "0,2"]) == 0
+    record = json.loads((out / "conversion.json").read_text())
+    assert record["full_attention_layers"] == [0, 2] and not record["dropped"]
+    loaded = AutoModelForCausalLM.from_pretrained(out)
+    assert loaded.config.layer_windows == [None, 4, None]
+    assert main(["convert", str(tmp_path / "src"), str(tmp_path / "bad"), "--full-attention-layers", "7"]) == 2
+    assert "not a layer index" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert main(["convert", str(tmp_path / "nowhere"), str(tmp_path / "o")]) == 2

@@ -52,7 +52,7 @@ class FinetuneConfig:
     steps: int = 100
     lr: float = 3e-5
     distill_steps: int = 100
-    distill_lr: float = 1e-3
+    distill_lr: float = 1e-4
     train_full_attention: bool = True
     data: Optional[list] = None
     text_field: str = "text"
