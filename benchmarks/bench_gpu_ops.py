@@ -142,6 +142,8 @@ def plot(device: str, train: list[dict], path: str) -> None:
             pts = [(r["T"], r[m][i]) for r in train if m in r]
             ax.plot(*zip(*pts), marker="o", ls="-" if m.startswith("nha") else "--", label=m)
         ax.set(xscale="log", yscale="log", xlabel="T (65,536 tokens per batch)", ylabel="ms", title=title)
+        ax.set_xticks([r["T"] for r in train], [f"{r['T'] // 1024}k" for r in train])
+        ax.minorticks_off()
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7)
     fig.suptitle(f"NHA Triton vs baselines, bf16, H=16, K=V=128, M=64 ({device})")
