@@ -23,7 +23,8 @@ def test_layouts_share_nha_state_budget_and_swa_cannot_reach_the_pairs():
 
 
 def test_demo_runs_and_writes_its_results(tmp_path, capsys):
-    assert main(["demo", "--steps", "3", "--seeds", "1", "--models", "swa", "nha", "--out", str(tmp_path)]) == 0
+    assert main(["demo", "--steps", "3", "--seeds", "1", "--models", "swa", "nha", "--workers", "1",
+                 "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "| swa |" in printed and "| nha |" in printed
     data = json.loads((tmp_path / "demo_cpu.json").read_text())

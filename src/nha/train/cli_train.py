@@ -93,5 +93,6 @@ def run(args: argparse.Namespace) -> int:
     result = train(cfg)
     summary = {"steps": result.steps, "final_loss": result.final_loss, **result.eval, "parameters": result.parameters,
                "seconds": round(result.seconds, 1), "out": result.out_dir}
-    print(json.dumps(summary))
+    if result.rank == 0:
+        print(json.dumps(summary))
     return 0

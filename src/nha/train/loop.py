@@ -7,6 +7,7 @@ same gradient up to summation order.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import random
@@ -36,6 +37,7 @@ class TrainResult:
     parameters: int = 0
     seconds: float = 0.0
     out_dir: str = ""
+    rank: int = 0
 
 
 def build_model_config(cfg: TrainConfig, data_vocab: int) -> NHAConfig:
@@ -218,8 +220,11 @@ def _train(cfg: TrainConfig, d) -> TrainResult:
                                             options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         rng = [_rng_state()]
         if d.world_size > 1:
-            rng = [None] * d.world_size
-            torch.distributed.all_gather_object(rng, _rng_state())
+            # gathered as torch.save bytes: all_gather_object cannot unpickle tensors held in nested containers
+            buf, blobs = io.BytesIO(), [None] * d.world_size
+            torch.save(rng[0], buf)
+            torch.distributed.all_gather_object(blobs, buf.getvalue())
+            rng = [torch.load(io.BytesIO(b), weights_only=True) for b in blobs]
         if d.is_main:
             save_checkpoint(ckpt_root, step, {
                 "model": model_sd, "optimizer": optim_sd, "scheduler": scheduler.state_dict(), "step": step,
@@ -282,4 +287,4 @@ def _train(cfg: TrainConfig, d) -> TrainResult:
             final.load_state_dict(model_sd)
             final.save_pretrained(out / "model")
     return TrainResult(steps=last, final_loss=loss_value, eval=eval_out, parameters=n_params,
-                       seconds=time.perf_counter() - t_start, out_dir=str(out))
+                       seconds=time.perf_counter() - t_start, out_dir=str(out), rank=d.rank)
