@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 IGNORE = -100
@@ -158,7 +159,8 @@ def pack_documents(token_lists: list[list[int]], seq_len: int) -> PackedText:
     if seq_len <= 0:
         raise ValueError(f"seq_len must be positive, got {seq_len}")
     lengths = torch.tensor([len(t) for t in token_lists], dtype=torch.long)
-    tokens = torch.tensor([x for t in token_lists for x in t], dtype=torch.long)
+    # through numpy: one C-level concatenation instead of a Python loop over millions of ids
+    tokens = torch.from_numpy(np.concatenate([np.asarray(t, dtype=np.int64) for t in token_lists]))
     doc_ids = torch.repeat_interleave(torch.arange(len(token_lists)), lengths)
     packed = PackedText(tokens, doc_ids, seq_len)
     if len(packed) == 0:
