@@ -270,8 +270,11 @@ def _train(cfg: TrainConfig, d) -> TrainResult:
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{global_tokens / dt:,.0f}")
         if done % cfg.log_every == 0 or done == cfg.steps:
-            log.write({"step": done, "loss": loss_value, "lr": lr, "grad_norm": grad_norm, "tokens": int(global_tokens),
-                       "tokens_per_s": global_tokens / dt, "elapsed_s": time.perf_counter() - t_start})
+            record = {"step": done, "loss": loss_value, "lr": lr, "grad_norm": grad_norm, "tokens": int(global_tokens),
+                      "tokens_per_s": global_tokens / dt, "elapsed_s": time.perf_counter() - t_start}
+            if d.device.type == "cuda":  # this rank's peak since the start, for memory comparisons between models
+                record["peak_mem_gib"] = torch.cuda.max_memory_allocated(d.device) / 2**30
+            log.write(record)
         if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps:
             eval_out = evaluate(model, source, cfg, d, autocast)
             log.write({"step": done, **eval_out})
