@@ -49,6 +49,11 @@ def test_tokenizer_json(tmp_path):
     ids = t.encode_batch(["to be"])[0]
     assert ids and max(ids) < t.vocab_size <= 40
     assert Tokenizer("bytes").encode_batch(["hé"]) == [[104, 195, 169]]
+    # the same tokenizer saved as a pretrained model folder loads through transformers
+    from transformers import PreTrainedTokenizerFast
+
+    PreTrainedTokenizerFast(tokenizer_object=tok).save_pretrained(str(tmp_path / "folder"))
+    assert Tokenizer(str(tmp_path / "folder")).encode_batch(["to be"])[0] == ids
 
 
 def test_packing_keeps_documents_apart():
