@@ -69,7 +69,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)
     r.add_argument("--fsdp", action="store_true", help="under torchrun: shard with FSDP2 (fully_shard) instead of DDP")
     r.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
-    r.add_argument("--no-progress", action="store_true", help="no progress bar and no printed eval lines (log.jsonl has everything)")
+    r.add_argument("--no-progress", action="store_true",
+                   help="no progress bar and no printed eval lines (log.jsonl has everything)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
