@@ -17,12 +17,14 @@ from pathlib import Path
 
 
 
-def model_args(hidden: int, layers: int) -> list[str]:
-    """The default (768 wide, 14 layers, head dim 64, byte vocabulary) has ~100M parameters; `nha-h` makes layers
-    5 and 11 full attention (the preset's one in every 6)."""
+def model_args(preset: str, hidden: int, layers: int) -> list[str]:
+    """The default (768 wide, 14 layers, head dim 64, byte vocabulary) has ~100M parameters; `nha-h` has w = 64,
+    M = 64 and makes layers 5 and 11 full attention (the preset's one in every 6)."""
     fields = {"vocab_size": 256, "hidden_size": hidden, "intermediate_size": hidden * 8 // 3, "num_hidden_layers": layers,
-              "num_attention_heads": hidden // 64, "num_key_value_heads": max(1, hidden // 192), "window_size": 64,
-              "num_slots": 64, "tie_word_embeddings": "true"}
+              "num_attention_heads": hidden // 64, "num_key_value_heads": max(1, hidden // 192),
+              "tie_word_embeddings": "true"}
+    if preset != "transformer":
+        fields.update(window_size=64, num_slots=64)
     args = ["--size", "340m"]
     for key, value in fields.items():
         args += ["--set", f"{key}={value}"]
@@ -32,7 +34,7 @@ def model_args(hidden: int, layers: int) -> list[str]:
 def train(name: str, preset: str, args, gpus: int, extra: list[str]) -> dict:
     """One `nha train` run; returns its summary from log.jsonl."""
     out = Path(args.results) / name
-    cmd = ["-m", "nha.cli", "train", "--model", preset, *model_args(args.hidden, args.layers), "--data", args.data, "--seq-len", str(args.seq_len),
+    cmd = ["-m", "nha.cli", "train", "--model", preset, *model_args(preset, args.hidden, args.layers), "--data", args.data, "--seq-len", str(args.seq_len),
            "--micro-batch-size", str(8 // gpus), "--steps", str(args.steps), "--warmup-steps", "20", "--lr", "6e-4",
            "--eval-every", str(args.steps), "--eval-batches", "4", "--log-every", "10", "--save-every", "0",
            "--out", str(out), "--no-progress", *extra]
@@ -40,7 +42,10 @@ def train(name: str, preset: str, args, gpus: int, extra: list[str]) -> dict:
                                                    f"--nproc_per_node={gpus}", "--standalone"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     print(f"== {name}: {' '.join(launcher + cmd)}", flush=True)
-    subprocess.run(launcher + cmd, check=True, env=env)
+    done = subprocess.run(launcher + cmd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        print("\n".join((done.stdout + done.stderr).splitlines()[-25:]), flush=True)
+        raise subprocess.CalledProcessError(done.returncode, launcher[:1] + cmd[:4])
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line]
     steps = [r for r in records if "loss" in r]
     evals = [r for r in records if "eval_loss" in r]

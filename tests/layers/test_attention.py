@@ -129,3 +129,19 @@ def test_hidden_size_must_divide_without_head_dim():
     with pytest.raises(ValueError, match="must divide by num_heads"):
         NativeHybridAttention(66, 4)
     assert NativeHybridAttention(66, 4, head_dim=16).head_dim == 16
+
+
+@pytest.mark.parametrize("w", [4, None])
+def test_bf16_autocast_forward_and_backward(w):
+    """Under autocast the projections are bf16 and RoPE's cos/sin float32; the layer keeps one dtype."""
+    layer = make_layer(w).train()
+    x = torch.randn(2, 12, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, _ = layer(x)
+    y.float().square().mean().backward()
+    assert y.dtype == torch.bfloat16 and torch.isfinite(y).all()
+    # a full-attention layer keeps its gate projection unused (for reassigning its window later)
+    used = [p for n, p in layer.named_parameters() if not (w is None and n.startswith("f_proj"))]
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in used)
+    packed, _ = layer(x.view(1, 24, 64), cu_seqlens=torch.tensor([0, 12, 24]))
+    assert (packed.view(2, 12, 64) - layer(x)[0]).abs().max() < 1e-5

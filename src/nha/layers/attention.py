@@ -143,6 +143,8 @@ class NativeHybridAttention(nn.Module):
             position_embeddings = self.rotary(hidden_states, position_ids)
         cos, sin = position_embeddings
         q_win, k_win = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=2)
+        # under autocast the projections are half precision but cos/sin float32: keep one dtype for the operator
+        q_win, k_win = q_win.to(q.dtype), k_win.to(k.dtype)
 
         new_mask = None if attention_mask is None else attention_mask[:, -T:].bool()
         if self.window_size is None:
@@ -193,14 +195,14 @@ class NativeHybridAttention(nn.Module):
     def _full_attention(self, q_win, k_win, v, attention_mask, cache, cu_seqlens=None) -> torch.Tensor:
         """Causal softmax attention over the cached and new keys (a `window_size=None` layer)."""
         B, T = q_win.shape[:2]
-        q, k, v = q_win.transpose(1, 2), k_win.transpose(1, 2), v.transpose(1, 2)  # [B, heads, T, D]
         if cu_seqlens is not None:
-            # packed documents never see each other: causal within each document (block-diagonal mask)
-            doc = torch.searchsorted(cu_seqlens[1:].to(q.device), torch.arange(T, device=q.device), right=True)
-            idx = torch.arange(T, device=q.device)
-            allowed = (idx[None, :] <= idx[:, None]) & (doc[None, :] == doc[:, None])
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=self.scaling, enable_gqa=True)
-            return o.transpose(1, 2)
+            # packed documents never see each other: the operator's varlen path with no slots and an unbounded
+            # window is causal attention per document, in memory linear in the packed length (no T x T mask)
+            no_gates = q_win.new_zeros(B, T, k_win.shape[2], 0)
+            o, _ = nha_attention(q_win, k_win, v, no_gates, None, scale=self.scaling,
+                                 cu_seqlens=cu_seqlens, backend=self.backend)
+            return o
+        q, k, v = q_win.transpose(1, 2), k_win.transpose(1, 2), v.transpose(1, 2)  # [B, heads, T, D]
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
         S = k.shape[2]
