@@ -88,7 +88,7 @@ def _extend(q, k, v, g, q_win, k_win, shapes: NHAShapes, cu_seqlens, state: Opti
         prefix = [x * prefix_valid[:, :, None, None].to(x.dtype) for x in prefix]
 
     def cat(pre, x):
-        return torch.cat([pre.to(x.dtype), seq(x)], dim=1)
+        return seq(x) if pre.shape[1] == 0 else torch.cat([pre.to(x.dtype), seq(x)], dim=1)
 
     zeros_q = q.new_zeros(N, P, *q.shape[2:])
     valid = torch.cat([prefix_valid, keep], dim=1)

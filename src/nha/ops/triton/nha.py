@@ -6,7 +6,7 @@ E extended time (initial window rows + longest sequence), Ep = E rounded up to t
 Stages, each its own autograd.Function chained by PyTorch autograd:
   (a) slot pass 1 (slot_scan.SlotLogitsFunction) over the inputs shifted right by w -> logits z, final slot keys;
   (b) window path (window_attn.WindowAttentionFunction) -> o_win, lse_win;
-  (c) merge: lse = logaddexp(logsumexp(z), lse_win), p = exp(z - lse) (a few PyTorch element-wise ops);
+  (c) merge (merge.MergeFunction): one softmax over the slot logits and lse_win -> p and the window's share a;
   (d) slot pass 2 (slot_scan.SlotReadFunction) on p -> the slot read-out, final slot values.
 The layout work (varlen packing, the initial state's window rows, padding as identity steps) is chunk.py's `_extend`.
 """
@@ -18,10 +18,12 @@ from typing import Optional
 import torch
 
 from nha.ops.checks import check_inputs
-from nha.ops.chunk import MASKED, _extend, _final_state, _shift_right, _to_input_layout, chunk_nha
+from nha.ops.chunk import MASKED, _extend, _final_state, _to_input_layout, chunk_nha
 from nha.ops.state import NHAState
 from nha.ops.triton.common import MAX_HEAD_DIM, MAX_SLOTS, SUPPORTED_DTYPES, pad_time
 from nha.ops.triton.decode import triton_nha_step
+from nha.ops.triton.merge import MergeFunction
+from nha.ops.triton.slot_chunk import dot_precision
 from nha.ops.triton.slot_scan import SlotLogitsFunction, SlotReadFunction
 from nha.ops.triton.window_attn import window_attention
 
@@ -37,6 +39,16 @@ def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor)
 def _expand_heads(x: torch.Tensor, group: int, dim: int = 2) -> torch.Tensor:
     # GQA: the slot scan runs per query head, so key/value-head tensors are repeated G times (autograd sums back)
     return x if group == 1 else x.repeat_interleave(group, dim=dim)
+
+
+def _shifted(x: torch.Tensor, by: int, length: int, group: int) -> torch.Tensor:
+    """`[N, E, H, D]` -> `[N, length, H * group, D]`: rows moved `by` later (zeros in front and at the end), key/value
+    heads repeated for GQA, in one contiguous copy."""
+    N, E, H, D = x.shape
+    out = x.new_zeros(N, length, H * group, D)
+    if by < E:
+        out[:, by:E] = _expand_heads(x[:, : E - by], group)
+    return out
 
 
 def triton_nha(
@@ -109,25 +121,23 @@ def triton_nha(
     if use_slots:
         Ep = -(-E // CHUNK) * CHUNK
         if w is None:  # unbounded window: nothing is ever absorbed, the slots stay as given
-            k_in, v_in, g_in = ext.k.new_zeros(ext.k.shape), ext.v.new_zeros(ext.v.shape), torch.zeros_like(ext.g)
+            k_in, v_in, g_in = (_shifted(x, E, Ep, G) for x in (ext.k, ext.v, ext.g))
         else:  # token t - w enters the slots at step t; rows past a sequence's end stay identity steps
-            inside = row[None, :] < (ext.prefix + ext.lengths)[:, None]
-            k_in, v_in = _shift_right(ext.k, w), _shift_right(ext.v, w)
-            g_in = _shift_right(ext.g, w) * inside[:, :, None, None]
-        g_in = pad_time(_expand_heads(g_in, G), Ep).contiguous()
+            inside = torch.arange(Ep, device=q.device)[None, :] < (ext.prefix + ext.lengths)[:, None]
+            k_in, v_in = _shifted(ext.k, w, Ep, G), _shifted(ext.v, w, Ep, G)
+            g_in = _shifted(ext.g, w, Ep, G) * inside[:, :, None, None]
         s_in = -torch.expm1(g_in)  # write strength 1 - exp(g)
-        k_in = pad_time(_expand_heads(k_in, G), Ep).contiguous()
-        v_in = pad_time(_expand_heads(v_in, G), Ep).contiguous()
         no_state = initial_state is None
         h0_k = None if no_state else _expand_heads(ext.slot_k, G, dim=1).contiguous()
         h0_v = None if no_state else _expand_heads(ext.slot_v, G, dim=1).contiguous()
+        # without gradients, one tf32 product instead of three (the forward's outputs stay well inside half
+        # precision; the gradients, the gate's above all, need the tf32x3 products)
+        prec = "tf32" if not grads and q.dtype != torch.float32 else dot_precision(q.dtype)
 
-        z, slot_k = SlotLogitsFunction.apply(pad_time(ext.q, Ep).contiguous(), s_in, g_in, k_in, h0_k, CHUNK)
-        z = (scale * z[:, :E]).masked_fill(~slots_live[:, :, None, None], MASKED)  # [N, E, HQ, M]
-        lse = torch.logaddexp(torch.logsumexp(z, dim=-1), lse_win)
-        p = torch.exp(z - lse[..., None])
-        o_slots, slot_v = SlotReadFunction.apply(pad_time(p, Ep).contiguous(), s_in, g_in, v_in, h0_v, CHUNK)
-        o_ext = torch.exp(lse_win - lse)[..., None] * o_win + o_slots[:, :E]
+        z, slot_k = SlotLogitsFunction.apply(pad_time(ext.q, Ep).contiguous(), s_in, g_in, k_in, h0_k, CHUNK, prec)
+        p, a = MergeFunction.apply(z, lse_win, slots_live, scale)
+        o_slots, slot_v = SlotReadFunction.apply(p, s_in, g_in, v_in, h0_v, CHUNK, prec)
+        o_ext = a[:, :E, :, None] * o_win + o_slots[:, :E]
         if output_final_state:  # every query head of a group holds the same slots: keep the group's first
             final = torch.cat([slot_k, slot_v], dim=-1)
             final = final.view(N, shapes.kv_heads, G, *final.shape[2:])[:, :, 0]

@@ -27,40 +27,62 @@ def _time(t, E, REVERSE: tl.constexpr):
 
 
 @triton.jit
-def slot_state_kernel(
-    x, gc, y, h0, h, ht,
+def chunk_sums_kernel(
+    x, gc, y, h,
     E, H, M, D,
-    BT: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr,
-    HAS_H0: tl.constexpr, REVERSE: tl.constexpr, DOT_PREC: tl.constexpr,
+    BT: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, REVERSE: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
-    # one program walks every chunk of one (sequence, head, D block) and stores the state at each chunk start
-    i_d, i_nh = tl.program_id(0), tl.program_id(1)
+    # what one chunk adds to the state, decayed to the chunk end: sum_j exp(G_last - G_j) x_j (x) y_j `[M, D]`
+    # (chunks are independent: every chunk of every (sequence, head) in parallel); written where its state will go
+    i_d, i_t, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
     NT = E // BT
     o_m = tl.arange(0, BM)
     o_d = i_d * BD + tl.arange(0, BD)
     o_t = tl.arange(0, BT)
     m_m, m_d = o_m < M, o_d < D
-    m_md = m_m[:, None] & m_d[None, :]
-    p_state = (i_n * H + i_h) * M * D + o_m[:, None] * D + o_d[None, :]
-    b_h = tl.zeros([BM, BD], dtype=tl.float32)
+    rows = i_n * E + (i_t * BT + o_t).to(tl.int64)
+    rows_in = i_n * E + _time(i_t * BT + o_t, E, REVERSE).to(tl.int64)
+    b_x = tl.load(x + (rows_in[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0).to(tl.float32)
+    b_gc = tl.load(gc + (rows[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0)
+    last = (i_n * E + i_t * BT + BT - 1).to(tl.int64)
+    b_glast = tl.load(gc + (last * H + i_h) * M + o_m, mask=m_m, other=0.0)
+    b_y = tl.load(y + (rows_in[:, None] * H + i_h) * D + o_d[None, :], mask=m_d[None, :], other=0.0)
+    b_xw = b_x * tl.exp(b_glast[None, :] - b_gc)  # every factor <= 1
+    b_s = tl.dot(tl.trans(b_xw), b_y.to(tl.float32), input_precision=DOT_PREC)
+    p_h = h + ((i_n * H + i_h) * NT + i_t) * M * D + o_m[:, None] * D + o_d[None, :]
+    tl.store(p_h, b_s, mask=m_m[:, None] & m_d[None, :])
+
+
+@triton.jit
+def state_scan_kernel(
+    gc, h0, h, ht,
+    E, H, M, D,
+    BT: tl.constexpr, BLOCK: tl.constexpr, HAS_H0: tl.constexpr,
+):
+    # S_c = exp(G_last(c-1)) * S_(c-1) + sum_(c-1), element by element (the gates are diagonal): a sequential walk
+    # over chunks with no matrix product in it; h holds the chunk sums on entry and the chunk-start states on exit.
+    # The next chunk's loads are issued before this chunk's update, so the walk waits on no load.
+    i_e, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
+    NT = E // BT
+    o_e = i_e * BLOCK + tl.arange(0, BLOCK)
+    m_e = o_e < M * D
+    o_m = o_e // D
+    base = (i_n * H + i_h) * NT * M * D
+    b_h = tl.zeros([BLOCK], dtype=tl.float32)
     if HAS_H0:
-        b_h = tl.load(h0 + p_state, mask=m_md, other=0.0).to(tl.float32)
-    # the loads of a chunk do not depend on the state: pipelining overlaps them with the previous chunk's update
-    for i_t in tl.range(0, NT, num_stages=2):
-        p_h = h + ((i_n * H + i_h) * NT + i_t) * M * D + o_m[:, None] * D + o_d[None, :]
-        tl.store(p_h, b_h, mask=m_md)
-        rows = i_n * E + (i_t * BT + o_t).to(tl.int64)
-        rows_in = i_n * E + _time(i_t * BT + o_t, E, REVERSE).to(tl.int64)
-        b_x = tl.load(x + (rows_in[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0).to(tl.float32)
-        b_gc = tl.load(gc + (rows[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0)
-        last = (i_n * E + i_t * BT + BT - 1).to(tl.int64)
-        b_glast = tl.load(gc + (last * H + i_h) * M + o_m, mask=m_m, other=0.0)
-        b_y = tl.load(y + (rows_in[:, None] * H + i_h) * D + o_d[None, :], mask=m_d[None, :], other=0.0)
-        # weight of each token at the chunk end: exp(G_last - G_j) x_j, every factor <= 1
-        b_xw = b_x * tl.exp(b_glast[None, :] - b_gc)
-        b_h = b_h * tl.exp(b_glast)[:, None] + tl.dot(tl.trans(b_xw), b_y.to(tl.float32), input_precision=DOT_PREC)
-    tl.store(ht + p_state, b_h, mask=m_md)
+        b_h = tl.load(h0 + (i_n * H + i_h) * M * D + o_e, mask=m_e, other=0.0).to(tl.float32)
+    b_sum = tl.load(h + base + o_e, mask=m_e, other=0.0)
+    b_g = tl.load(gc + ((i_n * E + BT - 1) * H + i_h) * M + o_m, mask=m_e, other=0.0)
+    for i_t in range(0, NT):
+        more = m_e & (i_t + 1 < NT)
+        b_sum_next = tl.load(h + base + (i_t + 1) * M * D + o_e, mask=more, other=0.0)
+        b_g_next = tl.load(gc + ((i_n * E + (i_t + 2) * BT - 1) * H + i_h) * M + o_m, mask=more, other=0.0)
+        tl.store(h + base + i_t * M * D + o_e, b_h, mask=m_e)
+        b_h = b_h * tl.exp(b_g) + b_sum
+        b_sum, b_g = b_sum_next, b_g_next
+    tl.store(ht + (i_n * H + i_h) * M * D + o_e, b_h, mask=m_e)
 
 
 @triton.jit
@@ -192,41 +214,47 @@ def dot_precision(dtype: torch.dtype) -> str:
 def slot_states(x, gc, y, h0, chunk: int, prec: str, reverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """States at every chunk start `[N, H, NT, M, D]` and the final state `[N, H, M, D]` (float32).
 
+    Two kernels: every chunk's own sum in parallel (the matrix products), then an element-wise walk over the chunks.
     `gc` is always in scan order; with `reverse`, x and y are read back to front (time t is row E - 1 - t)."""
     N, E, H, M = x.shape
     D = y.shape[-1]
     BM, BD = _blocks(M, D)
-    # the walk over chunks is sequential: with few (sequence, head) pairs, narrower D blocks keep more SMs busy
-    while BD > 16 and N * H * triton.cdiv(D, BD) < 256:
-        BD //= 2
     h = new_output(N, H, E // chunk, M, D, device=x.device)
     ht = new_output(N, H, M, D, device=x.device)
-    grid = (triton.cdiv(D, BD), N * H)
-    slot_state_kernel[grid](x, gc, y, h0 if h0 is not None else ht, h, ht, E, H, M, D,
-                            BT=chunk, BM=BM, BD=BD, HAS_H0=h0 is not None, REVERSE=reverse, DOT_PREC=prec)
+    chunk_sums_kernel[(triton.cdiv(D, BD), E // chunk, N * H)](x, gc, y, h, E, H, M, D, BT=chunk, BM=BM, BD=BD,
+                                                              REVERSE=reverse, DOT_PREC=prec)
+    block = min(1024, triton.next_power_of_2(M * D))
+    state_scan_kernel[(triton.cdiv(M * D, block), N * H)](gc, h0 if h0 is not None else ht, h, ht, E, H, M, D,
+                                                          BT=chunk, BLOCK=block, HAS_H0=h0 is not None)
     return h, ht
 
 
-def slot_read(p, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub: int = 16) -> torch.Tensor:
+def slot_read(p, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub: int = 16, block_d: int = 0,
+              num_warps: int = 4) -> torch.Tensor:
     """`o_t = S_t^T p_t`: p `[N, E, H, M]` -> `[N, E, H, D]` float32 (p, x, y and o back to front if `reverse`)."""
     N, E, H, M = x.shape
     D = y.shape[-1]
     # each D block recomputes the sub-chunk's weights, so blocks are as wide as registers allow
     BM, BD = _blocks(M, D, widest=128 if M <= 64 else 64)
+    BD = block_d or BD
     o = new_output(N, E, H, D, device=x.device)
     grid = (triton.cdiv(D, BD), E // sub, N * H)
     slot_read_kernel[grid](p, x, gc, y, h, o, E, H, M, D, BT=chunk, BC=sub, BM=BM, BD=BD, REVERSE=reverse,
-                                 DOT_PREC=prec)
+                           DOT_PREC=prec, num_warps=num_warps)
     return o
 
 
-def slot_logits(q, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub: int = 16) -> torch.Tensor:
+def slot_logits(q, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub: int = 16, block_d: int = 0,
+                num_warps: int = 0) -> torch.Tensor:
     """`z_t = S_t q_t`: q `[N, E, H, D]` -> `[N, E, H, M]` float32 (q, x, y and z back to front if `reverse`)."""
     N, E, H, M = x.shape
     D = y.shape[-1]
-    BM, BD = _blocks(M, D, widest=128)
+    # measured on an H200 (benchmarks/tune_slot_kernels.py): narrow D blocks and 2 warps for M <= 64
+    BM, BD = _blocks(M, D, widest=32)
+    BD = block_d or BD
+    num_warps = num_warps or (2 if BM <= 64 else 4)
     z = new_output(N, E, H, M, device=x.device)
     grid = (E // sub, N * H)
     slot_logits_kernel[grid](q, x, gc, y, h, z, E, H, M, D, BT=chunk, BC=sub, BM=BM, BD=BD,
-                                   ND=triton.cdiv(D, BD), REVERSE=reverse, DOT_PREC=prec)
+                             ND=triton.cdiv(D, BD), REVERSE=reverse, DOT_PREC=prec, num_warps=num_warps)
     return z

@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 
 from nha.ops.triton.common import chunk_cumsum
-from nha.ops.triton.slot_chunk import dot_precision, slot_logits, slot_read, slot_states
+from nha.ops.triton.slot_chunk import slot_logits, slot_read, slot_states
 
 
 def _reverse_gates(g: torch.Tensor) -> torch.Tensor:
@@ -57,8 +57,7 @@ class SlotLogitsFunction(torch.autograd.Function):
     """Pass 1: `z = S_t q_t` over states built from (s, g, k); returns z `[N, E, H, M]` and `S_E` `[N, H, M, K]`."""
 
     @staticmethod
-    def forward(ctx, q, s, g, k, h0, chunk: int):
-        prec = dot_precision(q.dtype)
+    def forward(ctx, q, s, g, k, h0, chunk: int, prec: str):
         gc = chunk_cumsum(g, chunk)
         h, ht = slot_states(s, gc, k, h0, chunk, prec)
         z = slot_logits(q, s, gc, k, h, chunk, prec)
@@ -78,15 +77,14 @@ class SlotLogitsFunction(torch.autograd.Function):
         ds, dk, r0 = _reverse_scan(dz, q, g, s, k, d_final, chunk, prec)
         dg = _gate_grad(dz * z - s * ds, d_final, ht, chunk)
         dh0 = None if h0 is None else torch.exp(g[:, 0].float())[..., None] * r0
-        return dq.to(q.dtype), ds, dg, dk.to(k.dtype), dh0, None
+        return dq.to(q.dtype), ds, dg, dk.to(k.dtype), dh0, None, None
 
 
 class SlotReadFunction(torch.autograd.Function):
     """Pass 2: `o = S_t^T p_t` over states built from (s, g, v); returns o `[N, E, H, V]` and `S_E` `[N, H, M, V]`."""
 
     @staticmethod
-    def forward(ctx, p, s, g, v, h0, chunk: int):
-        prec = dot_precision(v.dtype)
+    def forward(ctx, p, s, g, v, h0, chunk: int, prec: str):
         gc = chunk_cumsum(g, chunk)
         h, ht = slot_states(s, gc, v, h0, chunk, prec)
         o = slot_read(p, s, gc, v, h, chunk, prec)
@@ -106,4 +104,4 @@ class SlotReadFunction(torch.autograd.Function):
         ds, dv, r0 = _reverse_scan(p, do, g, s, v, d_final, chunk, prec)
         dg = _gate_grad(p * dp - s * ds, d_final, ht, chunk)
         dh0 = None if h0 is None else torch.exp(g[:, 0].float())[..., None] * r0
-        return dp, ds, dg, dv.to(v.dtype), dh0, None
+        return dp, ds, dg, dv.to(v.dtype), dh0, None, None

@@ -1,0 +1,71 @@
+"""Launch-parameter sweep of the three slot-scan kernels (slot_chunk.py) at one large shape, on a GPU.
+
+N sequences, E time, H heads, M slots, D head dim. Times each primitive alone with triton.testing.do_bench for a
+grid of tiles / warps / stages / dot precisions, so the launch defaults in slot_chunk.py are measured choices.
+
+    PYTHONPATH=src python benchmarks/tune_slot_kernels.py [--tokens 65536] [--heads 16]
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+
+import torch
+import torch.nn.functional as F
+import triton
+
+from nha.ops.triton.common import chunk_cumsum
+from nha.ops.triton.slot_chunk import slot_logits, slot_read, slot_states
+
+CHUNK = 64
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--tokens", type=int, default=65536)
+    p.add_argument("--heads", type=int, default=16)
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--slots", type=int, default=64)
+    args = p.parse_args()
+    N, E, H, M, D = 1, args.tokens, args.heads, args.slots, args.dim
+    dev = "cuda"
+    g = F.logsigmoid(torch.randn(N, E, H, M, device=dev)).div(8)
+    s = -torch.expm1(g)
+    gc = chunk_cumsum(g, CHUNK)
+    y = torch.randn(N, E, H, D, device=dev, dtype=torch.bfloat16)
+    q = torch.randn(N, E, H, D, device=dev, dtype=torch.bfloat16)
+    pr = torch.softmax(torch.randn(N, E, H, M, device=dev), -1)
+    rows = []
+
+    def time(name, fn, **cfg):
+        try:
+            ms = triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median")
+        except Exception as e:  # an out-of-resources tile is a result too
+            ms = float("nan")
+            print(f"{name} {cfg}: failed {type(e).__name__}: {str(e)[:120]}", flush=True)
+        rows.append({"kernel": name, **cfg, "ms": ms})
+        print(f"{name:7s} {cfg}: {ms:.3f} ms", flush=True)
+
+    time("states", lambda: slot_states(s, gc, y, None, CHUNK, "tf32x3"))
+    time("states", lambda: slot_states(s, gc, y, None, CHUNK, "tf32"), prec="tf32")
+    h, _ = slot_states(s, gc, y, None, CHUNK, "tf32x3")
+    for prec, sub, bd, warps in itertools.product(["tf32x3", "tf32"], [16, 32], [32, 64, 128], [2, 4, 8]):
+        if prec == "tf32" and (sub, warps) != (16, 4):
+            continue
+        time("logits", lambda: slot_logits(q, s, gc, y, h, CHUNK, prec, sub=sub, block_d=bd, num_warps=warps),
+             prec=prec, sub=sub, bd=bd, warps=warps)
+        time("read", lambda: slot_read(pr, s, gc, y, h, CHUNK, prec, sub=sub, block_d=bd, num_warps=warps),
+             prec=prec, sub=sub, bd=bd, warps=warps)
+    out = os.environ.get("OUT", "/tmp")
+    with open(os.path.join(out, "tune_slot_kernels.json"), "w") as f:
+        json.dump({"card": torch.cuda.get_device_name(), "N": N, "E": E, "H": H, "M": M, "D": D, "rows": rows}, f,
+                  indent=1)
+    for name in ("states", "logits", "read"):
+        best = min((r for r in rows if r["kernel"] == name and r["ms"] == r["ms"]), key=lambda r: r["ms"])
+        print("best", best)
+
+
+if __name__ == "__main__":
+    main()
