@@ -61,6 +61,12 @@ def passkey_accuracy(model, tokenizer, *, length: int, num_examples: int = 10, s
     return score(model, batch)[1]
 
 
+def _sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so wall-clock times cover the kernels and not only their launches."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def cache_bytes(cache) -> int:
     """Bytes held by a generation cache: `NHACache.memory_bytes`, or the key/value tensors of a transformers cache."""
     if isinstance(cache, NHACache):
@@ -88,15 +94,18 @@ def decode_speed(model, *, context: int, new_tokens: int = 32, prefill_chunk: in
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, model.config.vocab_size, (1, context), generator=g).to(device)
     cache = NHACache(model.config.layer_windows) if _is_nha(model) else DynamicCache()
+    _sync(device)
     t0 = time.perf_counter()
     for start in range(0, context, prefill_chunk):
         out = model(ids[:, start:start + prefill_chunk], past_key_values=cache, use_cache=True, logits_to_keep=1)
-    prefill = time.perf_counter() - t0
     nxt = out.logits[:, -1:].argmax(-1)
+    _sync(device)
+    prefill = time.perf_counter() - t0
     t0 = time.perf_counter()
     for _ in range(new_tokens):
         out = model(nxt, past_key_values=cache, use_cache=True)
         nxt = out.logits[:, -1:].argmax(-1)
+    _sync(device)
     decode = time.perf_counter() - t0
     return {"context": context, "prefill_s": prefill, "decode_tok_s": new_tokens / decode,
             "cache_mib": cache_bytes(cache) / 2**20}

@@ -14,7 +14,7 @@ import triton.language as tl
 
 from nha.ops.triton.common import new_output
 
-MASKED = -1e30
+MASKED = tl.constexpr(-1e30)  # a constexpr: kernels may read no other global
 
 
 @triton.jit
