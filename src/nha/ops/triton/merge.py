@@ -4,6 +4,7 @@ N sequences, E time, Ep = E rounded up to the chunk, HQ query heads, M slots.
 
 Per row, one softmax over the M slot logits `scale * z` (masked while the row's slots are empty) and the window's
 log-sum-exp taken as one more logit: `p` are the slot probabilities, `a = exp(lse_win - lse)` the window's share.
+A row that sees nothing (padding) gets p = 0, a = 0.
 With pi = [p, a] = softmax(u), the gradient is the softmax one: du = pi * (dpi - c), c = <pi, dpi>.
 """
 from __future__ import annotations
@@ -41,9 +42,11 @@ def merge_kernel(
     b_max = tl.maximum(tl.max(b_z, axis=1), b_lw)
     b_den = tl.sum(tl.exp(b_z - b_max[:, None]), axis=1) + tl.exp(b_lw - b_max)
     b_lse = b_max + tl.log(b_den)
-    b_p = tl.where(inside[:, None], tl.exp(b_z - b_lse[:, None]), 0.0)
+    # a row that sees nothing (no live slot, empty window: only padding rows) gets p = 0, a = 0, so o = 0
+    seen = inside & (b_max > MASKED / 2)
+    b_p = tl.where(seen[:, None], tl.exp(b_z - b_lse[:, None]), 0.0)
     tl.store(p + o_r[:, None].to(tl.int64) * M + o_m[None, :], b_p, mask=m_rm)
-    tl.store(a + o_r, tl.where(inside, tl.exp(b_lw - b_lse), 0.0), mask=m_r)
+    tl.store(a + o_r, tl.where(seen, tl.exp(b_lw - b_lse), 0.0), mask=m_r)
 
 
 class MergeFunction(torch.autograd.Function):
