@@ -107,3 +107,21 @@ def test_bad_backend_and_step_length():
         call(nha_attention, x, backend="triton")
     with pytest.raises(ValueError, match="one token per sequence"):
         recurrent_nha_step(x["q"], x["k"], x["v"], x["g"], 2, NHAState.empty(2, 2, 3, 8, 8, 2))
+
+
+@pytest.mark.parametrize("fn", ALL + [recurrent_nha_step])
+def test_check_gates_false_skips_only_the_value_check(fn):
+    # callers whose gates are <= 0 by construction skip the check (on CUDA a host sync); shapes are still checked
+    x = base(g=torch.full((2, 5, 2, 3), 0.5))
+    if fn is recurrent_nha_step:
+        x = {n: t[:, :1] for n, t in x.items()}
+        run = lambda **kw: fn(x["q"], x["k"], x["v"], x["g"], 2, NHAState.empty(2, 2, 3, 8, 8, 2), **kw)  # noqa: E731
+    else:
+        run = lambda **kw: call(fn, x, **kw)  # noqa: E731
+    with pytest.raises(ValueError, match="must be <= 0"):
+        run()
+    o, _ = run(check_gates=False)
+    assert o.shape[-1] == 8
+    x["k"] = x["k"][:, :, :1]
+    with pytest.raises(ValueError, match="must have shape"):
+        run(check_gates=False)

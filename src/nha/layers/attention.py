@@ -178,7 +178,8 @@ class NativeHybridAttention(nn.Module):
         state = None if layer is None else layer.state
         run = lambda *xs, cu=cu_seqlens: nha_attention(  # noqa: E731
             *xs[:4], self.window_size, q_win=xs[4], k_win=xs[5], scale=self.scaling, initial_state=state,
-            output_final_state=layer is not None, cu_seqlens=cu, backend=self.backend)
+            output_final_state=layer is not None, cu_seqlens=cu, backend=self.backend,
+            check_gates=not q.is_cuda)  # logsigmoid(f) / tau <= 0: on a GPU, skip the check's host sync
         if new_mask is None or bool(new_mask.all()):
             o, new_state = run(q, k, v, g, q_win, k_win)
         else:

@@ -49,6 +49,7 @@ def nha_attention(
     output_final_state: bool = False,
     cu_seqlens: Optional[torch.Tensor] = None,
     backend: str = "auto",
+    check_gates: bool = True,
 ) -> tuple[torch.Tensor, Optional[NHAState]]:
     """Native Hybrid Attention with the fastest correct implementation for these inputs.
 
@@ -58,6 +59,8 @@ def nha_attention(
         q_win, k_win, scale, initial_state, output_final_state, cu_seqlens: as in `naive_recurrent_nha`.
         backend: "auto" (Triton kernels on CUDA, the decoding step for one token over a state, else the chunk
             path), or one of "naive", "chunk", "recurrent", "triton" to force it.
+        check_gates: check that g holds no NaN and nothing > 0. On CUDA that reads g back to the host (a sync per
+            call); callers whose gates are `<= 0` by construction (the layer) pass False.
 
     Returns:
         `o` `[B, T, HQ, V]` and the final `NHAState` (None unless `output_final_state`).
@@ -70,7 +73,7 @@ def nha_attention(
         raise ValueError(f"`backend` must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
         backend = pick_backend(q, initial_state, cu_seqlens)
-    kwargs = dict(q_win=q_win, k_win=k_win, scale=scale)
+    kwargs = dict(q_win=q_win, k_win=k_win, scale=scale, check_gates=check_gates)
     if backend == "recurrent":
         if initial_state is None:
             shapes = (q.shape[0], k.shape[2], g.shape[-1], k.shape[-1], v.shape[-1])

@@ -259,6 +259,7 @@ def chunk_nha(
     output_final_state: bool = False,
     cu_seqlens: Optional[torch.Tensor] = None,
     chunk_size: int = 64,
+    check_gates: bool = True,
 ) -> tuple[torch.Tensor, Optional[NHAState]]:
     """Native Hybrid Attention in chunkwise-parallel form; same arguments and results as `naive_recurrent_nha`.
 
@@ -268,6 +269,7 @@ def chunk_nha(
         q_win, k_win: window-path queries/keys (default q, k); scale: default `K ** -0.5`.
         initial_state, output_final_state, cu_seqlens: as in `naive_recurrent_nha`.
         chunk_size: C, the length of the slot path's chunks.
+        check_gates: check that g holds no NaN and nothing > 0 (on CUDA that reads g back: a host sync).
 
     Returns:
         `o` `[B, T, HQ, V]` and the final `NHAState` (or None).
@@ -277,7 +279,7 @@ def chunk_nha(
         >>> g = torch.nn.functional.logsigmoid(torch.randn(1, 100, 4, 16)) / 8
         >>> o, state = chunk_nha(q, k, v, g, window_size=8, output_final_state=True)
     """
-    shapes = check_inputs(q, k, v, g, window_size, q_win, k_win, initial_state, cu_seqlens)
+    shapes = check_inputs(q, k, v, g, window_size, q_win, k_win, initial_state, cu_seqlens, check_gates)
     if chunk_size < 1:
         raise ValueError(f"`chunk_size` must be >= 1, got {chunk_size}")
     scale = shapes.k_dim ** -0.5 if scale is None else scale

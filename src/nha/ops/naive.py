@@ -34,6 +34,7 @@ def naive_recurrent_nha(
     initial_state: Optional[NHAState] = None,
     output_final_state: bool = False,
     cu_seqlens: Optional[torch.Tensor] = None,
+    check_gates: bool = True,
 ) -> tuple[torch.Tensor, Optional[NHAState]]:
     """Native Hybrid Attention, one token at a time (the reference).
 
@@ -49,6 +50,7 @@ def naive_recurrent_nha(
         initial_state: an `NHAState` with one entry per sequence, to continue from.
         output_final_state: return the `NHAState` after the last token.
         cu_seqlens: `[N + 1]` offsets of N sequences packed in a `B == 1` batch.
+        check_gates: check that g holds no NaN and nothing > 0 (on CUDA that reads g back: a host sync).
 
     Returns:
         `o` `[B, T, HQ, V]` in the input dtype, and the final `NHAState` (or None).
@@ -58,7 +60,7 @@ def naive_recurrent_nha(
         >>> g = torch.nn.functional.logsigmoid(torch.randn(1, 8, 2, 4)) / 8
         >>> o, _ = naive_recurrent_nha(q, k, v, g, window_size=3)
     """
-    shapes = check_inputs(q, k, v, g, window_size, q_win, k_win, initial_state, cu_seqlens)
+    shapes = check_inputs(q, k, v, g, window_size, q_win, k_win, initial_state, cu_seqlens, check_gates)
     B, T, HQ, H, K, V, M = (shapes.batch, shapes.time, shapes.q_heads, shapes.kv_heads,
                             shapes.k_dim, shapes.v_dim, shapes.num_slots)
     G = shapes.group

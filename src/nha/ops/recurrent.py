@@ -31,6 +31,7 @@ def recurrent_nha_step(
     q_win: Optional[torch.Tensor] = None,
     k_win: Optional[torch.Tensor] = None,
     scale: Optional[float] = None,
+    check_gates: bool = True,
 ) -> tuple[torch.Tensor, NHAState]:
     """Consume one token per sequence and return its output and the new state.
 
@@ -39,6 +40,7 @@ def recurrent_nha_step(
         window_size: `w >= 0`, or None (the window then grows by one row per token: a plain KV cache).
         state: the `NHAState` of the B sequences (`NHAState.empty(...)` before the first token).
         q_win, k_win: window-path query/key of this token (default q, k); scale: default `K ** -0.5`.
+        check_gates: check that g holds no NaN and nothing > 0 (on CUDA that reads g back: a host sync).
 
     Returns:
         `o` `[B, 1, HQ, V]` and the updated `NHAState`.
@@ -47,7 +49,7 @@ def recurrent_nha_step(
         >>> state = NHAState.empty(2, 4, 16, 32, 32, window_size=64)
         >>> o, state = recurrent_nha_step(q, k, v, g, 64, state)  # q: [2, 1, 4, 32], g: [2, 1, 4, 16]
     """
-    shapes = check_inputs(q, k, v, g, window_size, q_win, k_win, state, None)
+    shapes = check_inputs(q, k, v, g, window_size, q_win, k_win, state, None, check_gates)
     if shapes.time != 1:
         raise ValueError(f"recurrent_nha_step takes one token per sequence (T == 1), got T == {shapes.time}")
     B, HQ, H, K, V, M, G = (shapes.batch, shapes.q_heads, shapes.kv_heads, shapes.k_dim, shapes.v_dim,

@@ -112,6 +112,7 @@ def triton_nha_step(
     q_win: Optional[torch.Tensor] = None,
     k_win: Optional[torch.Tensor] = None,
     scale: Optional[float] = None,
+    check_gates: bool = True,
 ) -> tuple[torch.Tensor, NHAState]:
     """One decoding step in one kernel; same arguments and results as `recurrent_nha_step` (no autograd).
 
@@ -122,6 +123,7 @@ def triton_nha_step(
         q: `[B, 1, HQ, K]`, k: `[B, 1, H, K]`, v: `[B, 1, H, V]`, g: `[B, 1, H, M]` (`<= 0`).
         window_size: `w >= 0`, or None; state: the `NHAState` of the B sequences.
         q_win, k_win: this token's window-path query/key (default q, k); scale: default `K ** -0.5`.
+        check_gates: check that g holds no NaN and nothing > 0 (on CUDA that reads g back: a host sync).
 
     Returns:
         `o` `[B, 1, HQ, V]` and the new `NHAState`.
@@ -130,14 +132,15 @@ def triton_nha_step(
         >>> state = NHAState.empty(16, 8, 64, 128, 128, window_size=64, dtype=torch.bfloat16, device="cuda")
         >>> o, state = triton_nha_step(q, k, v, g, 64, state)  # q: [16, 1, 32, 128], g: [16, 1, 8, 64]
     """
-    shapes = check_inputs(q, k, v, g, window_size, q_win, k_win, state, None)
+    shapes = check_inputs(q, k, v, g, window_size, q_win, k_win, state, None, check_gates)
     if shapes.time != 1:
         raise ValueError(f"triton_nha_step takes one token per sequence (T == 1), got T == {shapes.time}")
     grads = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, g, *state.tensors()))
     covered = (q.dtype in SUPPORTED_DTYPES and max(shapes.k_dim, shapes.v_dim) <= MAX_HEAD_DIM
                and 0 < shapes.num_slots <= MAX_SLOTS)
     if grads or not covered:
-        return recurrent_nha_step(q, k, v, g, window_size, state, q_win=q_win, k_win=k_win, scale=scale)
+        return recurrent_nha_step(q, k, v, g, window_size, state, q_win=q_win, k_win=k_win, scale=scale,
+                                  check_gates=False)
     B, HQ, H, K, V, M = shapes.batch, shapes.q_heads, shapes.kv_heads, shapes.k_dim, shapes.v_dim, shapes.num_slots
     w = window_size
     scale = K ** -0.5 if scale is None else scale

@@ -64,6 +64,7 @@ def triton_nha(
     initial_state: Optional[NHAState] = None,
     output_final_state: bool = False,
     cu_seqlens: Optional[torch.Tensor] = None,
+    check_gates: bool = True,
 ) -> tuple[torch.Tensor, Optional[NHAState]]:
     """Native Hybrid Attention with Triton kernels; same arguments, results and gradients as `chunk_nha`.
 
@@ -78,6 +79,7 @@ def triton_nha(
         scale: logit scale of both paths (default `K ** -0.5`).
         initial_state: `NHAState` with one entry per sequence; output_final_state: return the final `NHAState`.
         cu_seqlens: `[N + 1]` offsets of N sequences packed in a `B == 1` batch.
+        check_gates: check that g holds no NaN and nothing > 0 (on CUDA that reads g back: a host sync).
 
     Returns:
         `o` `[B, T, HQ, V]` in the input dtype, and the final `NHAState` (or None).
@@ -87,13 +89,14 @@ def triton_nha(
         >>> g = torch.nn.functional.logsigmoid(torch.randn(1, 4096, 16, 64, device="cuda")).div(8).bfloat16()
         >>> o, state = triton_nha(q, k, v, g, window_size=64, output_final_state=True)
     """
-    shapes = check_inputs(q, k, v, g, window_size, q_win, k_win, initial_state, cu_seqlens)
+    shapes = check_inputs(q, k, v, g, window_size, q_win, k_win, initial_state, cu_seqlens, check_gates)
     if not supports(q, k, v, g):
         return chunk_nha(q, k, v, g, window_size, q_win=q_win, k_win=k_win, scale=scale, initial_state=initial_state,
-                         output_final_state=output_final_state, cu_seqlens=cu_seqlens)
+                         output_final_state=output_final_state, cu_seqlens=cu_seqlens, check_gates=False)
     grads = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, g, q_win, k_win))
     if shapes.time == 1 and initial_state is not None and cu_seqlens is None and not grads:
-        o, state = triton_nha_step(q, k, v, g, window_size, initial_state, q_win=q_win, k_win=k_win, scale=scale)
+        o, state = triton_nha_step(q, k, v, g, window_size, initial_state, q_win=q_win, k_win=k_win, scale=scale,
+                                   check_gates=False)
         return o, state if output_final_state else None
     scale = shapes.k_dim ** -0.5 if scale is None else scale
     q_win = q if q_win is None else q_win
