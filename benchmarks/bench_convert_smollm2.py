@@ -43,6 +43,9 @@ RESULTS = Path(__file__).parent / "results"
 LAYOUT = dict(window_size=64, num_slots=64, full_attention_layers=[7, 15, 23, 29])
 SOURCE, CONVERTED = "source (SmolLM2-135M-Instruct)", "NHA hybrid, converted"
 EVAL_SEQ = 512
+# how the bf16 fine-tunes enter autocast: FinetuneConfig(bf16=True), a context per step. Stored bf16 fine-tune results
+# without this mark came from one context around the whole run, which kept the step-1 weight casts (see finetune.py)
+FT_AUTOCAST = "per step"
 ROPE_TRAINED = 8192  # SmolLM2's max_position_embeddings
 # SmolLM2-135M's config (the GGUF's), for --random-init
 SMOLLM2_SHAPE = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
@@ -264,6 +267,10 @@ def main() -> None:
     path = out / f"{name}.json"
     results = json.loads(path.read_text()) if path.exists() else {}
     results["errors"] = []
+    if "bf16" in results.get("finetune_eval", "") and results.get("ft_autocast") != FT_AUTOCAST:
+        # bf16 fine-tunes stored before autocast went per step trained on stale weight casts: measure them again
+        for n in results.pop("finetune", {}):
+            results.get("ppl", {}).pop(n, None)
     meta = {"machine": f"{platform.machine()} CPU, {os.cpu_count()} cores", "torch": torch.__version__,
             "threads": torch.get_num_threads()}
     if gpu:
@@ -396,6 +403,7 @@ def main() -> None:
         ft_eval_batches = eval_batches if same_eval else 8
         results["finetune_eval"] = (f"{ft_eval_batches} rows of {ft_seq} tokens"
                                     + (", under bf16 autocast" if ft_bf16 else ""))
+        results["ft_autocast"] = FT_AUTOCAST
         results.setdefault("finetune", {})
         for i, (n, kw) in enumerate(runs.items()):
             if n in results["ppl"]:
@@ -403,12 +411,13 @@ def main() -> None:
             req = kw.pop("requested")
             try:
                 t0 = time.perf_counter()
+                # bf16 through the config: autocast per step. One context around `finetune` kept the step-1 casts
+                # of the weights for every forward (the first GPU report's fine-tunes made the model worse)
                 cfg = FinetuneConfig(model=str(hybrid_dir), out_dir=str(work / f"ft{i}"), data=paths,
                                      tokenizer=tok_spec, seq_len=ft_seq, micro_batch_size=args.ft_batch,
                                      val_fraction=vf, eval_batches=ft_eval_batches, device=str(device),
-                                     progress=False, log_every=5, **kw)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=ft_bf16):
-                    summary = finetune(cfg)
+                                     progress=False, log_every=5, bf16=ft_bf16, **kw)
+                summary = finetune(cfg)
                 seconds = time.perf_counter() - t0
                 tuned = NHAForCausalLM.from_pretrained(summary["out"]).to(device).eval()
                 scored = summary["after"] if same_eval else heldout_loss(tuned, data, eval_batches)

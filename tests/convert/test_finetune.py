@@ -1,6 +1,7 @@
 """Fine-tuning a converted tiny model on CPU: the next-token recipe lowers held-out loss with MLPs frozen, and
 attention transfer lowers its own loss; the CLI entry points run end to end."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,7 +9,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from nha.cli import main
 from nha.convert import convert_model, save_model
-from nha.convert.finetune import AttentionTransfer, FinetuneConfig, finetune, full_attention_twin, set_trainable
+from nha.convert.finetune import (AttentionTransfer, FinetuneConfig, _next_token_loss, finetune, full_attention_twin,
+                                  set_trainable)
+from nha.data.sources import TextSource
 from nha.models import NHAForCausalLM
 
 TEXT = "".join(f"line {i % 17}: the quick brown fox jumps over the lazy dog {i % 5}.\n" for i in range(400))
@@ -42,6 +45,39 @@ def test_next_token_recipe_lowers_heldout_loss_with_mlps_frozen(converted, tmp_p
     assert "model.layers.1.self_attn.f_proj.weight" not in changed  # ... but never their unused gate
     with pytest.raises(ValueError, match="already exists"):
         finetune(cfg)
+
+
+@pytest.mark.parametrize("how", ["caller-autocast", "bf16-option"])
+def test_each_bf16_step_sees_the_weights_the_last_step_wrote(converted, tmp_path, how):
+    """Step 2's logged loss must be the loss of the weights after step 1. Autocast keeps its bf16 cast of every
+    trainable weight until the outermost autocast context exits: the GPU conversion report wrapped `finetune` in one
+    such context, every forward read the step-1 weights while AdamW moved the float32 ones blind, and held-out
+    perplexity went 218 -> 1925. Both ways of asking for bf16 (a caller's context, `bf16=True`) must see the update."""
+    folder, data = converted
+    rows = dict(tokenizer="bytes", seq_len=64, micro_batch_size=4, val_fraction=0.1)
+
+    def run(steps: int) -> tuple[dict, dict]:
+        cfg = FinetuneConfig(model=str(folder), out_dir=str(tmp_path / f"ft{steps}"), steps=steps, lr=3e-2,
+                             warmup_steps=1, data=[str(data)], eval_batches=1, log_every=1, progress=False, **rows,
+                             **({"bf16": True} if how == "bf16-option" else {}))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=how == "caller-autocast"):
+            summary = finetune(cfg)
+        log = [json.loads(line) for line in (Path(summary["out"]) / "finetune_log.jsonl").read_text().splitlines()]
+        return summary, {r["step"]: r["loss"] for r in log if r["stage"] == "next-token"}
+
+    one, _ = run(1)  # the same first step as the next run's (lr factor 1 at step 0 in both)
+    _, losses = run(2)
+    batch = TextSource([str(data)], seed=0, **rows).batch(1, 0)  # step 2's batch
+
+    def replay(model_folder) -> float:
+        model = NHAForCausalLM.from_pretrained(str(model_folder)).eval()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, count = _next_token_loss(model, batch, torch.device("cpu"))
+        return float(loss) / count
+
+    updated, original = replay(one["out"]), replay(folder)
+    assert abs(updated - original) > 0.05  # step 1 moved the weights enough to tell the two apart
+    assert losses[2] == pytest.approx(updated, abs=1e-4)
 
 
 def test_attention_transfer_trains_only_nha_layers_and_learns(converted):

@@ -40,6 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-every", type=int, default=d.log_every)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--bf16", action="store_true", help="forward passes under bf16 autocast (weights, gradients and "
+                   "AdamW stay float32)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT/model if it exists")
     p.add_argument("--no-progress", action="store_true")
 
@@ -55,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         seq_len=args.seq_len, micro_batch_size=args.micro_batch_size, grad_accum=args.grad_accum,
         warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
         eval_batches=args.eval_batches, log_every=args.log_every, seed=args.seed, device=args.device,
+        bf16=args.bf16,
         overwrite=args.overwrite, progress=not args.no_progress)
     summary = finetune(cfg)
     print(json.dumps(summary, default=str))
