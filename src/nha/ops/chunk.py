@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from nha.ops.checks import NHAShapes, check_inputs
+from nha.ops.precision import without_autocast
 from nha.ops.state import NHAState
 
 # A finite "minus infinity" for masked logits: exp() of it is exactly 0 and its gradients stay finite.
@@ -245,6 +246,7 @@ def banded_attention(q, k, v, valid, window: int, scale: float, block: int) -> t
     return o, lse
 
 
+@without_autocast
 def chunk_nha(
     q: torch.Tensor,
     k: torch.Tensor,

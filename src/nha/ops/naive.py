@@ -10,6 +10,7 @@ from typing import Optional
 import torch
 
 from nha.ops.checks import check_inputs
+from nha.ops.precision import without_autocast
 from nha.ops.state import NHAState
 
 
@@ -21,6 +22,7 @@ def sequence_bounds(batch: int, time: int, cu_seqlens: Optional[torch.Tensor]) -
     return [(0, s, e) for s, e in zip(cs, cs[1:])]
 
 
+@without_autocast
 def naive_recurrent_nha(
     q: torch.Tensor,
     k: torch.Tensor,

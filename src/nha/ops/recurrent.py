@@ -11,6 +11,7 @@ import torch
 
 from nha.ops.checks import check_inputs
 from nha.ops.chunk import MASKED
+from nha.ops.precision import without_autocast
 from nha.ops.state import NHAState
 
 
@@ -20,6 +21,7 @@ def _put_row(buffer: torch.Tensor, row: torch.Tensor, x: torch.Tensor) -> torch.
     return buffer.scatter(1, index, x[:, None].to(buffer.dtype))
 
 
+@without_autocast
 def recurrent_nha_step(
     q: torch.Tensor,
     k: torch.Tensor,

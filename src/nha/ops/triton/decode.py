@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 
 from nha.ops.checks import check_inputs
+from nha.ops.precision import without_autocast
 from nha.ops.recurrent import _put_row, recurrent_nha_step
 from nha.ops.state import NHAState
 from nha.ops.triton.common import MAX_HEAD_DIM, MAX_SLOTS, SUPPORTED_DTYPES, new_output
@@ -101,6 +102,7 @@ def decode_kernel(
     tl.store(o + (i_b * HQ + i_hq) * V + o_v, b_o.to(o.dtype.element_ty), mask=m_v)
 
 
+@without_autocast
 def triton_nha_step(
     q: torch.Tensor,
     k: torch.Tensor,

@@ -19,6 +19,7 @@ import torch
 
 from nha.ops.checks import check_inputs
 from nha.ops.chunk import MASKED, _extend, _final_state, _to_input_layout, chunk_nha
+from nha.ops.precision import without_autocast
 from nha.ops.state import NHAState
 from nha.ops.triton.common import MAX_HEAD_DIM, MAX_SLOTS, SUPPORTED_DTYPES, pad_time
 from nha.ops.triton.decode import triton_nha_step
@@ -51,6 +52,7 @@ def _shifted(x: torch.Tensor, by: int, length: int, group: int) -> torch.Tensor:
     return out
 
 
+@without_autocast
 def triton_nha(
     q: torch.Tensor,
     k: torch.Tensor,
