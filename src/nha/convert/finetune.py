@@ -39,7 +39,7 @@ from nha.data.sources import TextSource
 from nha.data.synthetic import IGNORE
 from nha.models import NHAConfig, NHAForCausalLM
 from nha.train.config import TrainConfig
-from nha.train.distributed import cleanup, init_distributed, no_grad_sync, unwrap, wrap_model
+from nha.train.distributed import distributed, no_grad_sync, unwrap, wrap_model
 from nha.train.loop import lr_lambda, make_optimizer
 
 RECIPES = ("next-token", "distill")
@@ -237,11 +237,8 @@ def _run_stage(stage: str, model: NHAForCausalLM, source: TextSource, cfg: Finet
 
 def finetune(cfg: FinetuneConfig) -> dict:
     """Run the recipe; returns a summary with held-out loss / perplexity before and after (and between stages)."""
-    d = init_distributed(cfg.device)
-    try:
+    with distributed(cfg.device) as d:
         return _finetune(cfg, d)
-    finally:
-        cleanup()
 
 
 def _finetune(cfg: FinetuneConfig, d) -> dict:

@@ -5,6 +5,7 @@ needs no process group. This module is the only one that reads those environment
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -86,8 +87,6 @@ def wrap_model(model: nn.Module, d: Dist, *, fsdp: bool) -> nn.Module:
 
 def no_grad_sync(model: nn.Module, sync: bool):
     """Context for one micro-batch: skip the gradient all-reduce except on the last micro-batch of a step."""
-    import contextlib  # noqa: PLC0415
-
     if isinstance(model, DDP):
         return contextlib.nullcontext() if sync else model.no_sync()
     if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
@@ -102,3 +101,12 @@ def unwrap(model: nn.Module) -> nn.Module:
 def cleanup() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def distributed(device: str | None = None):
+    """`with distributed(device) as d:` joins the process group (`init_distributed`) and leaves it on exit."""
+    try:
+        yield init_distributed(device)
+    finally:
+        cleanup()

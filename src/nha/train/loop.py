@@ -25,7 +25,7 @@ from nha.data.synthetic import IGNORE, exact_match
 from nha.models import PRESETS, NHAConfig, NHAForCausalLM, preset_config
 from nha.train.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from nha.train.config import TrainConfig
-from nha.train.distributed import (cleanup, init_distributed, no_grad_sync, parameters_without_gradient, unwrap,
+from nha.train.distributed import (distributed, no_grad_sync, parameters_without_gradient, unwrap,
                                    wrap_model)
 
 
@@ -162,11 +162,8 @@ def evaluate(model, source, cfg: TrainConfig, d, autocast: bool) -> dict:
 
 def train(cfg: TrainConfig) -> TrainResult:
     """Run (or resume) training as `cfg` says; under torchrun, every process calls this."""
-    d = init_distributed(cfg.device)
-    try:
+    with distributed(cfg.device) as d:
         return _train(cfg, d)
-    finally:
-        cleanup()
 
 
 def _train(cfg: TrainConfig, d) -> TrainResult:
