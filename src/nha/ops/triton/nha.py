@@ -125,12 +125,12 @@ def triton_nha(
     slots = None
     if use_slots:
         Ep = -(-E // CHUNK) * CHUNK
-        if w is None:  # unbounded window: nothing is ever absorbed, the slots stay as given
-            k_in, v_in, g_in = (_shifted(x, E, Ep, G) for x in (ext.k, ext.v, ext.g))
-        else:  # token t - w enters the slots at step t; rows past a sequence's end stay identity steps
-            inside = torch.arange(Ep, device=q.device)[None, :] < (ext.prefix + ext.lengths)[:, None]
-            k_in, v_in = _shifted(ext.k, w, Ep, G), _shifted(ext.v, w, Ep, G)
-            g_in = _shifted(ext.g, w, Ep, G) * inside[:, :, None, None]
+        # token t - w enters the slots at step t (an unbounded window absorbs nothing: a shift past the end);
+        # rows past a sequence's end stay identity steps
+        by = E if w is None else w
+        inside = torch.arange(Ep, device=q.device)[None, :] < (ext.prefix + ext.lengths)[:, None]
+        k_in, v_in = _shifted(ext.k, by, Ep, G), _shifted(ext.v, by, Ep, G)
+        g_in = _shifted(ext.g, by, Ep, G) * inside[:, :, None, None]
         s_in = -torch.expm1(g_in)  # write strength 1 - exp(g)
         no_state = initial_state is None
         h0_k = None if no_state else _expand_heads(ext.slot_k, G, dim=1).contiguous()
