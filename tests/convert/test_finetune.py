@@ -1,6 +1,9 @@
 """Fine-tuning a converted tiny model on CPU: the next-token recipe lowers held-out loss with MLPs frozen, and
-attention transfer lowers its own loss; the CLI entry points run end to end."""
+attention transfer lowers its own loss; the CLI entry points run end to end, under torchrun too."""
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,10 +12,10 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from nha.cli import main
 from nha.convert import convert_model, save_model
-from nha.convert.finetune import (AttentionTransfer, FinetuneConfig, _next_token_loss, finetune, full_attention_twin,
-                                  set_trainable)
+from nha.convert.finetune import AttentionTransfer, FinetuneConfig, finetune, full_attention_twin, set_trainable
 from nha.data.sources import TextSource
 from nha.models import NHAForCausalLM
+from nha.train.loop import next_token_loss
 
 TEXT = "".join(f"line {i % 17}: the quick brown fox jumps over the lazy dog {i % 5}.\n" for i in range(400))
 
@@ -72,7 +75,7 @@ def test_each_bf16_step_sees_the_weights_the_last_step_wrote(converted, tmp_path
     def replay(model_folder) -> float:
         model = NHAForCausalLM.from_pretrained(str(model_folder)).eval()
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-            loss, count = _next_token_loss(model, batch, torch.device("cpu"))
+            loss, count = next_token_loss(model, batch, torch.device("cpu"))
         return float(loss) / count
 
     updated, original = replay(one["out"]), replay(folder)
@@ -112,3 +115,34 @@ def test_cli_convert_then_finetune_distill(converted, tmp_path, capsys):
     assert (tmp_path / "at" / "model" / "finetune_log.jsonl").is_file()
     assert main(["finetune", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
     assert main(["finetune", str(folder), "--out", str(tmp_path / "y"), "--data", str(data)]) == 2  # no tokenizer
+
+
+def test_two_process_ddp_matches_one_process(converted, tmp_path):
+    """Both stages run on the training loop under torchrun: 2 processes x 1 micro-batch (gloo, DDP) take the same
+    steps as 1 process x 2 accumulated micro-batches."""
+    folder, data = converted
+    common = ["finetune", str(folder), "--recipe", "distill", "--distill-steps", "2", "--distill-lr", "3e-3",
+              "--steps", "2", "--lr", "3e-3", "--warmup-steps", "1", "--data", str(data), "--tokenizer", "bytes",
+              "--seq-len", "32", "--micro-batch-size", "2", "--log-every", "1", "--eval-batches", "1",
+              "--device", "cpu", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
+
+    def torchrun(nproc: int, name: str, *extra: str) -> tuple[list, dict]:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "nha.cli", *common, "--out", str(tmp_path / name), *extra]
+        run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+        assert run.returncode == 0, run.stderr[-3000:]
+        model = tmp_path / name / "model"
+        log = [json.loads(line) for line in (model / "finetune_log.jsonl").read_text().splitlines()]
+        curve = [(r["stage"], r["step"], r["loss"]) for r in log if r["stage"] in ("distill", "next-token")]
+        return curve, NHAForCausalLM.from_pretrained(str(model)).state_dict()
+
+    one, w1 = torchrun(1, "one", "--grad-accum", "2")
+    two, w2 = torchrun(2, "two")
+    assert [r[:2] for r in one] == [("distill", 1), ("distill", 2), ("next-token", 1), ("next-token", 2)]
+    assert [r[:2] for r in two] == [r[:2] for r in one]
+    torch.testing.assert_close([r[2] for r in two], [r[2] for r in one], rtol=1e-5, atol=1e-6)
+    original = NHAForCausalLM.from_pretrained(str(folder)).state_dict()
+    assert any(not torch.equal(w1[k], original[k]) for k in w1)
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-6)

@@ -8,22 +8,19 @@
   next-token stage as above. The source is the model itself with every layer at `window_size=None`, which is
   exactly the pretrained model (tests/convert), so no second checkpoint is needed.
 
-Built on the training loop's pieces (`nha.train`: process group, DDP wrapping, AdamW groups, warm-up + cosine,
-gradient-accumulation sync; `nha.data.TextSource` for packed, held-out text), so it runs under `torchrun` with
-DDP. The loop itself (`nha train`) builds models from configs, not from pretrained weights, and trains every
-parameter; this module is the pretrained-weights, frozen-MLP variant of it. No mid-run checkpoints: a run is
-minutes to hours and writes its model once, atomically, at the end.
+Both stages run on the training loop of `nha train` (`nha.train.loop.run_steps`, the loss passed in as a function):
+its AdamW groups, warm-up + cosine schedule, gradient accumulation with DDP sync, clipping, JSONL records and bf16
+rule, under `nha.train.distributed`, so it runs under `torchrun` with DDP; `nha.data.TextSource` gives packed,
+held-out text. What differs from `nha train`: the model comes from pretrained weights with MLPs frozen, not from a
+config, and there are no mid-run checkpoints: a run is minutes to hours and writes its model once, atomically, at
+the end.
 
-Mixed precision: `bf16=True` runs every forward pass under bf16 autocast, one autocast context per step, while
-weights, gradients and AdamW stay float32. Autocast keeps the half-precision copy of each trainable weight it casts
-until the outermost autocast context exits, so a caller's context wrapped around the whole run would make every
-step's forward read the weights as they were at the first cast while AdamW moves the float32 ones without feedback
-(a GPU report did exactly that: held-out perplexity 218 -> 1925 after 339 steps). The loop therefore drops autocast's
-cast cache after every optimizer step; `bf16=True` is still the way to ask for it.
+Mixed precision: `bf16=True` runs every forward pass under bf16 autocast (weights, gradients and AdamW float32), one
+context per forward, the cast cache dropped after every optimizer step (`nha.train.loop`); without the drop, a
+caller's context around the whole run kept the first step's casts (a GPU report: perplexity 218 -> 1925).
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -36,11 +33,12 @@ from torch import nn
 
 from nha.convert.evaluate import heldout_loss
 from nha.data.sources import TextSource
-from nha.data.synthetic import IGNORE
 from nha.models import NHAConfig, NHAForCausalLM
 from nha.train.config import TrainConfig
-from nha.train.distributed import distributed, no_grad_sync, unwrap, wrap_model
-from nha.train.loop import lr_lambda, make_optimizer
+from nha.train.distributed import distributed, wrap_model
+from nha.train.loop import bf16_autocast, inputs, lr_lambda, make_optimizer, next_token_loss, run_steps
+
+_next_token_loss = next_token_loss  # the name benchmarks/bench_convert_smollm2.py imports from here
 
 RECIPES = ("next-token", "distill")
 
@@ -98,7 +96,8 @@ class FinetuneConfig:
                            grad_accum=self.grad_accum, steps=steps, lr=lr, warmup_steps=min(self.warmup_steps, steps),
                            min_lr_ratio=self.min_lr_ratio, weight_decay=self.weight_decay, grad_clip=self.grad_clip,
                            eval_batches=self.eval_batches, log_every=self.log_every, seed=self.seed,
-                           val_fraction=self.val_fraction, out_dir=self.out_dir, device=self.device)
+                           val_fraction=self.val_fraction, out_dir=self.out_dir, device=self.device,
+                           progress=self.progress)
 
 
 def full_attention_twin(model: NHAForCausalLM) -> NHAForCausalLM:
@@ -161,18 +160,9 @@ def set_trainable(model: NHAForCausalLM, stage: str, train_full_attention: bool 
     return [n for n, p in model.named_parameters() if p.requires_grad]
 
 
-def _next_token_loss(model, batch, device) -> tuple[torch.Tensor, int]:
-    targets = batch["targets"].to(device)
-    logits = model(batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device),
-                   cu_seqlens=batch["cu_seqlens"].to(device), use_cache=False).logits
-    loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum")
-    return loss, int((targets != IGNORE).sum())
-
-
-def _autocast(cfg: FinetuneConfig, d):
-    """bf16 autocast for one forward pass when `cfg.bf16` (a context per step: see the module docstring); else
-    nothing, so a caller's own autocast context still applies."""
-    return torch.autocast(d.device.type, dtype=torch.bfloat16) if cfg.bf16 else contextlib.nullcontext()
+def _transfer_loss(module: AttentionTransfer, batch: dict, device: torch.device) -> tuple[torch.Tensor, int]:
+    """The distillation loss of one micro-batch for `run_steps`: a mean already, so it counts once."""
+    return module(**inputs(batch, device)), 1
 
 
 def _run_stage(stage: str, model: NHAForCausalLM, source: TextSource, cfg: FinetuneConfig, d, log, teacher=None):
@@ -182,55 +172,10 @@ def _run_stage(stage: str, model: NHAForCausalLM, source: TextSource, cfg: Finet
     wrapped = wrap_model(module, d, fsdp=False)
     optimizer = make_optimizer(wrapped, tcfg, skip=set())
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tcfg))
-    from tqdm.auto import tqdm  # noqa: PLC0415
-
-    bar = tqdm(total=tcfg.steps, desc=stage, disable=not (cfg.progress and d.is_main), dynamic_ncols=True)
-    mine = list(range(d.rank, cfg.grad_accum * d.world_size, d.world_size))
-    wrapped.train()
-    torch.clear_autocast_cache()  # casts made before this stage (an eval under a caller's autocast) are not reused
     t_start = time.perf_counter()
-    for step in range(tcfg.steps):
-        batches = [source.batch(step, j) for j in mine]
-        value = 0.0
-        if stage == "distill":
-            for i, b in enumerate(batches):
-                with no_grad_sync(wrapped, sync=i == len(batches) - 1):
-                    with _autocast(cfg, d):
-                        loss = wrapped(b["input_ids"].to(d.device), b["position_ids"].to(d.device),
-                                       b["cu_seqlens"].to(d.device))
-                    (loss / len(batches)).backward()
-                value += float(loss.detach()) / len(batches)
-            (value,) = d.all_reduce_sum([value])
-            value /= d.world_size
-        else:
-            local = sum(int((b["targets"] != IGNORE).sum()) for b in batches)
-            (count,) = d.all_reduce_sum([local])
-            scale = d.world_size / max(count, 1)  # DDP averages over ranks: undo it, then divide by the global count
-            for i, b in enumerate(batches):
-                with no_grad_sync(wrapped, sync=i == len(batches) - 1):
-                    with _autocast(cfg, d):
-                        loss, _ = _next_token_loss(wrapped, b, d.device)
-                    (loss * scale).backward()
-                value += float(loss.detach())
-            (value,) = d.all_reduce_sum([value])
-            value /= max(count, 1)
-        if tcfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_([p for p in wrapped.parameters() if p.requires_grad], tcfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        # the next forward must cast the weights this step wrote: under an enclosing autocast context (one the caller
-        # opened around `finetune`) autocast would otherwise keep serving the copies it cast at the first step
-        torch.clear_autocast_cache()
-        lr = scheduler.get_last_lr()[0]
-        scheduler.step()
-        bar.update(1)
-        bar.set_postfix(loss=f"{value:.4f}")
-        if (step + 1) % tcfg.log_every == 0 or step + 1 == tcfg.steps:
-            log({"stage": stage, "step": step + 1, "loss": value, "lr": lr,
-                 "elapsed_s": round(time.perf_counter() - t_start, 2)})
-    bar.close()
+    run_steps(wrapped, optimizer, scheduler, source, _transfer_loss if stage == "distill" else next_token_loss, tcfg,
+              d, lambda record: log({"stage": stage, **record}), bf16=cfg.bf16, desc=stage)
     model.requires_grad_(False)
-    torch.clear_autocast_cache()
     return {"trainable_parameters": sum(p.numel() for n, p in model.named_parameters() if n in trainable),
             "seconds": time.perf_counter() - t_start}
 
@@ -278,7 +223,7 @@ def _finetune(cfg: FinetuneConfig, d) -> dict:
             print(json.dumps(record))
 
     def evaluate() -> dict:
-        with _autocast(cfg, d):
+        with bf16_autocast(d.device, cfg.bf16):
             return heldout_loss(model, source, cfg.eval_batches)
 
     torch.manual_seed(cfg.seed)

@@ -1,12 +1,18 @@
 """The training loop: model and data from a `TrainConfig`, AdamW with warm-up + cosine, accumulation, clipping,
 held-out evaluation, a JSONL log and atomic checkpoints that resume bit for bit (on CPU).
 
-The loss of a step is the mean token cross-entropy over the whole global batch: every micro-batch adds its summed
-loss divided by the global count of scored tokens, so 1 process x 2 accumulation steps and 2 processes x 1 give the
-same gradient up to summation order.
+`run_steps` is the step loop itself, with the loss passed in as a function; `nha train` (`train`) and both stages of
+`nha finetune` (`nha.convert.finetune`) run on it. The loss of a step is the sum of the loss function over the whole
+global batch divided by the global count it reports (for `next_token_loss`, the mean token cross-entropy), so
+1 process x 2 accumulation steps and 2 processes x 1 give the same gradient up to summation order.
+
+bf16: one autocast context per forward pass, and autocast's cast cache dropped after every optimizer step. Autocast
+keeps its half-precision copy of every trainable weight until the outermost autocast context exits, so under a
+caller's context around the whole run every forward would otherwise read the weights of the first step.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -111,12 +117,20 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _forward_loss(model, batch: dict, device: torch.device, autocast: bool) -> tuple[torch.Tensor, int]:
+def bf16_autocast(device: torch.device, enabled: bool):
+    """bf16 autocast for one forward pass when `enabled`; else nothing, so a caller's own autocast context applies."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+
+
+def inputs(batch: dict, device: torch.device) -> dict:
+    """A batch's model inputs (everything but `targets`) on `device`."""
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "targets"}
+
+
+def next_token_loss(model, batch: dict, device: torch.device) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy over the scored targets of one micro-batch, and their count."""
-    inputs = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "targets"}
     targets = batch["targets"].to(device, non_blocking=True)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-        logits = model(**inputs, use_cache=False).logits
+    logits = model(**inputs(batch, device), use_cache=False).logits
     loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum")
     return loss, int((targets != IGNORE).sum())
 
@@ -141,23 +155,90 @@ class _Log:
                 f.write(json.dumps(record) + "\n")
 
 
-def evaluate(model, source, cfg: TrainConfig, d, autocast: bool) -> dict:
+def evaluate(model, source, cfg: TrainConfig, d, bf16: bool) -> dict:
     """Held-out loss over `eval_batches` micro-batches shared among ranks; exact match for synthetic tasks."""
     model.eval()
     total = count = 0.0
     per_rank = math.ceil(cfg.eval_batches / d.world_size)  # every rank runs as many forwards (FSDP needs it)
-    with torch.no_grad():
+    with torch.no_grad(), bf16_autocast(d.device, bf16):
         for i in range(per_rank):
-            loss, n = _forward_loss(model, source.eval_batch(d.rank + d.world_size * i), d.device, autocast)
+            loss, n = next_token_loss(model, source.eval_batch(d.rank + d.world_size * i), d.device)
             total, count = total + float(loss), count + n
-    total, count = d.all_reduce_sum([total, count])
-    out = {"eval_loss": total / max(count, 1)}
-    if isinstance(source, TaskSource):
-        with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=autocast):
+        total, count = d.all_reduce_sum([total, count])
+        out = {"eval_loss": total / max(count, 1)}
+        if isinstance(source, TaskSource):
             score = exact_match(unwrap(model), source.eval_set, batch_size=cfg.micro_batch_size * 4)
-        out.update(eval_token_accuracy=score.token_accuracy, eval_row_accuracy=score.row_accuracy)
+            out.update(eval_token_accuracy=score.token_accuracy, eval_row_accuracy=score.row_accuracy)
     model.train()
     return out
+
+
+def run_steps(model, optimizer, scheduler, source, loss_fn, cfg: TrainConfig, d, log, *, bf16: bool,
+              start: int = 0, stop: int | None = None, desc: str = "train", evaluate=None, save=None
+              ) -> tuple[float, dict]:
+    """Optimizer steps `start` .. `stop` (default `cfg.steps`) of a run of `cfg.steps` steps; returns the last step's
+    loss and the last `evaluate()` result.
+
+    `model` is wrapped (`wrap_model`); every rank calls this. Each step reads this rank's `cfg.grad_accum`
+    micro-batches `source.batch(step, j)`; `loss_fn(model, batch, device)` returns a micro-batch's summed loss and
+    its count (`next_token_loss`: scored tokens; a per-micro-batch mean counts 1), and the step descends on the
+    global sum over the global count. `log(record)` gets a record every `cfg.log_every` steps and at the last;
+    `evaluate() -> dict` runs every `cfg.eval_every` steps and at the last, its result logged too; `save(step)` every
+    `cfg.save_every` steps and at `stop`. `bf16`: forward passes under bf16 autocast (see the module docstring).
+    """
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
+    stop = cfg.steps if stop is None else stop
+    show = cfg.progress and d.is_main
+    bar = tqdm(total=cfg.steps, initial=start, disable=not show, desc=desc, dynamic_ncols=True)
+    mine = list(range(d.rank, cfg.grad_accum * d.world_size, d.world_size))  # this rank's micro-batches of a step
+    model.train()
+    torch.clear_autocast_cache()  # casts made before the run (an eval under a caller's autocast) are not reused
+    t_start, loss_value, eval_out = time.perf_counter(), float("nan"), {}
+    for step in range(start, stop):
+        t0 = time.perf_counter()
+        batches = [source.batch(step, j) for j in mine]
+        loss_sum = count = 0.0
+        for i, batch in enumerate(batches):
+            with no_grad_sync(model, sync=i == len(batches) - 1):
+                with bf16_autocast(d.device, bf16):
+                    loss, n = loss_fn(model, batch, d.device)
+                loss.backward()
+            loss_sum, count = loss_sum + float(loss.detach()), count + n
+        tokens = sum(b["input_ids"].numel() for b in batches)
+        loss_sum, count, tokens = d.all_reduce_sum([loss_sum, count, tokens])
+        # DDP/FSDP averaged the summed gradients over ranks: times world_size / global count gives the global mean's
+        scale = d.world_size / max(count, 1)
+        for p in model.parameters():
+            if p.grad is not None:
+                p.grad.mul_(scale)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)) if cfg.grad_clip > 0 \
+            else float("nan")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        torch.clear_autocast_cache()  # the next forward casts the weights this step wrote
+        lr = scheduler.get_last_lr()[0]
+        scheduler.step()
+        loss_value = loss_sum / max(count, 1)
+        done = step + 1
+        dt = time.perf_counter() - t0
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tokens / dt:,.0f}")
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            record = {"step": done, "loss": loss_value, "lr": lr, "grad_norm": grad_norm, "tokens": int(tokens),
+                      "tokens_per_s": tokens / dt, "elapsed_s": time.perf_counter() - t_start}
+            if d.device.type == "cuda":  # this rank's peak since the start, for memory comparisons between models
+                record["peak_mem_gib"] = torch.cuda.max_memory_allocated(d.device) / 2**30
+            log(record)
+        if evaluate is not None and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps):
+            eval_out = evaluate()
+            log({"step": done, **eval_out})
+            if show:
+                bar.write(f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in eval_out.items()))
+        if save is not None and ((cfg.save_every and done % cfg.save_every == 0) or done == stop):
+            save(done)
+    bar.close()
+    return loss_value, eval_out
 
 
 def train(cfg: TrainConfig) -> TrainResult:
@@ -206,7 +287,7 @@ def _train(cfg: TrainConfig, d) -> TrainResult:
         _set_rng_state(state["rng"][d.rank] if d.rank < len(state["rng"]) else state["rng"][0])
     if start_step >= cfg.steps:
         raise ValueError(f"the checkpoint is at step {start_step}, and --steps is {cfg.steps}: nothing left to do")
-    autocast = d.device.type == "cuda"
+    bf16 = d.device.type == "cuda"
     log = _Log(out / "log.jsonl", d.is_main, start_step if state is not None else None)
     if d.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -231,55 +312,11 @@ def _train(cfg: TrainConfig, d) -> TrainResult:
         if d.world_size > 1:
             torch.distributed.barrier()
 
-    from tqdm.auto import tqdm  # noqa: PLC0415
-
-    bar = tqdm(total=cfg.steps, initial=start_step, disable=not (cfg.progress and d.is_main), desc="train",
-               dynamic_ncols=True)
-    model.train()
-    t_start, loss_value, eval_out = time.perf_counter(), float("nan"), {}
-    mine = list(range(d.rank, micro_batches, d.world_size))  # this rank's micro-batches of every step
-    last = start_step + cfg.stop_after if cfg.stop_after else cfg.steps
-    last = min(last, cfg.steps)
-    for step in range(start_step, last):
-        t0 = time.perf_counter()
-        batches = [source.batch(step, j) for j in mine]
-        local = sum(int((b["targets"] != IGNORE).sum()) for b in batches)
-        tokens = sum(b["input_ids"].numel() for b in batches)
-        global_count, global_tokens = d.all_reduce_sum([local, tokens])
-        # each rank's gradient is averaged over ranks by DDP/FSDP, hence the factor world_size
-        scale = d.world_size / max(global_count, 1)
-        loss_sum = 0.0
-        for i, batch in enumerate(batches):
-            with no_grad_sync(model, sync=i == len(batches) - 1):
-                loss, _ = _forward_loss(model, batch, d.device, autocast)
-                (loss * scale).backward()
-            loss_sum += float(loss.detach())
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)) if cfg.grad_clip > 0 \
-            else float("nan")
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        lr = scheduler.get_last_lr()[0]
-        scheduler.step()
-        (loss_value,) = d.all_reduce_sum([loss_sum])
-        loss_value /= max(global_count, 1)
-        done = step + 1
-        dt = time.perf_counter() - t0
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{global_tokens / dt:,.0f}")
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            record = {"step": done, "loss": loss_value, "lr": lr, "grad_norm": grad_norm, "tokens": int(global_tokens),
-                      "tokens_per_s": global_tokens / dt, "elapsed_s": time.perf_counter() - t_start}
-            if d.device.type == "cuda":  # this rank's peak since the start, for memory comparisons between models
-                record["peak_mem_gib"] = torch.cuda.max_memory_allocated(d.device) / 2**30
-            log.write(record)
-        if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps:
-            eval_out = evaluate(model, source, cfg, d, autocast)
-            log.write({"step": done, **eval_out})
-            if cfg.progress and d.is_main:
-                bar.write(f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in eval_out.items()))
-        if (cfg.save_every and done % cfg.save_every == 0) or done == last:
-            checkpoint(done)
-    bar.close()
+    t_start = time.perf_counter()
+    last = min(start_step + cfg.stop_after if cfg.stop_after else cfg.steps, cfg.steps)
+    loss_value, eval_out = run_steps(model, optimizer, scheduler, source, next_token_loss, cfg, d, log.write,
+                                     bf16=bf16, start=start_step, stop=last,
+                                     evaluate=lambda: evaluate(model, source, cfg, d, bf16), save=checkpoint)
     if cfg.save_model and last == cfg.steps:
         model_sd, _ = get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if d.is_main:
