@@ -4,6 +4,8 @@ N sequences, E time, H heads, D dim, BT chunk.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -12,6 +14,16 @@ MAX_SLOTS = 128
 
 # Tests set this to fill every kernel output with NaN before the kernel writes it, so an unwritten element fails.
 POISON_OUTPUTS = False
+
+
+# Triton's CPU interpreter computes every product in float32 numpy and gets bfloat16 products wrong, so under it the
+# kernels are asked for "ieee" products, which cast every operand to float32 first (the GPU grid tests the others).
+INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def kernel_precision(prec: str) -> str:
+    """The dot precision a kernel is launched with: `prec`, or "ieee" under the interpreter."""
+    return "ieee" if INTERPRETER else prec
 
 
 def new_output(*shape: int, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:

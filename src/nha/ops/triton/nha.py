@@ -21,7 +21,7 @@ from nha.ops.checks import check_inputs
 from nha.ops.chunk import MASKED, _extend, _final_state, _to_input_layout, chunk_nha
 from nha.ops.precision import without_autocast
 from nha.ops.state import NHAState
-from nha.ops.triton.common import MAX_HEAD_DIM, MAX_SLOTS, SUPPORTED_DTYPES, pad_time
+from nha.ops.triton.common import MAX_HEAD_DIM, MAX_SLOTS, SUPPORTED_DTYPES, chunk_cumsum, pad_time
 from nha.ops.triton.decode import triton_nha_step
 from nha.ops.triton.merge import MergeFunction
 from nha.ops.triton.slot_chunk import dot_precision
@@ -139,9 +139,11 @@ def triton_nha(
         # precision; the gradients, the gate's above all, need the tf32x3 products)
         prec = "tf32" if not grads and q.dtype != torch.float32 else dot_precision(q.dtype)
 
-        z, slot_k = SlotLogitsFunction.apply(pad_time(ext.q, Ep).contiguous(), s_in, g_in, k_in, h0_k, CHUNK, prec)
+        gc = chunk_cumsum(g_in.detach(), CHUNK)  # both passes scan the same gates
+        z, slot_k = SlotLogitsFunction.apply(pad_time(ext.q, Ep).contiguous(), s_in, g_in, k_in, h0_k, gc, CHUNK,
+                                             prec)
         p, a = MergeFunction.apply(z, lse_win, slots_live, scale)
-        o_slots, slot_v = SlotReadFunction.apply(p, s_in, g_in, v_in, h0_v, CHUNK, prec)
+        o_slots, slot_v = SlotReadFunction.apply(p, s_in, g_in, v_in, h0_v, gc, CHUNK, prec)
         o_ext = a[:, :E, :, None] * o_win + o_slots[:, :E]
         if output_final_state:  # every query head of a group holds the same slots: keep the group's first
             final = torch.cat([slot_k, slot_v], dim=-1)

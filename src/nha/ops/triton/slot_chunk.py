@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from nha.ops.triton.common import new_output
+from nha.ops.triton.common import kernel_precision, new_output
 
 
 @triton.jit
@@ -49,7 +49,7 @@ def chunk_sums_kernel(
     b_glast = tl.load(gc + (last * H + i_h) * M + o_m, mask=m_m, other=0.0)
     b_y = tl.load(y + (rows_in[:, None] * H + i_h) * D + o_d[None, :], mask=m_d[None, :], other=0.0)
     b_xw = b_x * tl.exp(b_glast[None, :] - b_gc)  # every factor <= 1
-    b_s = tl.dot(tl.trans(b_xw), b_y.to(tl.float32), input_precision=DOT_PREC)
+    b_s = _mm(tl.trans(b_xw), b_y, DOT_PREC)
     p_h = h + ((i_n * H + i_h) * NT + i_t) * M * D + o_m[:, None] * D + o_d[None, :]
     tl.store(p_h, b_s, mask=m_m[:, None] & m_d[None, :])
 
@@ -83,6 +83,26 @@ def state_scan_kernel(
         b_h = b_h * tl.exp(b_g) + b_sum
         b_sum, b_g = b_sum_next, b_g_next
     tl.store(ht + (i_n * H + i_h) * M * D + o_e, b_h, mask=m_e)
+
+
+@triton.jit
+def _mm(a, b, PREC: tl.constexpr):
+    # a @ b accumulated in float32. Half x half runs natively (exact products). With PREC "tf32x3", a bfloat16
+    # operand against a float32 one splits the float32 one into two bfloat16 parts (hi + lo: ~16 mantissa bits, two
+    # half-rate products instead of three tf32 ones); anything else runs in PREC on float32 copies.
+    if PREC == "ieee":
+        c = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    elif (a.dtype == tl.bfloat16 or a.dtype == tl.float16) and a.dtype == b.dtype:
+        c = tl.dot(a, b)
+    elif PREC == "tf32x3" and a.dtype == tl.bfloat16 and b.dtype == tl.float32:
+        b_hi = b.to(tl.bfloat16)
+        c = tl.dot(a, b_hi) + tl.dot(a, (b - b_hi.to(tl.float32)).to(tl.bfloat16))
+    elif PREC == "tf32x3" and a.dtype == tl.float32 and b.dtype == tl.bfloat16:
+        a_hi = a.to(tl.bfloat16)
+        c = tl.dot(a_hi, b) + tl.dot((a - a_hi.to(tl.float32)).to(tl.bfloat16), b)
+    else:
+        c = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=PREC)
+    return c
 
 
 @triton.jit
@@ -124,15 +144,15 @@ def slot_read_kernel(
     p_h = h + ((i_n * H + i_h) * NT + i_t) * M * D + o_m[:, None] * D + o_d[None, :]
     b_h = tl.load(p_h, mask=m_m[:, None] & m_d[None, :], other=0.0)
     # from the state at the chunk start
-    b_o = tl.dot(b_p * tl.exp(b_gc), b_h, input_precision=DOT_PREC)
+    b_o = _mm(b_p * tl.exp(b_gc), b_h, DOT_PREC)
     # earlier sub-chunks of this chunk in one product, decays split at this sub-chunk's first row
     first = i_n * E + (i_c * BC).to(tl.int64)
     b_gn = tl.load(gc + (first * H + i_h) * M + o_m, mask=m_m, other=0.0)
     b_xw = _earlier_rows(x, gc, b_gn, i_n, i_h, i_t, i_s, E, H, M, BT, BC, BM, REVERSE)
-    b_a = tl.dot(b_p * tl.exp(b_gc - b_gn[None, :]), tl.trans(b_xw), input_precision=DOT_PREC)  # [BC, BT]
+    b_a = _mm(b_p * tl.exp(b_gc - b_gn[None, :]), tl.trans(b_xw), DOT_PREC)  # [BC, BT]
     rows_c = i_n * E + _time(i_t * BT + o_t, E, REVERSE).to(tl.int64)
     b_yc = tl.load(y + (rows_c[:, None] * H + i_h) * D + o_d[None, :], mask=m_d[None, :], other=0.0)
-    b_o += tl.dot(b_a, b_yc.to(tl.float32), input_precision=DOT_PREC)
+    b_o += _mm(b_a, b_yc, DOT_PREC)
     # the diagonal sub-chunk, pair by pair (exact); unrolled so the row loads are issued together, not one by one
     b_a = tl.zeros([BC, BC], dtype=tl.float32)
     for jj in tl.static_range(0, BC):
@@ -144,7 +164,7 @@ def slot_read_kernel(
         b_col = tl.sum(b_p * b_xr[None, :] * b_dec, axis=1)
         b_a = tl.where(o_i[None, :] == jj, b_col[:, None], b_a)
     b_yi = tl.load(y + (rows_in[:, None] * H + i_h) * D + o_d[None, :], mask=m_d[None, :], other=0.0)
-    b_o += tl.dot(b_a, b_yi.to(tl.float32), input_precision=DOT_PREC)
+    b_o += _mm(b_a, b_yi, DOT_PREC)
     tl.store(o + (rows_in[:, None] * H + i_h) * D + o_d[None, :], b_o, mask=m_d[None, :])
 
 
@@ -178,17 +198,16 @@ def slot_logits_kernel(
         o_d = i_d * BD + tl.arange(0, BD)
         m_d = o_d < D
         b_q = tl.load(q + (rows_in[:, None] * H + i_h) * D + o_d[None, :], mask=m_d[None, :], other=0.0)
-        b_q = b_q.to(tl.float32)
         p_h = h + ((i_n * H + i_h) * NT + i_t) * M * D + o_m[:, None] * D + o_d[None, :]
         b_h = tl.load(p_h, mask=m_m[:, None] & m_d[None, :], other=0.0)
-        b_qh += tl.dot(b_q, tl.trans(b_h), input_precision=DOT_PREC)
+        b_qh += _mm(b_q, tl.trans(b_h), DOT_PREC)
         b_yc = tl.load(y + (rows_c[:, None] * H + i_h) * D + o_d[None, :], mask=m_d[None, :], other=0.0)
-        b_qyc += tl.dot(b_q, tl.trans(b_yc.to(tl.float32)), input_precision=DOT_PREC)
+        b_qyc += _mm(b_q, tl.trans(b_yc), DOT_PREC)
         b_yi = tl.load(y + (rows_in[:, None] * H + i_h) * D + o_d[None, :], mask=m_d[None, :], other=0.0)
-        b_qy += tl.dot(b_q, tl.trans(b_yi.to(tl.float32)), input_precision=DOT_PREC)
+        b_qy += _mm(b_q, tl.trans(b_yi), DOT_PREC)
     # state part, then the earlier sub-chunks in one product (decays split at this sub-chunk's first row)
     b_xw = _earlier_rows(x, gc, b_gn, i_n, i_h, i_t, i_s, E, H, M, BT, BC, BM, REVERSE)
-    b_z = b_qh * tl.exp(b_gc) + tl.dot(b_qyc, b_xw, input_precision=DOT_PREC) * tl.exp(b_gc - b_gn[None, :])
+    b_z = b_qh * tl.exp(b_gc) + _mm(b_qyc, b_xw, DOT_PREC) * tl.exp(b_gc - b_gn[None, :])
     # the diagonal sub-chunk, pair by pair (exact); unrolled so the row loads are issued together, not one by one
     for jj in tl.static_range(0, BC):
         row = i_n * E + (i_c * BC + jj).to(tl.int64)
@@ -206,7 +225,8 @@ def _blocks(M: int, D: int, widest: int = 64) -> tuple[int, int]:
 
 
 def dot_precision(dtype: torch.dtype) -> str:
-    """float32 inputs get exact float32 products; half inputs get tf32x3 (three tf32 products, near float32):
+    """float32 inputs get exact float32 products; half inputs get tf32x3 (near float32: see `_mm`, which runs
+    half x half products natively and splits a float32 operand against a bfloat16 one into two bfloat16 parts):
     plain tf32 put the gate gradient (a reverse cumsum over the whole sequence) at ~6e-3 relative error in bf16."""
     return "ieee" if dtype == torch.float32 else "tf32x3"
 
@@ -222,7 +242,7 @@ def slot_states(x, gc, y, h0, chunk: int, prec: str, reverse: bool = False) -> t
     h = new_output(N, H, E // chunk, M, D, device=x.device)
     ht = new_output(N, H, M, D, device=x.device)
     chunk_sums_kernel[(triton.cdiv(D, BD), E // chunk, N * H)](x, gc, y, h, E, H, M, D, BT=chunk, BM=BM, BD=BD,
-                                                              REVERSE=reverse, DOT_PREC=prec)
+                                                              REVERSE=reverse, DOT_PREC=kernel_precision(prec))
     block = min(1024, triton.next_power_of_2(M * D))
     state_scan_kernel[(triton.cdiv(M * D, block), N * H)](gc, h0 if h0 is not None else ht, h, ht, E, H, M, D,
                                                           BT=chunk, BLOCK=block, HAS_H0=h0 is not None)
@@ -240,7 +260,7 @@ def slot_read(p, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub:
     o = new_output(N, E, H, D, device=x.device)
     grid = (triton.cdiv(D, BD), E // sub, N * H)
     slot_read_kernel[grid](p, x, gc, y, h, o, E, H, M, D, BT=chunk, BC=sub, BM=BM, BD=BD, REVERSE=reverse,
-                           DOT_PREC=prec, num_warps=num_warps)
+                           DOT_PREC=kernel_precision(prec), num_warps=num_warps)
     return o
 
 
@@ -256,5 +276,6 @@ def slot_logits(q, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, su
     z = new_output(N, E, H, M, device=x.device)
     grid = (E // sub, N * H)
     slot_logits_kernel[grid](q, x, gc, y, h, z, E, H, M, D, BT=chunk, BC=sub, BM=BM, BD=BD,
-                             ND=triton.cdiv(D, BD), REVERSE=reverse, DOT_PREC=prec, num_warps=num_warps)
+                             ND=triton.cdiv(D, BD), REVERSE=reverse, DOT_PREC=kernel_precision(prec),
+                             num_warps=num_warps)
     return z

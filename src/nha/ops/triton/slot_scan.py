@@ -1,4 +1,4 @@
-"""Autograd for the two passes of the slot path, built only from the three kernels of slot_chunk.py.
+"""Autograd for the two passes of the slot path, built from the kernels of slot_chunk.py and gates.py.
 
 N sequences, E time (a multiple of BT), H heads, M slots, K/V head dims, D = K or V, BT chunk.
 
@@ -10,7 +10,7 @@ backwards in time, i.e. forwards on time-flipped inputs with gates `g'_u = g_{E-
   ds_t = R_t y_t (a logits read-out of R),  dy_t = R_t^T s_t (a plain read-out of R),
   pass 1: dq_t = S_t^T dz_t;  pass 2: dp_t = S_t do_t  (the forward states again),
   dG_t = (dz_t * z_t or p_t * dp_t) - s_t * ds_t  (+ rowsum(dS_E * S_E) at t = E), dg = reverse cumsum of dG,
-  dh0 = exp(g_0) R_0.
+  dh0 = exp(g_0) R_0. The gate work (both directions' chunk cumsums, dG and its reverse cumsum) is gates.py's.
 """
 from __future__ import annotations
 
@@ -18,14 +18,8 @@ from typing import Optional
 
 import torch
 
-from nha.ops.triton.common import chunk_cumsum
+from nha.ops.triton.gates import gate_grad, reverse_chunk_cumsum
 from nha.ops.triton.slot_chunk import slot_logits, slot_read, slot_states
-
-
-def _reverse_gates(g: torch.Tensor) -> torch.Tensor:
-    """Gates of the time-flipped scan: `g'_u = g_{E-u}` and `g'_0 = 0` (so R_t is the flipped state at E-1-t)."""
-    flipped = torch.flip(g, dims=[1])
-    return torch.cat([torch.zeros_like(flipped[:, :1]), flipped[:, :-1]], dim=1).contiguous()
 
 
 def _reverse_scan(r, c, g, s, y, d_final, chunk, prec):
@@ -33,75 +27,70 @@ def _reverse_scan(r, c, g, s, y, d_final, chunk, prec):
 
     The kernels read r, c, s, y back to front and write ds, dy in place order (`reverse=True`); only the gates'
     chunk cumsums are laid out in the flipped order."""
-    gcr = chunk_cumsum(_reverse_gates(g), chunk)
+    gcr = reverse_chunk_cumsum(g, chunk)
     hr, r0 = slot_states(r, gcr, c, d_final, chunk, prec, reverse=True)
     ds = slot_logits(y, r, gcr, c, hr, chunk, prec, reverse=True)
     dy = slot_read(s, r, gcr, c, hr, chunk, prec, reverse=True)
     return ds, dy, r0
 
 
-def _gate_grad(dG: torch.Tensor, d_final: Optional[torch.Tensor], final: torch.Tensor, chunk: int) -> torch.Tensor:
-    """`dg_t = sum_{t' >= t} dG_t'`. A scan along a long time axis runs one thread per column in PyTorch, so it is
-    done in two levels: inside each chunk, then over the chunk totals."""
-    if d_final is not None:
-        dG = dG.clone()
-        dG[:, -1] += (d_final * final).sum(-1)
-    N, E, H, M = dG.shape
-    local = torch.flip(torch.cumsum(torch.flip(dG.view(N, E // chunk, chunk, H, M), dims=[2]), dim=2), dims=[2])
-    totals = local[:, :, 0]  # [N, NT, H, M]
-    later = torch.flip(torch.cumsum(torch.flip(totals, dims=[1]), dim=1), dims=[1]) - totals  # chunks after this one
-    return (local + later[:, :, None]).view(N, E, H, M)
+def _final_term(d_final: Optional[torch.Tensor], final: torch.Tensor) -> Optional[torch.Tensor]:
+    # the final state's share of every gate's gradient: rowsum(dS_E * S_E) `[N, H, M]`
+    return None if d_final is None else (d_final * final).sum(-1)
+
+
+def _initial_state_grad(h0, gc, r0):
+    # dh0 = exp(g_0) R_0 (the first row's chunk cumsum is g_0)
+    return None if h0 is None else torch.exp(gc[:, 0])[..., None] * r0
 
 
 class SlotLogitsFunction(torch.autograd.Function):
-    """Pass 1: `z = S_t q_t` over states built from (s, g, k); returns z `[N, E, H, M]` and `S_E` `[N, H, M, K]`."""
+    """Pass 1: `z = S_t q_t` over states built from (s, g, k); returns z `[N, E, H, M]` and `S_E` `[N, H, M, K]`.
+
+    `gc`: the chunk cumsums of g (`chunk_cumsum(g, chunk)`, no gradient), computed once for both passes."""
 
     @staticmethod
-    def forward(ctx, q, s, g, k, h0, chunk: int, prec: str):
-        gc = chunk_cumsum(g, chunk)
+    def forward(ctx, q, s, g, k, h0, gc, chunk: int, prec: str):
         h, ht = slot_states(s, gc, k, h0, chunk, prec)
         z = slot_logits(q, s, gc, k, h, chunk, prec)
-        ctx.save_for_backward(q, s, g, k, h0, z, ht)
+        ctx.save_for_backward(q, s, g, k, h0, gc, z, ht)
         ctx.chunk, ctx.prec = chunk, prec
         return z, ht
 
     @staticmethod
     def backward(ctx, dz, dht):
-        q, s, g, k, h0, z, ht = ctx.saved_tensors
+        q, s, g, k, h0, gc, z, ht = ctx.saved_tensors
         chunk, prec = ctx.chunk, ctx.prec
         dz = dz.float().contiguous()
-        gc = chunk_cumsum(g, chunk)
         h, _ = slot_states(s, gc, k, h0, chunk, prec)
         dq = slot_read(dz, s, gc, k, h, chunk, prec)
         d_final = None if dht is None else dht.float().contiguous()
         ds, dk, r0 = _reverse_scan(dz, q, g, s, k, d_final, chunk, prec)
-        dg = _gate_grad(dz * z - s * ds, d_final, ht, chunk)
-        dh0 = None if h0 is None else torch.exp(g[:, 0].float())[..., None] * r0
-        return dq.to(q.dtype), ds, dg, dk.to(k.dtype), dh0, None, None
+        dg = gate_grad(dz, z, s, ds, chunk, _final_term(d_final, ht))
+        return dq.to(q.dtype), ds, dg, dk.to(k.dtype), _initial_state_grad(h0, gc, r0), None, None, None
 
 
 class SlotReadFunction(torch.autograd.Function):
-    """Pass 2: `o = S_t^T p_t` over states built from (s, g, v); returns o `[N, E, H, V]` and `S_E` `[N, H, M, V]`."""
+    """Pass 2: `o = S_t^T p_t` over states built from (s, g, v); returns o `[N, E, H, V]` and `S_E` `[N, H, M, V]`.
+
+    `gc`: the chunk cumsums of g, as for pass 1."""
 
     @staticmethod
-    def forward(ctx, p, s, g, v, h0, chunk: int, prec: str):
-        gc = chunk_cumsum(g, chunk)
+    def forward(ctx, p, s, g, v, h0, gc, chunk: int, prec: str):
         h, ht = slot_states(s, gc, v, h0, chunk, prec)
         o = slot_read(p, s, gc, v, h, chunk, prec)
-        ctx.save_for_backward(p, s, g, v, h0, ht)
+        ctx.save_for_backward(p, s, g, v, h0, gc, ht)
         ctx.chunk, ctx.prec = chunk, prec
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
-        p, s, g, v, h0, ht = ctx.saved_tensors
+        p, s, g, v, h0, gc, ht = ctx.saved_tensors
         chunk, prec = ctx.chunk, ctx.prec
         do = do.float().contiguous()
-        gc = chunk_cumsum(g, chunk)
         h, _ = slot_states(s, gc, v, h0, chunk, prec)
         dp = slot_logits(do, s, gc, v, h, chunk, prec)
         d_final = None if dht is None else dht.float().contiguous()
         ds, dv, r0 = _reverse_scan(p, do, g, s, v, d_final, chunk, prec)
-        dg = _gate_grad(p * dp - s * ds, d_final, ht, chunk)
-        dh0 = None if h0 is None else torch.exp(g[:, 0].float())[..., None] * r0
-        return dp, ds, dg, dv.to(v.dtype), dh0, None, None
+        dg = gate_grad(p, dp, s, ds, chunk, _final_term(d_final, ht))
+        return dp, ds, dg, dv.to(v.dtype), _initial_state_grad(h0, gc, r0), None, None, None
