@@ -1,0 +1,56 @@
+"""A/B timing of the slot-scan kernels: this checkout's `slot_chunk.py` against an older copy of the file, same run.
+
+N sequences, E time, H heads, M slots, D head dim; bf16 inputs, float32 gates and states (64k tokens x 16 heads).
+
+    git show 2f17398:src/nha/ops/triton/slot_chunk.py > /tmp/old_slot_chunk.py
+    PYTHONPATH=src python benchmarks/ab_slot_kernels.py --old /tmp/old_slot_chunk.py
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+
+import torch
+import torch.nn.functional as F
+import triton
+
+from nha.ops.triton import slot_chunk
+from nha.ops.triton.common import chunk_cumsum
+from nha.ops.triton.gates import gate_grad, reverse_chunk_cumsum
+
+CHUNK = 64
+
+
+def _load(path: str):
+    spec = importlib.util.spec_from_file_location("old_slot_chunk", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--old", required=True, help="path of the slot_chunk.py to compare against")
+    p.add_argument("--tokens", type=int, default=65536)
+    p.add_argument("--heads", type=int, default=16)
+    args = p.parse_args()
+    N, E, H, M, D = 1, args.tokens, args.heads, 64, 128
+    g = F.logsigmoid(torch.randn(N, E, H, M, device="cuda")).div(8)
+    s, gc = -torch.expm1(g), chunk_cumsum(g, CHUNK)
+    y, q = (torch.randn(N, E, H, D, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    p_ = torch.softmax(torch.randn(N, E, H, M, device="cuda"), -1)
+    ms = lambda f: triton.testing.do_bench(f, warmup=10, rep=40, return_mode="median")  # noqa: E731
+    print(f"card: {torch.cuda.get_device_name(0)}; E={E}, H={H}, M={M}, D={D}, median ms (triton do_bench)")
+    for prec in ["tf32x3", "tf32"]:
+        h, _ = slot_chunk.slot_states(s, gc, y, None, CHUNK, "tf32x3")
+        for name, mod in [("old", _load(args.old)), ("new", slot_chunk)]:
+            states = ms(lambda: mod.slot_states(s, gc, y, None, CHUNK, prec))
+            logits = ms(lambda: mod.slot_logits(q, s, gc, y, h, CHUNK, prec))
+            read = ms(lambda: mod.slot_read(p_, s, gc, y, h, CHUNK, prec))
+            print(f"{prec} {name} states {states:.3f} logits {logits:.3f} read {read:.3f} ms", flush=True)
+    print(f"gates: reverse_chunk_cumsum {ms(lambda: reverse_chunk_cumsum(g, CHUNK)):.3f} ms, "
+          f"gate_grad {ms(lambda: gate_grad(p_, s, s, p_, CHUNK)):.3f} ms")
+
+
+if __name__ == "__main__":
+    main()
