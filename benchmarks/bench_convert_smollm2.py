@@ -34,10 +34,11 @@ import torch  # noqa: E402
 
 from nha.convert import convert_model, load_source, save_model  # noqa: E402
 from nha.convert.evaluate import decode_speed, heldout_loss, passkey_accuracy  # noqa: E402
-from nha.convert.finetune import (AttentionTransfer, FinetuneConfig, _next_token_loss, finetune,  # noqa: E402
+from nha.convert.finetune import (AttentionTransfer, FinetuneConfig, finetune,  # noqa: E402
                                   full_attention_twin, set_trainable)
 from nha.data.sources import TextSource  # noqa: E402
 from nha.models import NHAForCausalLM  # noqa: E402
+from nha.train.loop import next_token_loss  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 LAYOUT = dict(window_size=64, num_slots=64, full_attention_layers=[7, 15, 23, 29])
@@ -191,7 +192,7 @@ def step_seconds(model: NHAForCausalLM, data: TextSource, stage: str, device: to
                 if stage == "distill":
                     loss = module(b["input_ids"].to(device), b["position_ids"].to(device), b["cu_seqlens"].to(device))
                 else:
-                    loss = _next_token_loss(model, b, device)[0]
+                    loss = next_token_loss(model, b, device)[0]
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()

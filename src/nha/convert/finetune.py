@@ -38,8 +38,6 @@ from nha.train.config import TrainConfig
 from nha.train.distributed import distributed, wrap_model
 from nha.train.loop import bf16_autocast, inputs, lr_lambda, make_optimizer, next_token_loss, run_steps
 
-_next_token_loss = next_token_loss  # the name benchmarks/bench_convert_smollm2.py imports from here
-
 RECIPES = ("next-token", "distill")
 
 
