@@ -127,7 +127,7 @@ def test_two_process_ddp_matches_one_process(converted, tmp_path):
               "--device", "cpu", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
 
-    def torchrun(nproc: int, name: str, *extra: str) -> tuple[list, dict]:
+    def torchrun(nproc: int, name: str, *extra: str) -> tuple[list, dict, str]:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "nha.cli", *common, "--out", str(tmp_path / name), *extra]
         run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
@@ -135,10 +135,12 @@ def test_two_process_ddp_matches_one_process(converted, tmp_path):
         model = tmp_path / name / "model"
         log = [json.loads(line) for line in (model / "finetune_log.jsonl").read_text().splitlines()]
         curve = [(r["stage"], r["step"], r["loss"]) for r in log if r["stage"] in ("distill", "next-token")]
-        return curve, NHAForCausalLM.from_pretrained(str(model)).state_dict()
+        return curve, NHAForCausalLM.from_pretrained(str(model)).state_dict(), run.stdout
 
-    one, w1 = torchrun(1, "one", "--grad-accum", "2")
-    two, w2 = torchrun(2, "two")
+    one, w1, _ = torchrun(1, "one", "--grad-accum", "2")
+    two, w2, printed = torchrun(2, "two")
+    summaries = [line for line in printed.splitlines() if line.startswith("{")]
+    assert len(summaries) == 1 and json.loads(summaries[0])["out"].endswith("model")  # rank 0 prints, once
     assert [r[:2] for r in one] == [("distill", 1), ("distill", 2), ("next-token", 1), ("next-token", 2)]
     assert [r[:2] for r in two] == [r[:2] for r in one]
     torch.testing.assert_close([r[2] for r in two], [r[2] for r in one], rtol=1e-5, atol=1e-6)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from nha.convert.finetune import RECIPES, FinetuneConfig
 
@@ -60,5 +61,6 @@ def run(args: argparse.Namespace) -> int:
         bf16=args.bf16,
         overwrite=args.overwrite, progress=not args.no_progress)
     summary = finetune(cfg)
-    print(json.dumps(summary, default=str))
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one summary (the process group is closed by now)
+        print(json.dumps(summary, default=str))
     return 0
