@@ -1,6 +1,9 @@
-"""A/B timing of the slot-scan kernels: this checkout's `slot_chunk.py` against an older copy of the file, same run.
+"""A/B timing of the slot-scan kernels: this checkout's `slot_chunk.py` against an older copy of the file, same run;
+then a quick end-to-end timing of this checkout's `triton_nha` (forward without gradients, forward+backward).
 
 N sequences, E time, H heads, M slots, D head dim; bf16 inputs, float32 gates and states (64k tokens x 16 heads).
+The operator's report with its baselines (SDPA, fla) measured in the same run is `bench_gpu_ops.py`; this script is
+for judging a kernel change.
 
     git show 2f17398:src/nha/ops/triton/slot_chunk.py > /tmp/old_slot_chunk.py
     PYTHONPATH=src python benchmarks/ab_slot_kernels.py --old /tmp/old_slot_chunk.py
@@ -14,7 +17,7 @@ import torch
 import torch.nn.functional as F
 import triton
 
-from nha.ops.triton import slot_chunk
+from nha.ops.triton import slot_chunk, triton_nha
 from nha.ops.triton.common import chunk_cumsum
 from nha.ops.triton.gates import gate_grad, reverse_chunk_cumsum
 
@@ -50,6 +53,25 @@ def main() -> None:
             print(f"{prec} {name} states {states:.3f} logits {logits:.3f} read {read:.3f} ms", flush=True)
     print(f"gates: reverse_chunk_cumsum {ms(lambda: reverse_chunk_cumsum(g, CHUNK)):.3f} ms, "
           f"gate_grad {ms(lambda: gate_grad(p_, s, s, p_, CHUNK)):.3f} ms")
+    end_to_end(E, H, M, D, ms)
+
+
+def end_to_end(tokens: int, H: int, M: int, D: int, ms) -> None:
+    for T in [2048, tokens]:
+        B = tokens // T
+        q, k, v = (torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+        g = F.logsigmoid(torch.randn(B, T, H, M, device="cuda")).div(8).bfloat16().requires_grad_()
+        do = torch.randn_like(q)
+        for w in [64, 2048]:
+            def forward():
+                with torch.no_grad():
+                    triton_nha(q, k, v, g, w)
+
+            def forward_backward():
+                triton_nha(q, k, v, g, w)[0].backward(do)
+
+            print(f"triton_nha T={T} w={w}: fwd {ms(forward):.2f} ms  fwd+bwd {ms(forward_backward):.2f} ms",
+                  flush=True)
 
 
 if __name__ == "__main__":

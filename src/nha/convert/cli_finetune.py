@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 from nha.convert.finetune import RECIPES, FinetuneConfig
 
@@ -49,6 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from nha.convert.finetune import finetune  # noqa: PLC0415
+    from nha.train.distributed import launch_rank  # noqa: PLC0415
 
     cfg = FinetuneConfig(
         model=args.model, out_dir=args.out, recipe=args.recipe, steps=args.steps, lr=args.lr,
@@ -61,6 +61,6 @@ def run(args: argparse.Namespace) -> int:
         bf16=args.bf16,
         overwrite=args.overwrite, progress=not args.no_progress)
     summary = finetune(cfg)
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one summary (the process group is closed by now)
+    if launch_rank() == 0:  # under torchrun, one summary
         print(json.dumps(summary, default=str))
     return 0

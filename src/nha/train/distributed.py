@@ -36,10 +36,15 @@ class Dist:
         return t.tolist()
 
 
+def launch_rank() -> int:
+    """This process's rank as torchrun launched it (0 for a plain run); readable after the process group is gone."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def init_distributed(device: str | None = None) -> Dist:
     """Join the process group torchrun describes (NCCL on GPUs, gloo on CPU), or run as one process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    rank, local_rank = launch_rank(), int(os.environ.get("LOCAL_RANK", "0"))
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)

@@ -88,8 +88,8 @@ def gate_grad(a: torch.Tensor, b: torch.Tensor, s: torch.Tensor, ds: torch.Tenso
               final_term: Optional[torch.Tensor] = None) -> torch.Tensor:
     """`dg_t = sum_(t' >= t) (a * b - s * ds)_t'` (+ `final_term` `[N, H, M]` for every t: the final state's share).
 
-    All inputs `[N, E, H, M]` float32 contiguous; two passes: every chunk's total, then each chunk's own reverse
-    cumsum plus the totals of the chunks after it."""
+    All inputs `[N, E, H, M]` (made float32 and contiguous where they are not); two passes: every chunk's total,
+    then each chunk's own reverse cumsum plus the totals of the chunks after it."""
     N, E, H, M = a.shape
     NT = E // chunk
     a, b, s, ds = (t.float().contiguous() for t in (a, b, s, ds))
