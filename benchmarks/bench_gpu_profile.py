@@ -35,7 +35,7 @@ def main() -> None:
                         o.backward(do)
                 torch.cuda.synchronize()
             print(f"\n=== T={T} B={B} {phase} (3 iterations) ===")
-            print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=60))
+            print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=40, max_name_column_width=60))
 
 
 if __name__ == "__main__":

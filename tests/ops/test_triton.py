@@ -102,7 +102,10 @@ def test_decode_step_matches_recurrent(w, seen):
     for step in range(3):
         x = make_inputs(B, 1, HQ, H, K, V, M, device=DEVICE, seed=step)
         args = (x["q"], x["k"], x["v"], x["g"], w)
-        o, state = triton_nha_step(*args, state, q_win=x["q_win"], k_win=x["k_win"])
+        before = state.map(torch.clone)
+        o, new_state = triton_nha_step(*args, state, q_win=x["q_win"], k_win=x["k_win"])
+        assert all(torch.equal(a, b) for a, b in zip(state.tensors(), before.tensors())), "input state changed"
+        state = new_state
         ro, ref = recurrent_nha_step(*args, ref, q_win=x["q_win"], k_win=x["k_win"])
         assert rel_rmse(o, ro) <= 1e-5
         assert torch.equal(state.seen, ref.seen) and torch.equal(state.slots_live, ref.slots_live)
@@ -193,3 +196,6 @@ def test_gpu_decode(w):
                                      k_win=x32["k_win"])
         assert rel_rmse(o, ro) <= 5e-3
         assert rel_rmse(state.slot_k, ref.slot_k) <= 1e-4 and rel_rmse(state.slot_v, ref.slot_v) <= 1e-4
+        assert torch.equal(state.seen, ref.seen) and torch.equal(state.slots_live, ref.slots_live)
+        for a, b in zip(state.tensors()[2:6], ref.tensors()[2:6]):  # the ring buffers are copies: exact
+            assert torch.equal(a.float(), b)

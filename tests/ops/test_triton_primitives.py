@@ -1,5 +1,5 @@
-"""The Triton building blocks of the slot path, each against a PyTorch formula: the gate kernels (gates.py) and the
-slot read-outs' half-precision products (slot_chunk.py).
+"""The Triton building blocks of the slot path, each against a PyTorch formula: the gate kernels (gates.py), the
+chunk-start states and the slot read-outs' half-precision products (slot_chunk.py).
 
 N sequences, E time, H heads, M slots, D head dim.
 """
@@ -35,6 +35,25 @@ def test_gate_grad_is_the_reverse_cumsum_of_the_gate_terms(with_final):
         dG[:, -1] += final
     expected = torch.flip(torch.cumsum(torch.flip(dG, dims=[1]), dim=1), dims=[1])
     torch.testing.assert_close(gate_grad(a, b, s, ds, chunk, final), expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("with_h0", [False, True])
+def test_slot_states_are_the_recurrence_at_every_chunk_start(with_h0):
+    # 40 chunks of 4: the walk's blocks of 16 chunks, a partial last block, the carried state between blocks
+    N, E, H, M, D, chunk = 1, 160, 2, 3, 5, 4
+    x = torch.rand(N, E, H, M, device=DEVICE)
+    g = -torch.rand(N, E, H, M, device=DEVICE)
+    y = torch.randn(N, E, H, D, device=DEVICE)
+    h0 = torch.randn(N, H, M, D, device=DEVICE) if with_h0 else None
+    S = torch.zeros(N, H, M, D, device=DEVICE) if h0 is None else h0.clone()
+    starts = []
+    for t in range(E):
+        if t % chunk == 0:
+            starts.append(S.clone())
+        S = torch.exp(g[:, t])[..., None] * S + x[:, t][..., None] * y[:, t][:, :, None, :]
+    h, ht = slot_states(x, chunk_cumsum(g, chunk), y, h0, chunk, "ieee", scan_block=16)
+    torch.testing.assert_close(h, torch.stack(starts, 2), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ht, S, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.gpu

@@ -3,7 +3,8 @@
 B sequences, HQ query heads, H key/value heads, G = HQ // H, K/V head dims, M slots, L window rows, BL row block.
 One program per (sequence, query head): it absorbs the token leaving the window into the slots (the group's first
 head writes the new slots), then takes one softmax over the M slot logits, the live window rows and the new token.
-The kernel only reads the window buffers; the new token's row is written after it, in PyTorch.
+The kernel writes the whole new state (the group's first head copies its ring buffer rows with the new token in
+place), so a step is one launch and a few allocations, with no host sync for a bounded window.
 """
 from __future__ import annotations
 
@@ -15,14 +16,15 @@ import triton.language as tl
 
 from nha.ops.checks import check_inputs
 from nha.ops.precision import without_autocast
-from nha.ops.recurrent import _put_row, recurrent_nha_step
+from nha.ops.recurrent import recurrent_nha_step
 from nha.ops.state import NHAState
 from nha.ops.triton.common import MAX_HEAD_DIM, MAX_SLOTS, SUPPORTED_DTYPES, new_output
 
 
 @triton.jit
 def decode_kernel(
-    q, k, v, g, qw, kw, sk, sv, wk, wv, wg, wkw, seen, live, sk_out, sv_out, live_out, o,
+    q, k, v, g, qw, kw, sk, sv, wk, wv, wg, wkw, seen, live,
+    sk_out, sv_out, wk_out, wv_out, wg_out, wkw_out, seen_out, live_out, o,
     HQ, H, K, V, M, L, WINDOW, scale,
     MODE: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BL: tl.constexpr,
 ):
@@ -30,6 +32,7 @@ def decode_kernel(
     i_b, i_hq = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
     G = HQ // H
     i_h = i_hq // G
+    first_of_group = i_hq % G == 0
     o_m, o_k, o_v = tl.arange(0, BM), tl.arange(0, BK), tl.arange(0, BV)
     m_m, m_k, m_v = o_m < M, o_k < K, o_v < V
     b_seen = tl.load(seen + i_b)
@@ -60,10 +63,10 @@ def decode_kernel(
     b_q = tl.load(q + (i_b * HQ + i_hq) * K + o_k, mask=m_k, other=0.0).to(tl.float32)
     b_z = tl.sum(b_sk * b_q[None, :], axis=1) * scale
     b_z = tl.where(m_m & b_live, b_z, float("-inf"))
-    first_of_group = i_hq % G == 0
     tl.store(sk_out + p_sk, b_sk, mask=m_m[:, None] & m_k[None, :] & first_of_group)
     if i_hq == 0:
-        tl.store(live_out + i_b, b_live.to(tl.int8))
+        tl.store(live_out + i_b, b_live.to(live_out.dtype.element_ty))
+        tl.store(seen_out + i_b, b_seen + 1)
 
     # window: the new token, then the live rows of the ring buffer except the one it replaces (online softmax)
     b_mw = tl.full([1], -1e30, dtype=tl.float32)
@@ -89,6 +92,11 @@ def decode_kernel(
             b_acc = b_acc * b_alpha + tl.sum(b_p[:, None] * b_vw.to(tl.float32), axis=0)
             b_lw = b_lw * b_alpha + tl.sum(b_p, axis=0)
             b_mw = b_mnew
+        if first_of_group:  # the new ring buffer: the old rows, the new token in row `cur`
+            _copy_rows(wk, wk_out, k, i_b, i_h, H, K, L, cur, BK, BL)
+            _copy_rows(wv, wv_out, v, i_b, i_h, H, V, L, cur, BV, BL)
+            _copy_rows(wg, wg_out, g, i_b, i_h, H, M, L, cur, BM, BL)
+            _copy_rows(wkw, wkw_out, kw, i_b, i_h, H, K, L, cur, BK, BL)
 
     # one softmax over slots and window
     b_m = tl.maximum(b_mw, tl.max(b_z, axis=0))
@@ -100,6 +108,21 @@ def decode_kernel(
     tl.store(sv_out + p_sv, b_sv, mask=m_m[:, None] & m_v[None, :] & first_of_group)
     b_o = (tl.sum(b_ps[:, None] * b_sv, axis=0) + b_acc * tl.exp(b_mw - b_m)) / b_den
     tl.store(o + (i_b * HQ + i_hq) * V + o_v, b_o.to(o.dtype.element_ty), mask=m_v)
+
+
+@triton.jit
+def _copy_rows(src, dst, new, i_b, i_h, H, D, L, cur, BD: tl.constexpr, BL: tl.constexpr):
+    # dst[b, :, h] = src[b, :, h] with row `cur` replaced by the new token's `new[b, h]` (`[B, L, H, D]` buffers)
+    o_d = tl.arange(0, BD)
+    m_d = o_d < D
+    b_new = tl.load(new + (i_b * H + i_h) * D + o_d, mask=m_d, other=0.0)
+    for start in range(0, L, BL):
+        rows = start + tl.arange(0, BL)
+        p_r = ((i_b * L + rows.to(tl.int64)) * H + i_h)[:, None] * D + o_d[None, :]
+        m_r = (rows < L)[:, None] & m_d[None, :]
+        b_x = tl.load(src + p_r, mask=m_r, other=0.0)
+        b_x = tl.where((rows == cur)[:, None], b_new[None, :].to(b_x.dtype), b_x)
+        tl.store(dst + p_r, b_x, mask=m_r)
 
 
 @without_autocast
@@ -151,21 +174,20 @@ def triton_nha_step(
     window = [state.window_k, state.window_v, state.window_g, state.window_k_win]
     if w is None and bool((state.seen >= state.window_rows).any()):  # an unbounded window grows by a row
         window = [torch.cat([x, x.new_zeros(B, 1, *x.shape[2:])], dim=1) for x in window]
-    L = window[0].shape[1]
     window = [x.contiguous() for x in window]
+    new_window = [torch.empty_like(x) for x in window]
+    L = window[0].shape[1]
     slot_k, slot_v = state.slot_k.float().contiguous(), state.slot_v.float().contiguous()
     sk_out, sv_out = new_output(B, H, M, K, device=q.device), new_output(B, H, M, V, device=q.device)
-    live_out = torch.empty(B, dtype=torch.int8, device=q.device)
+    seen_out, live_out = torch.empty_like(state.seen), torch.empty_like(state.slots_live)
     o = new_output(B, 1, HQ, V, dtype=q.dtype, device=q.device)
     mode = 0 if w == 0 else 2 if w is None else 1
     BM, BK, BV = (max(16, triton.next_power_of_2(n)) for n in (M, K, V))
     decode_kernel[(B, HQ)](
         q.contiguous(), k.contiguous(), v.contiguous(), g.contiguous(), q_win.contiguous(), k_win.contiguous(),
-        slot_k, slot_v, *window, state.seen.contiguous(), state.slots_live.to(torch.int8), sk_out, sv_out, live_out, o,
+        slot_k, slot_v, *window, state.seen.contiguous(), state.slots_live.contiguous(),
+        sk_out, sv_out, *new_window, seen_out, live_out, o,
         HQ, H, K, V, M, L, 0 if w is None else w, scale,
         MODE=mode, BM=BM, BK=BK, BV=BV, BL=32 if q.is_cuda else 16, num_warps=4 if BM * max(BK, BV) <= 8192 else 8,
     )
-    if mode != 0:
-        row = state.seen % L
-        window = [_put_row(x, row, new[:, 0]) for x, new in zip(window, (k, v, g, k_win))]
-    return o, NHAState(sk_out, sv_out, *window, seen=state.seen + 1, slots_live=live_out.bool())
+    return o, NHAState(sk_out, sv_out, *new_window, seen=seen_out, slots_live=live_out)

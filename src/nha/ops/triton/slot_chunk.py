@@ -55,33 +55,51 @@ def chunk_sums_kernel(
 
 
 @triton.jit
+def _linear_step(a1, b1, a2, b2):
+    # two steps of h -> a * h + b in one: the combine of an associative scan
+    return a1 * a2, b1 * a2 + b2
+
+
+@triton.jit
 def state_scan_kernel(
     gc, h0, h, ht,
     E, H, M, D,
-    BT: tl.constexpr, BLOCK: tl.constexpr, HAS_H0: tl.constexpr,
+    BT: tl.constexpr, CB: tl.constexpr, BLOCK: tl.constexpr, HAS_H0: tl.constexpr,
 ):
-    # S_c = exp(G_last(c-1)) * S_(c-1) + sum_(c-1), element by element (the gates are diagonal): a sequential walk
-    # over chunks with no matrix product in it; h holds the chunk sums on entry and the chunk-start states on exit.
-    # The next chunk's loads are issued before this chunk's update, so the walk waits on no load.
+    # S_(c+1) = exp(G_last(c)) * S_c + sum_c, element by element (the gates are diagonal). CB chunks at a time: an
+    # associative scan over the block's (decay, sum) pairs, then one step from the carried state, so the walk takes
+    # NT / CB dependent steps instead of NT. h holds the chunk sums on entry and the chunk-start states on exit; the
+    # next block is loaded before this one is stored (the stores land one chunk later, on sums not yet read).
     i_e, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
     NT = E // BT
     o_e = i_e * BLOCK + tl.arange(0, BLOCK)
     m_e = o_e < M * D
     o_m = o_e // D
+    o_c = tl.arange(0, CB)
     base = (i_n * H + i_h) * NT * M * D
     b_h = tl.zeros([BLOCK], dtype=tl.float32)
     if HAS_H0:
         b_h = tl.load(h0 + (i_n * H + i_h) * M * D + o_e, mask=m_e, other=0.0).to(tl.float32)
-    b_sum = tl.load(h + base + o_e, mask=m_e, other=0.0)
-    b_g = tl.load(gc + ((i_n * E + BT - 1) * H + i_h) * M + o_m, mask=m_e, other=0.0)
-    for i_t in range(0, NT):
-        more = m_e & (i_t + 1 < NT)
-        b_sum_next = tl.load(h + base + (i_t + 1) * M * D + o_e, mask=more, other=0.0)
-        b_g_next = tl.load(gc + ((i_n * E + (i_t + 2) * BT - 1) * H + i_h) * M + o_m, mask=more, other=0.0)
-        tl.store(h + base + i_t * M * D + o_e, b_h, mask=m_e)
-        b_h = b_h * tl.exp(b_g) + b_sum
-        b_sum, b_g = b_sum_next, b_g_next
+    m_ce = (o_c < NT)[:, None] & m_e[None, :]
+    b_sum = tl.load(h + base + o_c[:, None].to(tl.int64) * M * D + o_e[None, :], mask=m_ce, other=0.0)
+    p_g = gc + ((i_n * E + o_c[:, None].to(tl.int64) * BT + BT - 1) * H + i_h) * M + o_m[None, :]
+    b_dec = tl.exp(tl.load(p_g, mask=m_ce, other=0.0))
+    tl.store(h + base + o_e, b_h, mask=m_e & (NT > 0))  # after the first sum was read from the same place
+    for c0 in range(0, NT, CB):
+        nxt = c0 + CB + o_c
+        m_next = (nxt < NT)[:, None] & m_e[None, :]
+        b_sum_next = tl.load(h + base + nxt[:, None].to(tl.int64) * M * D + o_e[None, :], mask=m_next, other=0.0)
+        p_gn = gc + ((i_n * E + nxt[:, None].to(tl.int64) * BT + BT - 1) * H + i_h) * M + o_m[None, :]
+        b_dec_next = tl.exp(tl.load(p_gn, mask=m_next, other=0.0))
+        b_a, b_b = tl.associative_scan((b_dec, b_sum), 0, _linear_step)
+        b_x = b_a * b_h[None, :] + b_b  # row i: the state after chunk c0 + i, i.e. at the start of chunk c0 + i + 1
+        after = c0 + 1 + o_c
+        m_st = (after < NT)[:, None] & m_e[None, :]
+        tl.store(h + base + after[:, None].to(tl.int64) * M * D + o_e[None, :], b_x, mask=m_st)
+        # the carried state: the block's last row (rows past NT are identity steps, so it is the last chunk's state)
+        b_h = tl.sum(tl.where((o_c == CB - 1)[:, None], b_x, 0.0), axis=0)
+        b_sum, b_dec = b_sum_next, b_dec_next
     tl.store(ht + (i_n * H + i_h) * M * D + o_e, b_h, mask=m_e)
 
 
@@ -231,10 +249,12 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32x3"
 
 
-def slot_states(x, gc, y, h0, chunk: int, prec: str, reverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def slot_states(x, gc, y, h0, chunk: int, prec: str, reverse: bool = False, scan_block: int = 128,
+                scan_chunks: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     """States at every chunk start `[N, H, NT, M, D]` and the final state `[N, H, M, D]` (float32).
 
-    Two kernels: every chunk's own sum in parallel (the matrix products), then an element-wise walk over the chunks.
+    Two kernels: every chunk's own sum in parallel (the matrix products), then an element-wise walk over the chunks
+    (`scan_block` state elements per program, `scan_chunks` chunks per step of the walk).
     `gc` is always in scan order; with `reverse`, x and y are read back to front (time t is row E - 1 - t)."""
     N, E, H, M = x.shape
     D = y.shape[-1]
@@ -243,9 +263,9 @@ def slot_states(x, gc, y, h0, chunk: int, prec: str, reverse: bool = False) -> t
     ht = new_output(N, H, M, D, device=x.device)
     chunk_sums_kernel[(triton.cdiv(D, BD), E // chunk, N * H)](x, gc, y, h, E, H, M, D, BT=chunk, BM=BM, BD=BD,
                                                               REVERSE=reverse, DOT_PREC=kernel_precision(prec))
-    block = min(1024, triton.next_power_of_2(M * D))
+    block = min(scan_block, triton.next_power_of_2(M * D))
     state_scan_kernel[(triton.cdiv(M * D, block), N * H)](gc, h0 if h0 is not None else ht, h, ht, E, H, M, D,
-                                                          BT=chunk, BLOCK=block, HAS_H0=h0 is not None)
+                                                          BT=chunk, CB=scan_chunks, BLOCK=block, HAS_H0=h0 is not None)
     return h, ht
 
 
