@@ -28,14 +28,15 @@ def run_with_grads(fn, x, window, state=None, cu_seqlens=None, grads=True):
     o, final = fn(x["q"], x["k"], x["v"], x["g"], window, q_win=x["q_win"], k_win=x["k_win"], initial_state=state,
                   output_final_state=True, cu_seqlens=cu_seqlens)
     if not grads:
-        return o, final, []
+        return o, final, {}
     gen = torch.Generator().manual_seed(1)
     rnd = lambda t: torch.randn(t.shape, generator=gen).to(t.device)  # noqa: E731
     loss = (o.float() * rnd(o)).sum() + (final.slot_k.float() * rnd(final.slot_k)).sum()
     loss = loss + (final.slot_v.float() * rnd(final.slot_v)).sum() + (final.window_v.float() * rnd(final.window_v)).sum()
-    wrt = [x[n] for n in INPUT_NAMES] + ([getattr(state, n) for n in STATE_GRADS] if state is not None else [])
+    names = [n for n in INPUT_NAMES if x[n] is not None] + ([f"state.{n}" for n in STATE_GRADS] if state is not None else [])
+    wrt = [x[n] if n in x else getattr(state, n[len("state."):]) for n in names]
     grads = torch.autograd.grad(loss, wrt, allow_unused=True)
-    return o, final, [torch.zeros_like(w) if g is None else g for w, g in zip(wrt, grads)]
+    return o, final, {n: torch.zeros_like(w) if g is None else g for n, w, g in zip(names, wrt, grads)}
 
 
 def errors(a, b) -> dict[str, float]:
@@ -47,8 +48,8 @@ def errors(a, b) -> dict[str, float]:
         ta, tb = getattr(fa, name), getattr(fb, name)
         assert ta.shape == tb.shape, f"state {name}: {ta.shape} vs {tb.shape}"
         err[name] = rel_rmse(ta, tb)
-    names = list(INPUT_NAMES) + [f"state.{n}" for n in STATE_GRADS]
-    err.update({f"d{n}": rel_rmse(x, y) for n, x, y in zip(names, ga, gb)})
+    assert ga.keys() == gb.keys()
+    err.update({f"d{n}": rel_rmse(ga[n], gb[n]) for n in ga})
     return err
 
 
@@ -67,7 +68,7 @@ CASES = [  # (B, T, HQ, H, K, V, M, w, cu_seqlens, seen of an initial state)
 
 def _against_float64(x, w, state=None, cu=None, tol=2e-5):
     """Kernel (float32) errors against the token loop run in float64 on the same values."""
-    up = lambda t: t.detach().double().requires_grad_() if t.is_floating_point() else t  # noqa: E731
+    up = lambda t: t.detach().double().requires_grad_() if t is not None and t.is_floating_point() else t  # noqa: E731
     x64 = {n: up(t) for n, t in x.items()}
     state64 = None if state is None else state.map(up)
     err = errors(run_with_grads(triton_nha, x, w, state, cu), run_with_grads(naive_recurrent_nha, x64, w, state64, cu))
@@ -75,9 +76,12 @@ def _against_float64(x, w, state=None, cu=None, tol=2e-5):
     assert not bad, bad
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["", "shared-qk"])
 @pytest.mark.parametrize("B,T,HQ,H,K,V,M,w,cu,seen", CASES)
-def test_matches_reference_fp32(B, T, HQ, H, K, V, M, w, cu, seen):
-    x = make_inputs(B, T, HQ, H, K, V, M, device=DEVICE, gate_scale=3.0, requires_grad=True, seed=0)
+def test_matches_reference_fp32(B, T, HQ, H, K, V, M, w, cu, seen, shared):
+    # shared: the window path uses q and k themselves (q_win = k_win = None), so their gradients add up inside
+    x = make_inputs(B, T, HQ, H, K, V, M, device=DEVICE, gate_scale=3.0, requires_grad=True, seed=0,
+                    shared_window_inputs=shared)
     state = None
     if seen is not None:
         state = random_state(len(seen), H, M, K, V, w, seen).map(lambda t: t.to(DEVICE))
@@ -130,7 +134,7 @@ def _half_case(B, T, HQ, H, K, V, M, w, dtype, *, cu=None, seen=None, grads=True
     """Errors of the kernels in `dtype` against float32 `chunk_nha` on the same (rounded) inputs, and the error of
     `chunk_nha` itself run on `dtype` inputs (the PyTorch code in half precision: STYLE.md's 2x rule)."""
     x = make_inputs(B, T, HQ, H, K, V, M, device="cuda", dtype=dtype, seed=seed, requires_grad=grads)
-    x32 = {n: t.detach().float().requires_grad_(grads) for n, t in x.items()}
+    x32 = {n: None if t is None else t.detach().float().requires_grad_(grads) for n, t in x.items()}
     state = state32 = None
     if seen is not None:
         state = random_state(len(seen), H, M, K, V, w, seen, dtype=dtype).map(lambda t: t.cuda())

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from nha.ops.triton.common import chunk_cumsum
-from nha.ops.triton.gates import gate_grad, reverse_chunk_cumsum
+from nha.ops.triton.gates import gate_grad, reverse_chunk_cumsum, slot_gates, slot_gates_grad
+from nha.ops.triton.shift import shifted, unshift
 from nha.ops.triton.slot_chunk import slot_logits, slot_read, slot_states
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -35,6 +36,46 @@ def test_gate_grad_is_the_reverse_cumsum_of_the_gate_terms(with_final):
         dG[:, -1] += final
     expected = torch.flip(torch.cumsum(torch.flip(dG, dims=[1]), dim=1), dims=[1])
     torch.testing.assert_close(gate_grad(a, b, s, ds, chunk, final), expected, rtol=1e-5, atol=1e-4)
+
+
+def _scan_gates_reference(g, valid, ends, shift, group, length):
+    # PyTorch: clamp, mask invalid rows, move `shift` later, repeat heads, cut each sequence at its end
+    g = g.double().clamp(min=-1000.0) * valid[:, :, None, None]
+    g_in = shifted(g, shift, length, group)
+    return g_in * (torch.arange(length, device=g.device)[None, :] < ends[:, None])[:, :, None, None]
+
+
+@pytest.mark.parametrize("shift,group", [(0, 1), (5, 2), (70, 1)])
+def test_slot_gates_and_their_gradient(shift, group):
+    N, S, H, M, chunk = 2, 50, 2, 6, 16
+    length = 64
+    g = -torch.rand(N, S, H, M, device=DEVICE).pow(3) * 4
+    g[0, 3, 0, :2] = torch.tensor([-5000.0, -1e-9])  # a clamped gate and one whose 1 - exp(g) cancels in float32
+    g.requires_grad_()
+    valid = torch.rand(N, S, device=DEVICE) > 0.2
+    ends = torch.tensor([S, 37], device=DEVICE)
+    g_in, s_in, gc = slot_gates(g.detach(), valid.to(torch.int8), ends, shift, group, length, chunk)
+    ref = _scan_gates_reference(g, valid, ends, shift, group, length)
+    torch.testing.assert_close(g_in, ref.float(), rtol=0, atol=0)
+    torch.testing.assert_close(s_in.double(), -torch.expm1(ref), rtol=1e-6, atol=1e-12)
+    torch.testing.assert_close(gc, chunk_cumsum(ref.float(), chunk), rtol=1e-5, atol=1e-5)
+    dg1, dg2, ds1, ds2 = (torch.randn_like(g_in) for _ in range(4))
+    loss = (ref * (dg1 + dg2)).sum() - (torch.expm1(ref) * (ds1 + ds2)).sum()
+    # shift 70 > length: nothing enters the slots (an unbounded window), so nothing flows back
+    expected = torch.autograd.grad(loss, (g,))[0] if loss.requires_grad else torch.zeros_like(g)
+    got = slot_gates_grad(g.detach(), valid.to(torch.int8), ends, shift, s_in, dg1, dg2, ds1, ds2)
+    torch.testing.assert_close(got, expected.float(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("by,group", [(0, 1), (3, 2), (20, 1)])
+def test_unshift_is_the_gradient_of_shifted(by, group):
+    N, S, H, D, length = 2, 30, 2, 5, 32
+    x = torch.randn(N, S, H, D, device=DEVICE, requires_grad=True)
+    dy = torch.randn(N, length, H * group, D, device=DEVICE)
+    other = torch.randn(N, S, H, D, device=DEVICE)
+    (expected,) = torch.autograd.grad((shifted(x, by, length, group) * dy).sum(), (x,))
+    torch.testing.assert_close(unshift(dy, by, S, group, other=other), expected + other, rtol=1e-5, atol=1e-5)
+    assert unshift(dy, by, S, group, dtype=torch.bfloat16).dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("with_h0", [False, True])

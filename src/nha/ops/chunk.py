@@ -30,7 +30,7 @@ class Extended:
     q_win: torch.Tensor  # [N, E, HQ, K]
     k: torch.Tensor  # [N, E, H, K]
     v: torch.Tensor  # [N, E, H, V]
-    g: torch.Tensor  # [N, E, H, M], 0 on padded rows (identity steps)
+    g: torch.Tensor  # [N, E, H, M], 0 on padded rows (identity steps); with raw_gates, as given
     k_win: torch.Tensor  # [N, E, H, K]
     valid: torch.Tensor  # [N, E] bool: a real token (from the state or the input)
     prefix: int  # P
@@ -55,7 +55,8 @@ def _gather_rows(x: torch.Tensor, index: torch.Tensor, keep: torch.Tensor) -> to
     return out * keep.view(*keep.shape, *([1] * (x.dim() - 2))).to(out.dtype)
 
 
-def _extend(q, k, v, g, q_win, k_win, shapes: NHAShapes, cu_seqlens, state: Optional[NHAState], acc) -> Extended:
+def _extend(q, k, v, g, q_win, k_win, shapes: NHAShapes, cu_seqlens, state: Optional[NHAState], acc,
+            raw_gates: bool = False) -> Extended:
     N, T, device = shapes.num_seqs, shapes.time, q.device
     if cu_seqlens is None:
         starts = torch.zeros(N, dtype=torch.long, device=device)
@@ -93,12 +94,15 @@ def _extend(q, k, v, g, q_win, k_win, shapes: NHAShapes, cu_seqlens, state: Opti
 
     zeros_q = q.new_zeros(N, P, *q.shape[2:])
     valid = torch.cat([prefix_valid, keep], dim=1)
+    gates = cat(prefix[2], g)
+    if not raw_gates:  # the Triton path clamps and masks inside its gate kernel
+        gates = gates.to(acc).clamp(min=MIN_LOG_GATE) * valid[:, :, None, None]
     return Extended(
         q=cat(zeros_q, q),
         q_win=cat(zeros_q, q_win),
         k=cat(prefix[0], k),
         v=cat(prefix[1], v),
-        g=cat(prefix[2], g).to(acc).clamp(min=MIN_LOG_GATE) * valid[:, :, None, None],
+        g=gates,
         k_win=cat(prefix[3], k_win),
         valid=valid,
         prefix=P,

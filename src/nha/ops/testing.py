@@ -17,9 +17,10 @@ INPUT_NAMES = ("q", "k", "v", "g", "q_win", "k_win")
 def make_inputs(
     B: int, T: int, HQ: int, H: int, K: int, V: int, M: int,
     *, dtype: torch.dtype = torch.float32, device: str = "cpu", gate_scale: float = 1.0, requires_grad: bool = False,
-    seed: Optional[int] = None,
-) -> dict[str, torch.Tensor]:
-    """Random `q, k, v, g, q_win, k_win` with gates `logsigmoid(N(0,1) * gate_scale) / 2` (all `<= 0`)."""
+    seed: Optional[int] = None, shared_window_inputs: bool = False,
+) -> dict[str, Optional[torch.Tensor]]:
+    """Random `q, k, v, g, q_win, k_win` with gates `logsigmoid(N(0,1) * gate_scale) / 2` (all `<= 0`); with
+    `shared_window_inputs`, q_win and k_win are None (the window path uses q and k)."""
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     rnd = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
     x = {
@@ -27,7 +28,10 @@ def make_inputs(
         "g": F.logsigmoid(rnd(B, T, H, M) * gate_scale) / 2,
         "q_win": rnd(B, T, HQ, K), "k_win": rnd(B, T, H, K),
     }
-    return {n: t.to(device=device, dtype=dtype).requires_grad_(requires_grad) for n, t in x.items()}
+    x = {n: t.to(device=device, dtype=dtype).requires_grad_(requires_grad) for n, t in x.items()}
+    if shared_window_inputs:
+        x["q_win"] = x["k_win"] = None
+    return x
 
 
 def random_state(N: int, H: int, M: int, K: int, V: int, window_size: Optional[int], seen: list[int],

@@ -1,7 +1,9 @@
-"""Triton kernels for the gate bookkeeping of the slot scan: chunk cumsums in both scan directions and the gate
-gradient, each one pass over `[N, E, H, M]` instead of PyTorch's chains of flips, concatenations and cumsums.
+"""Triton kernels for the gate bookkeeping of the slot scan: the scan's gates from the layer's (shift, masks, GQA)
+with their gradient, chunk cumsums in both scan directions and the gate gradient, each one pass over
+`[N, E, H, M]` instead of PyTorch's chains of copies, flips, concatenations and cumsums.
 
-N sequences, E time (a multiple of BT), H heads, M slots, BT chunk, NT = E // BT chunks.
+N sequences, E time (a multiple of BT), H heads, M slots, BT chunk, NT = E // BT chunks; for `slot_gates`, S source
+rows, H key/value heads and HQ = H * G query heads.
 """
 from __future__ import annotations
 
@@ -12,6 +14,71 @@ import triton
 import triton.language as tl
 
 from nha.ops.triton.common import new_output
+
+MIN_LOG_GATE = tl.constexpr(-1000.0)  # chunk.py's clamp: exp() of it is 0 in float32
+
+
+@triton.jit
+def _neg_expm1(g):
+    # 1 - exp(g) without the cancellation near g = 0 (Kahan: expm1(g) = (u - 1) * g / log(u) with u = exp(g))
+    u = tl.exp(g)
+    um1 = u - 1.0
+    safe = (u != 1.0) & (um1 != -1.0)
+    return -tl.where(safe, um1 * g / tl.log(tl.where(safe, u, 2.0)), tl.where(u == 1.0, g, um1))
+
+
+@triton.jit
+def _source_rows(t, i_n, ends, valid, SHIFT, S):
+    # the layer's row that step t of the scan absorbs (t - SHIFT) and whether it is a real token before the end
+    src = t - SHIFT
+    ok = (src >= 0) & (src < S) & (t < tl.load(ends + i_n))
+    ok = ok & (tl.load(valid + i_n * S + src, mask=ok, other=0) != 0)
+    return src, ok
+
+
+@triton.jit
+def slot_gates_kernel(g, valid, ends, g_in, s_in, gc, S, E, H, HQ, M, SHIFT, BT: tl.constexpr, BM: tl.constexpr):
+    # step t of query head hq absorbs the gates of row t - SHIFT of key/value head hq // G, clamped; 0 elsewhere
+    i_t, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_hq = (i_nh // HQ).to(tl.int64), (i_nh % HQ).to(tl.int64)
+    i_h = i_hq // (HQ // H)
+    o_t = i_t * BT + tl.arange(0, BT)
+    o_m = tl.arange(0, BM)
+    m_m = o_m < M
+    src, ok = _source_rows(o_t, i_n, ends, valid, SHIFT, S)
+    p_src = ((i_n * S + src.to(tl.int64))[:, None] * H + i_h) * M + o_m[None, :]
+    b_g = tl.load(g + p_src, mask=ok[:, None] & m_m[None, :], other=0.0).to(tl.float32)
+    b_g = tl.maximum(b_g, MIN_LOG_GATE)
+    p = ((i_n * E + o_t.to(tl.int64))[:, None] * HQ + i_hq) * M + o_m[None, :]
+    tl.store(g_in + p, b_g, mask=m_m[None, :])
+    tl.store(s_in + p, _neg_expm1(b_g), mask=m_m[None, :])
+    tl.store(gc + p, tl.cumsum(b_g, axis=0), mask=m_m[None, :])
+
+
+@triton.jit
+def slot_gates_grad_kernel(g, valid, ends, s_in, dg1, dg2, ds1, ds2, dg, S, E, H, HQ, M, SHIFT,
+                           BT: tl.constexpr, BM: tl.constexpr):
+    # dg of the layer's row r: what steps r + SHIFT of the group's query heads passed back (d s / d g = s - 1)
+    i_r, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
+    G = HQ // H
+    o_r = i_r * BT + tl.arange(0, BT)
+    o_m = tl.arange(0, BM)
+    m_m = o_m < M
+    m_r = o_r < S
+    src, ok = _source_rows(o_r + SHIFT, i_n, ends, valid, SHIFT, S)
+    ok = ok & m_r
+    p_g = ((i_n * S + o_r.to(tl.int64))[:, None] * H + i_h) * M + o_m[None, :]
+    b_graw = tl.load(g + p_g, mask=m_r[:, None] & m_m[None, :], other=0.0).to(tl.float32)
+    m_in = ok[:, None] & m_m[None, :]
+    b_dg = tl.zeros([BT, BM], dtype=tl.float32)
+    for i_g in range(0, G):
+        p = ((i_n * E + (o_r + SHIFT).to(tl.int64))[:, None] * HQ + i_h * G + i_g) * M + o_m[None, :]
+        b_s = tl.load(s_in + p, mask=m_in, other=0.0)
+        b_ds = tl.load(ds1 + p, mask=m_in, other=0.0) + tl.load(ds2 + p, mask=m_in, other=0.0)
+        b_dg += tl.load(dg1 + p, mask=m_in, other=0.0) + tl.load(dg2 + p, mask=m_in, other=0.0) + b_ds * (b_s - 1.0)
+    b_dg = tl.where(m_in & (b_graw >= MIN_LOG_GATE), b_dg, 0.0)
+    tl.store(dg + p_g, b_dg.to(dg.dtype.element_ty), mask=m_r[:, None] & m_m[None, :])
 
 
 @triton.jit
@@ -101,4 +168,36 @@ def gate_grad(a: torch.Tensor, b: torch.Tensor, s: torch.Tensor, ds: torch.Tenso
         later = later + final_term[:, None]
     dg = new_output(N, E, H, M, device=a.device)
     gate_grad_kernel[grid](a, b, s, ds, later.contiguous(), dg, E, H, M, BT=chunk, BM=BM)
+    return dg
+
+
+def slot_gates(g, valid_i8, ends, shift: int, group: int, length: int, chunk: int):
+    """The slot scan's gates from the layer's: step t of query head hq absorbs row `t - shift` of key/value head
+    `hq // group`, clamped at MIN_LOG_GATE, while it is a valid row and t < `ends[n]`; 0 (an identity step) elsewhere.
+
+    Args:
+        g: `[N, S, H, M]` log gates in any float dtype; valid_i8: `[N, S]` int8; ends: `[N]` int64.
+        shift: the window w (rows enter the slots w steps late); group: G; length: E, a multiple of `chunk`.
+
+    Returns:
+        `(g_in, s_in, gc)`, each `[N, E, H * G, M]` float32: the gates, the write strengths `1 - exp(g_in)` and the
+        chunk cumsums of g_in.
+    """
+    N, S, H, M = g.shape
+    HQ = H * group
+    g_in, s_in, gc = (new_output(N, length, HQ, M, device=g.device) for _ in range(3))
+    slot_gates_kernel[(length // chunk, N * HQ)](g, valid_i8, ends, g_in, s_in, gc, S, length, H, HQ, M, shift,
+                                                 BT=chunk, BM=_block(M))
+    return g_in, s_in, gc
+
+
+def slot_gates_grad(g, valid_i8, ends, shift: int, s_in, dg1, dg2, ds1, ds2) -> torch.Tensor:
+    """The gradient of `slot_gates` for g `[N, S, H, M]` (in g's dtype), from both passes' gradients of g_in and
+    s_in (`[N, E, HQ, M]` float32, contiguous)."""
+    N, S, H, M = g.shape
+    E, HQ = s_in.shape[1], s_in.shape[2]
+    dg = new_output(N, S, H, M, dtype=g.dtype, device=g.device)
+    block = 64
+    slot_gates_grad_kernel[(triton.cdiv(S, block), N * H)](g, valid_i8, ends, s_in, dg1, dg2, ds1, ds2, dg, S, E, H,
+                                                          HQ, M, shift, BT=block, BM=_block(M))
     return dg

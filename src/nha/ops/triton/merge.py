@@ -5,7 +5,9 @@ N sequences, E time, Ep = E rounded up to the chunk, HQ query heads, M slots.
 Per row, one softmax over the M slot logits `scale * z` (masked while the row's slots are empty) and the window's
 log-sum-exp taken as one more logit: `p` are the slot probabilities, `a = exp(lse_win - lse)` the window's share.
 A row that sees nothing (padding) gets p = 0, a = 0.
-With pi = [p, a] = softmax(u), the gradient is the softmax one: du = pi * (dpi - c), c = <pi, dpi>.
+With pi = [p, a] = softmax(u), the gradient is the softmax one: du = pi * (dpi - c), c = <pi, dpi>; the backward
+kernel takes it together with that of the output `o = a * o_win + o_slots` (the forward's half is in the slot
+read-out's epilogue).
 """
 from __future__ import annotations
 
@@ -49,34 +51,81 @@ def merge_kernel(
     tl.store(a + o_r, tl.where(seen, tl.exp(b_lw - b_lse), 0.0), mask=m_r)
 
 
-class MergeFunction(torch.autograd.Function):
-    """`(p [N, Ep, HQ, M], a [N, Ep, HQ])` from raw slot logits z `[N, Ep, HQ, M]`, lse_win `[N, E, HQ]` and the
-    rows whose slots hold something, live `[N, E]` (all float32 but live)."""
+@triton.jit
+def merge_bwd_kernel(
+    p, dp, a, do, o_win, live, dz, delta, do_win,
+    R, E, Ep, HQ, M, V, scale,
+    BR: tl.constexpr, BM: tl.constexpr, BV: tl.constexpr, HAS_WIN: tl.constexpr,
+):
+    # the output o = a * o_win + o_slots and the merge, backwards, for BR rows of the flattened [N, Ep, HQ] grid:
+    # da = <do, o_win>, c = <p, dp> + a * da, dz = scale * p * (dp - c); the window path gets do_win = a * do and
+    # delta = rowsum(do_win * o_win) - dlse_win = a * c (its lse gradient is a * (da - c))
+    o_r = tl.program_id(0) * BR + tl.arange(0, BR)
+    o_m = tl.arange(0, BM)
+    m_r = o_r < R
+    t = (o_r // HQ) % Ep
+    n = o_r // (HQ * Ep)
+    hq = o_r % HQ
+    inside = m_r & (t < E)
+    row_e = ((n * E + t) * HQ + hq).to(tl.int64)
+    m_rm = m_r[:, None] & (o_m[None, :] < M)
+    p_rm = o_r[:, None].to(tl.int64) * M + o_m[None, :]
+    b_p = tl.load(p + p_rm, mask=m_rm, other=0.0)
+    b_dp = tl.load(dp + p_rm, mask=m_rm, other=0.0)
+    b_c = tl.sum(b_p * b_dp, axis=1)
+    if HAS_WIN:
+        b_a = tl.load(a + o_r, mask=m_r, other=0.0)
+        b_da = tl.zeros([BR], dtype=tl.float32)
+        for v0 in range(0, V, BV):
+            o_v = v0 + tl.arange(0, BV)
+            m_rv = inside[:, None] & (o_v[None, :] < V)
+            p_rv = row_e[:, None] * V + o_v[None, :]
+            b_do = tl.load(do + p_rv, mask=m_rv, other=0.0).to(tl.float32)
+            b_da += tl.sum(b_do * tl.load(o_win + p_rv, mask=m_rv, other=0.0), axis=1)
+            tl.store(do_win + p_rv, (b_a[:, None] * b_do).to(do_win.dtype.element_ty), mask=m_rv)
+        b_c += b_a * b_da
+        tl.store(delta + row_e, b_a * b_c, mask=inside)
+    b_live = tl.load(live + n * E + t, mask=inside, other=0) != 0
+    b_dz = tl.where((inside & b_live)[:, None], scale * b_p * (b_dp - b_c[:, None]), 0.0)
+    tl.store(dz + p_rm, b_dz, mask=m_rm)
 
-    @staticmethod
-    def forward(ctx, z, lse_win, live, scale: float):
-        N, Ep, HQ, M = z.shape
-        E = lse_win.shape[1]
-        p = new_output(N, Ep, HQ, M, device=z.device)
-        a = new_output(N, Ep, HQ, device=z.device)
-        R = N * Ep * HQ
-        BM = max(16, triton.next_power_of_2(M))
-        BR = max(16, 4096 // BM)
-        merge_kernel[(triton.cdiv(R, BR),)](z, lse_win.contiguous(), live.to(torch.int8).contiguous(), p, a,
-                                            R, E, Ep, HQ, M, scale, BR=BR, BM=BM)
-        ctx.save_for_backward(p, a, live)
-        ctx.scale, ctx.E = scale, E
-        return p, a
 
-    @staticmethod
-    def backward(ctx, dp, da):
-        p, a, live = ctx.saved_tensors
-        E = ctx.E
-        dp = torch.zeros_like(p) if dp is None else dp.float()
-        da = torch.zeros_like(a) if da is None else da.float()
-        c = (p * dp).sum(-1) + a * da
-        dz = (p * (dp - c[..., None])).mul_(ctx.scale)
-        dz[:, :E].masked_fill_(~live[:, :, None, None], 0.0)
-        dz[:, E:] = 0.0
-        dlse_win = (a * (da - c))[:, :E]
-        return dz, dlse_win, None, None
+def _rows(R: int, M: int) -> tuple[int, int, int]:
+    BM = max(16, triton.next_power_of_2(M))
+    return BM, max(16, 4096 // BM), triton.cdiv(R, max(16, 4096 // BM))
+
+
+def merge_forward(z, lse_win, live_i8, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(p [N, Ep, HQ, M], a [N, Ep, HQ])` from raw slot logits z `[N, Ep, HQ, M]`, lse_win `[N, E, HQ]` (float32,
+    contiguous) and the rows whose slots hold something, live_i8 `[N, E]` int8."""
+    N, Ep, HQ, M = z.shape
+    E = lse_win.shape[1]
+    p = new_output(N, Ep, HQ, M, device=z.device)
+    a = new_output(N, Ep, HQ, device=z.device)
+    R = N * Ep * HQ
+    BM, BR, blocks = _rows(R, M)
+    merge_kernel[(blocks,)](z, lse_win, live_i8, p, a, R, E, Ep, HQ, M, scale, BR=BR, BM=BM)
+    return p, a
+
+
+def merge_backward(p, dp, a, do, o_win, live_i8, scale: float):
+    """Backward of `merge_forward` followed by `o = a * o_win + o_slots`, given dp `[N, Ep, HQ, M]` (from the slot
+    read-out) and do `[N, E, HQ, V]`; o_win `[N, E, HQ, V]` float32, or None when there is no window (then a == 0).
+
+    Returns:
+        dz `[N, Ep, HQ, M]` float32; with a window also delta `[N, E, HQ]` float32 and do_win = a * do `[N, E, HQ, V]`
+        in do's dtype, the window path's inputs to its backward (else None, None).
+    """
+    N, Ep, HQ, M = p.shape
+    E, V = live_i8.shape[1], do.shape[-1]
+    dz = new_output(N, Ep, HQ, M, device=p.device)
+    has_win = o_win is not None
+    delta = new_output(N, E, HQ, device=p.device) if has_win else dz
+    do_win = new_output(N, E, HQ, V, dtype=do.dtype, device=p.device) if has_win else dz
+    R = N * Ep * HQ
+    BM, _, _ = _rows(R, M)
+    BR = 32
+    merge_bwd_kernel[(triton.cdiv(R, BR),)](p, dp, a, do, o_win if has_win else dz, live_i8, dz, delta, do_win,
+                                            R, E, Ep, HQ, M, V, scale, BR=BR, BM=BM,
+                                            BV=min(128, max(16, triton.next_power_of_2(V))), HAS_WIN=has_win)
+    return dz, (delta if has_win else None), (do_win if has_win else None)

@@ -3,11 +3,11 @@
 B batch, T time, HQ query heads, H key/value heads, G = HQ // H, K/V head dims, M slots, w window, N sequences,
 E extended time (initial window rows + longest sequence), Ep = E rounded up to the chunk BT.
 
-Stages, each its own autograd.Function chained by PyTorch autograd:
-  (a) slot pass 1 (slot_scan.SlotLogitsFunction) over the inputs shifted right by w -> logits z, final slot keys;
-  (b) window path (window_attn.WindowAttentionFunction) -> o_win, lse_win;
-  (c) merge (merge.MergeFunction): one softmax over the slot logits and lse_win -> p and the window's share a;
-  (d) slot pass 2 (slot_scan.SlotReadFunction) on p -> the slot read-out, final slot values.
+One autograd Function (function.py's NHAFunction) runs every stage's kernels, forward and backward:
+  the window path (window_attn.py) -> o_win, lse_win; the scan gates (gates.py: shifted by w, masked, per query
+  head); slot pass 1 over keys shifted right by w -> logits z, final slot keys; the merge (merge.py): one softmax
+  over the slot logits and lse_win -> p and the window's share a; slot pass 2 on p, whose epilogue writes
+  o = a * o_win + S^T p -> the output, final slot values.
 The layout work (varlen packing, the initial state's window rows, padding as identity steps) is chunk.py's `_extend`.
 """
 from __future__ import annotations
@@ -18,15 +18,13 @@ from typing import Optional
 import torch
 
 from nha.ops.checks import check_inputs
-from nha.ops.chunk import MASKED, _extend, _final_state, _to_input_layout, chunk_nha
+from nha.ops.chunk import MIN_LOG_GATE, _extend, _final_state, _to_input_layout, chunk_nha
 from nha.ops.precision import without_autocast
 from nha.ops.state import NHAState
-from nha.ops.triton.common import MAX_HEAD_DIM, MAX_SLOTS, SUPPORTED_DTYPES, chunk_cumsum, pad_time
+from nha.ops.triton.common import MAX_HEAD_DIM, MAX_SLOTS, SUPPORTED_DTYPES
 from nha.ops.triton.decode import triton_nha_step
-from nha.ops.triton.merge import MergeFunction
+from nha.ops.triton.function import NHAFunction, Plan
 from nha.ops.triton.slot_chunk import dot_precision
-from nha.ops.triton.slot_scan import SlotLogitsFunction, SlotReadFunction
-from nha.ops.triton.window_attn import window_attention
 
 CHUNK = 64
 
@@ -35,21 +33,6 @@ def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor)
     """Whether the kernels cover these inputs (dtype, head dims <= 256, M <= 128); else `triton_nha` falls back."""
     return (q.dtype in SUPPORTED_DTYPES and q.shape[-1] <= MAX_HEAD_DIM and v.shape[-1] <= MAX_HEAD_DIM
             and g.shape[-1] <= MAX_SLOTS and q.shape[1] > 0)
-
-
-def _expand_heads(x: torch.Tensor, group: int, dim: int = 2) -> torch.Tensor:
-    # GQA: the slot scan runs per query head, so key/value-head tensors are repeated G times (autograd sums back)
-    return x if group == 1 else x.repeat_interleave(group, dim=dim)
-
-
-def _shifted(x: torch.Tensor, by: int, length: int, group: int) -> torch.Tensor:
-    """`[N, E, H, D]` -> `[N, length, H * group, D]`: rows moved `by` later (zeros in front and at the end), key/value
-    heads repeated for GQA, in one contiguous copy."""
-    N, E, H, D = x.shape
-    out = x.new_zeros(N, length, H * group, D)
-    if by < E:
-        out[:, by:E] = _expand_heads(x[:, : E - by], group)
-    return out
 
 
 @without_autocast
@@ -101,12 +84,9 @@ def triton_nha(
                                    check_gates=False)
         return o, state if output_final_state else None
     scale = shapes.k_dim ** -0.5 if scale is None else scale
-    q_win = q if q_win is None else q_win
-    k_win = k if k_win is None else k_win
-    acc = torch.float32
-    w, M, G, K = window_size, shapes.num_slots, shapes.group, shapes.k_dim
-
-    ext = _extend(q, k, v, g, q_win, k_win, shapes, cu_seqlens, initial_state, acc)
+    w, M, G = window_size, shapes.num_slots, shapes.group
+    ext = _extend(q, k, v, g, q if q_win is None else q_win, k if k_win is None else k_win, shapes, cu_seqlens,
+                  initial_state, torch.float32, raw_gates=True)
     N, E = ext.valid.shape
     row = torch.arange(E, device=q.device)
     if w is None or initial_state is None and w >= E:
@@ -114,44 +94,35 @@ def triton_nha(
     else:
         slots_live = ext.slots_live[:, None] | (row[None, :] - w >= ext.first_valid[:, None])
     use_slots = M > 0 and bool(slots_live.any())
-
-    window = E if w is None else min(w, E)
-    if window > 0:
-        o_win, lse_win = window_attention(ext.q_win, ext.k_win, ext.v, ext.valid, window, scale)
-    else:
-        o_win = ext.q.new_zeros(N, E, shapes.q_heads, shapes.v_dim, dtype=acc)
-        lse_win = ext.q.new_full((N, E, shapes.q_heads), MASKED, dtype=acc)
-
-    slots = None
-    if use_slots:
-        Ep = -(-E // CHUNK) * CHUNK
-        # token t - w enters the slots at step t (an unbounded window absorbs nothing: a shift past the end);
-        # rows past a sequence's end stay identity steps
-        by = E if w is None else w
-        inside = torch.arange(Ep, device=q.device)[None, :] < (ext.prefix + ext.lengths)[:, None]
-        k_in, v_in = _shifted(ext.k, by, Ep, G), _shifted(ext.v, by, Ep, G)
-        g_in = _shifted(ext.g, by, Ep, G) * inside[:, :, None, None]
-        s_in = -torch.expm1(g_in)  # write strength 1 - exp(g)
-        no_state = initial_state is None
-        h0_k = None if no_state else _expand_heads(ext.slot_k, G, dim=1).contiguous()
-        h0_v = None if no_state else _expand_heads(ext.slot_v, G, dim=1).contiguous()
+    plan = Plan(
+        valid_i8=ext.valid.to(torch.int8).contiguous(),
+        live_i8=slots_live.to(torch.int8).contiguous(),
+        ends=(ext.prefix + ext.lengths).contiguous(),
+        window=E if w is None else min(w, E),
+        # token t - w enters the slots at step t (an unbounded window absorbs nothing: a shift past the end)
+        shift=E if w is None else w,
+        use_slots=use_slots,
+        group=G,
+        length=-(-E // CHUNK) * CHUNK,
+        chunk=CHUNK,
+        scale=scale,
         # without gradients, one tf32 product instead of three (the forward's outputs stay well inside half
         # precision; the gradients, the gate's above all, need the tf32x3 products)
-        prec = "tf32" if not grads and q.dtype != torch.float32 else dot_precision(q.dtype)
-
-        gc = chunk_cumsum(g_in.detach(), CHUNK)  # both passes scan the same gates
-        z, slot_k = SlotLogitsFunction.apply(pad_time(ext.q, Ep).contiguous(), s_in, g_in, k_in, h0_k, gc, CHUNK,
-                                             prec)
-        p, a = MergeFunction.apply(z, lse_win, slots_live, scale)
-        o_slots, slot_v = SlotReadFunction.apply(p, s_in, g_in, v_in, h0_v, gc, CHUNK, prec)
-        o_ext = a[:, :E, :, None] * o_win + o_slots[:, :E]
-        if output_final_state:  # every query head of a group holds the same slots: keep the group's first
-            final = torch.cat([slot_k, slot_v], dim=-1)
-            final = final.view(N, shapes.kv_heads, G, *final.shape[2:])[:, :, 0]
-            slots = SimpleNamespace(final_state=final)
-    else:
-        o_ext = o_win
-    o = _to_input_layout(o_ext[:, ext.prefix:], shapes, cu_seqlens, ext.lengths).to(q.dtype)
+        prec="tf32" if not grads and q.dtype != torch.float32 else dot_precision(q.dtype),
+    )
+    h0_k, h0_v = (None, None) if initial_state is None else (ext.slot_k, ext.slot_v)
+    # the window path shares q (and k, unless the state's window rows hold separate window keys): one gradient each
+    share_k = k_win is None and ext.prefix == 0
+    o_ext, final_k, final_v = NHAFunction.apply(
+        ext.q.contiguous(), ext.k.contiguous(), ext.v.contiguous(), ext.g.contiguous(),
+        None if q_win is None else ext.q_win.contiguous(), None if share_k else ext.k_win.contiguous(),
+        h0_k, h0_v, plan)
+    o = _to_input_layout(o_ext[:, ext.prefix:], shapes, cu_seqlens, ext.lengths)
     if not output_final_state:
         return o, None
-    return o, _final_state(ext, w, shapes, slots, acc)
+    slots = None
+    if final_k is not None:  # every query head of a group holds the same slots: keep the group's first
+        final = torch.cat([final_k, final_v], dim=-1)
+        slots = SimpleNamespace(final_state=final.view(N, shapes.kv_heads, G, *final.shape[2:])[:, :, 0])
+    ext.g = ext.g.float().clamp(min=MIN_LOG_GATE) * ext.valid[:, :, None, None]  # the window rows keep clamped gates
+    return o, _final_state(ext, w, shapes, slots, torch.float32)

@@ -69,7 +69,7 @@ def state_scan_kernel(
     # S_(c+1) = exp(G_last(c)) * S_c + sum_c, element by element (the gates are diagonal). CB chunks at a time: an
     # associative scan over the block's (decay, sum) pairs, then one step from the carried state, so the walk takes
     # NT / CB dependent steps instead of NT. h holds the chunk sums on entry and the chunk-start states on exit; the
-    # next block is loaded before this one is stored (the stores land one chunk later, on sums not yet read).
+    # next block is loaded before this one is stored (the stores land one chunk later, on the next block's first sum).
     i_e, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
     NT = E // BT
@@ -92,6 +92,9 @@ def state_scan_kernel(
         b_sum_next = tl.load(h + base + nxt[:, None].to(tl.int64) * M * D + o_e[None, :], mask=m_next, other=0.0)
         p_gn = gc + ((i_n * E + nxt[:, None].to(tl.int64) * BT + BT - 1) * H + i_h) * M + o_m[None, :]
         b_dec_next = tl.exp(tl.load(p_gn, mask=m_next, other=0.0))
+        # the stores below overwrite chunk c0 + CB, which another thread of this program just loaded: all loads
+        # first (without the barrier that thread could read the state instead of the sum)
+        tl.debug_barrier()
         b_a, b_b = tl.associative_scan((b_dec, b_sum), 0, _linear_step)
         b_x = b_a * b_h[None, :] + b_b  # row i: the state after chunk c0 + i, i.e. at the start of chunk c0 + i + 1
         after = c0 + 1 + o_c
@@ -139,12 +142,13 @@ def _earlier_rows(x, gc, b_gn, i_n, i_h, i_t, i_s, E, H, M,
 
 @triton.jit
 def slot_read_kernel(
-    p, x, gc, y, h, o,
-    E, H, M, D,
+    p, x, gc, y, h, o, a, o_win,
+    E, H, M, D, E_WIN,
     BT: tl.constexpr, BC: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr,
-    REVERSE: tl.constexpr, DOT_PREC: tl.constexpr,
+    REVERSE: tl.constexpr, DOT_PREC: tl.constexpr, WIN: tl.constexpr,
 ):
-    # o_t = S_t^T p_t for one sub-chunk of BC rows and one D block
+    # o_t = S_t^T p_t for one sub-chunk of BC rows and one D block; with WIN, plus a_t * o_win_t (NHA's output, the
+    # window path's rows E_WIN.. being empty), stored in o's dtype
     i_d, i_c, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
     NT = E // BT
@@ -183,7 +187,13 @@ def slot_read_kernel(
         b_a = tl.where(o_i[None, :] == jj, b_col[:, None], b_a)
     b_yi = tl.load(y + (rows_in[:, None] * H + i_h) * D + o_d[None, :], mask=m_d[None, :], other=0.0)
     b_o += _mm(b_a, b_yi, DOT_PREC)
-    tl.store(o + (rows_in[:, None] * H + i_h) * D + o_d[None, :], b_o, mask=m_d[None, :])
+    if WIN:
+        t = i_c * BC + o_i
+        m_w = (t < E_WIN)[:, None] & m_d[None, :]
+        b_ow = tl.load(o_win + ((i_n * E_WIN + t.to(tl.int64))[:, None] * H + i_h) * D + o_d[None, :], mask=m_w,
+                       other=0.0)
+        b_o += tl.load(a + rows * H + i_h)[:, None] * b_ow
+    tl.store(o + (rows_in[:, None] * H + i_h) * D + o_d[None, :], b_o.to(o.dtype.element_ty), mask=m_d[None, :])
 
 
 @triton.jit
@@ -270,17 +280,21 @@ def slot_states(x, gc, y, h0, chunk: int, prec: str, reverse: bool = False, scan
 
 
 def slot_read(p, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub: int = 16, block_d: int = 0,
-              num_warps: int = 4) -> torch.Tensor:
-    """`o_t = S_t^T p_t`: p `[N, E, H, M]` -> `[N, E, H, D]` float32 (p, x, y and o back to front if `reverse`)."""
+              num_warps: int = 4, a=None, o_win=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """`o_t = S_t^T p_t`: p `[N, E, H, M]` -> `[N, E, H, D]` in `dtype` (p, x, y and o back to front if `reverse`).
+
+    With `a` `[N, E, H]` and `o_win` `[N, E_win, H, D]` (float32, E_win <= E), adds `a_t * o_win_t` (NHA's output)."""
     N, E, H, M = x.shape
     D = y.shape[-1]
     # each D block recomputes the sub-chunk's weights, so blocks are as wide as registers allow
     BM, BD = _blocks(M, D, widest=128 if M <= 64 else 64)
     BD = block_d or BD
-    o = new_output(N, E, H, D, device=x.device)
+    o = new_output(N, E, H, D, dtype=dtype, device=x.device)
+    win = o_win is not None
     grid = (triton.cdiv(D, BD), E // sub, N * H)
-    slot_read_kernel[grid](p, x, gc, y, h, o, E, H, M, D, BT=chunk, BC=sub, BM=BM, BD=BD, REVERSE=reverse,
-                           DOT_PREC=kernel_precision(prec), num_warps=num_warps)
+    slot_read_kernel[grid](p, x, gc, y, h, o, a if win else o, o_win if win else o, E, H, M, D,
+                           o_win.shape[1] if win else 0, BT=chunk, BC=sub, BM=BM, BD=BD, REVERSE=reverse,
+                           DOT_PREC=kernel_precision(prec), WIN=win, num_warps=num_warps)
     return o
 
 

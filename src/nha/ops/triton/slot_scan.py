@@ -1,4 +1,4 @@
-"""Autograd for the two passes of the slot path, built from the kernels of slot_chunk.py and gates.py.
+"""Forward and backward of the two passes of the slot path, built from the kernels of slot_chunk.py and gates.py.
 
 N sequences, E time (a multiple of BT), H heads, M slots, K/V head dims, D = K or V, BT chunk.
 
@@ -44,53 +44,36 @@ def _initial_state_grad(h0, gc, r0):
     return None if h0 is None else torch.exp(gc[:, 0])[..., None] * r0
 
 
-class SlotLogitsFunction(torch.autograd.Function):
-    """Pass 1: `z = S_t q_t` over states built from (s, g, k); returns z `[N, E, H, M]` and `S_E` `[N, H, M, K]`.
+def logits_forward(q, s, gc, k, h0, chunk: int, prec: str):
+    """Pass 1: `z = S_t q_t` over states built from (s, g, k) -> z `[N, E, H, M]`, `S_E` `[N, H, M, K]` (float32).
 
-    `gc`: the chunk cumsums of g (`chunk_cumsum(g, chunk)`, no gradient), computed once for both passes."""
-
-    @staticmethod
-    def forward(ctx, q, s, g, k, h0, gc, chunk: int, prec: str):
-        h, ht = slot_states(s, gc, k, h0, chunk, prec)
-        z = slot_logits(q, s, gc, k, h, chunk, prec)
-        ctx.save_for_backward(q, s, g, k, h0, gc, z, ht)
-        ctx.chunk, ctx.prec = chunk, prec
-        return z, ht
-
-    @staticmethod
-    def backward(ctx, dz, dht):
-        q, s, g, k, h0, gc, z, ht = ctx.saved_tensors
-        chunk, prec = ctx.chunk, ctx.prec
-        dz = dz.float().contiguous()
-        h, _ = slot_states(s, gc, k, h0, chunk, prec)
-        dq = slot_read(dz, s, gc, k, h, chunk, prec)
-        d_final = None if dht is None else dht.float().contiguous()
-        ds, dk, r0 = _reverse_scan(dz, q, g, s, k, d_final, chunk, prec)
-        dg = gate_grad(dz, z, s, ds, chunk, _final_term(d_final, ht))
-        return dq.to(q.dtype), ds, dg, dk.to(k.dtype), _initial_state_grad(h0, gc, r0), None, None, None
+    `gc`: the chunk cumsums of g (computed once for both passes)."""
+    h, ht = slot_states(s, gc, k, h0, chunk, prec)
+    return slot_logits(q, s, gc, k, h, chunk, prec), ht
 
 
-class SlotReadFunction(torch.autograd.Function):
-    """Pass 2: `o = S_t^T p_t` over states built from (s, g, v); returns o `[N, E, H, V]` and `S_E` `[N, H, M, V]`.
+def logits_backward(dz, dht, q, s, g, k, h0, gc, z, ht, chunk: int, prec: str):
+    """`(dq, ds, dg, dk, dh0)` of `logits_forward` (float32; dq `[N, E, H, K]`, dh0 None without h0); the forward
+    states are recomputed. dg is the direct part only: s's dependence on g is the caller's."""
+    h, _ = slot_states(s, gc, k, h0, chunk, prec)
+    dq = slot_read(dz, s, gc, k, h, chunk, prec)
+    ds, dk, r0 = _reverse_scan(dz, q, g, s, k, dht, chunk, prec)
+    dg = gate_grad(dz, z, s, ds, chunk, _final_term(dht, ht))
+    return dq, ds, dg, dk, _initial_state_grad(h0, gc, r0)
 
-    `gc`: the chunk cumsums of g, as for pass 1."""
 
-    @staticmethod
-    def forward(ctx, p, s, g, v, h0, gc, chunk: int, prec: str):
-        h, ht = slot_states(s, gc, v, h0, chunk, prec)
-        o = slot_read(p, s, gc, v, h, chunk, prec)
-        ctx.save_for_backward(p, s, g, v, h0, gc, ht)
-        ctx.chunk, ctx.prec = chunk, prec
-        return o, ht
+def read_forward(p, s, gc, v, h0, chunk: int, prec: str, a=None, o_win=None, dtype: torch.dtype = torch.float32):
+    """Pass 2: `o = S_t^T p_t` over states built from (s, g, v) -> o `[N, E, H, V]` in `dtype` (plus `a * o_win`
+    when given: NHA's output) and `S_E` `[N, H, M, V]` float32."""
+    h, ht = slot_states(s, gc, v, h0, chunk, prec)
+    return slot_read(p, s, gc, v, h, chunk, prec, a=a, o_win=o_win, dtype=dtype), ht
 
-    @staticmethod
-    def backward(ctx, do, dht):
-        p, s, g, v, h0, gc, ht = ctx.saved_tensors
-        chunk, prec = ctx.chunk, ctx.prec
-        do = do.float().contiguous()
-        h, _ = slot_states(s, gc, v, h0, chunk, prec)
-        dp = slot_logits(do, s, gc, v, h, chunk, prec)
-        d_final = None if dht is None else dht.float().contiguous()
-        ds, dv, r0 = _reverse_scan(p, do, g, s, v, d_final, chunk, prec)
-        dg = gate_grad(p, dp, s, ds, chunk, _final_term(d_final, ht))
-        return dp, ds, dg, dv.to(v.dtype), _initial_state_grad(h0, gc, r0), None, None, None
+
+def read_backward(do, dht, p, s, g, v, h0, gc, ht, chunk: int, prec: str):
+    """`(dp, ds, dg, dv, dh0)` of `read_forward`'s slot read-out, given its output gradient do `[N, E, H, V]` (any
+    float dtype); as `logits_backward`."""
+    h, _ = slot_states(s, gc, v, h0, chunk, prec)
+    dp = slot_logits(do, s, gc, v, h, chunk, prec)
+    ds, dv, r0 = _reverse_scan(p, do, g, s, v, dht, chunk, prec)
+    dg = gate_grad(p, dp, s, ds, chunk, _final_term(dht, ht))
+    return dp, ds, dg, dv, _initial_state_grad(h0, gc, r0)

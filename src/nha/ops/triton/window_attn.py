@@ -15,7 +15,6 @@ import triton.language as tl
 from nha.ops.triton.common import new_output
 
 
-
 @triton.jit
 def _band_mask(rows, cols, valid, E, WINDOW):
     b_valid = tl.load(valid + cols, mask=cols < E, other=0)
@@ -158,47 +157,36 @@ def _config(K: int, V: int, dtype: torch.dtype, interpret: bool) -> dict:
     return dict(BM=block, BN=block, BK=BK, BV=BV)
 
 
-class WindowAttentionFunction(torch.autograd.Function):
-    """`(o [N, E, HQ, V] float32, lse [N, E, HQ] float32)` of banded attention; valid `[N, E]` marks real keys."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, valid, window: int, scale: float):
-        N, E, HQ, K = q.shape
-        H, V = k.shape[2], v.shape[3]
-        prec = "ieee" if q.dtype == torch.float32 else "tf32"
-        cfg = _config(K, V, q.dtype, not q.is_cuda)
-        o = new_output(N, E, HQ, V, device=q.device)
-        lse = new_output(N, E, HQ, device=q.device)
-        valid_i = valid.to(torch.int8).contiguous()
-        grid = (triton.cdiv(E, cfg["BM"]), N * HQ)
-        window_fwd_kernel[grid](q, k, v, valid_i, o, lse, E, HQ, H, K, V, window, scale, DOT_PREC=prec, **cfg)
-        ctx.save_for_backward(q, k, v, valid_i, o, lse)
-        ctx.window, ctx.scale, ctx.prec, ctx.cfg = window, scale, prec, cfg
-        return o, lse
-
-    @staticmethod
-    def backward(ctx, do, dlse):
-        q, k, v, valid_i, o, lse = ctx.saved_tensors
-        N, E, HQ, K = q.shape
-        H, V = k.shape[2], v.shape[3]
-        cfg, window, scale, prec = ctx.cfg, ctx.window, ctx.scale, ctx.prec
-        do = do.float() if do is not None else torch.zeros_like(o)
-        delta = (do * o).sum(-1)
-        if dlse is not None:
-            delta = delta - dlse.float()
-        do = do.to(q.dtype).contiguous()
-        delta = delta.contiguous()
-        dq = new_output(N, E, HQ, K, dtype=torch.float32, device=q.device)
-        dk = new_output(N, E, H, K, dtype=torch.float32, device=q.device)
-        dv = new_output(N, E, H, V, dtype=torch.float32, device=q.device)
-        args = (E, HQ, H, K, V, window, scale)
-        window_bwd_dkdv_kernel[(triton.cdiv(E, cfg["BN"]), N * H)](q, k, v, valid_i, lse, delta, do, dk, dv, *args,
-                                                                  DOT_PREC=prec, **cfg)
-        window_bwd_dq_kernel[(triton.cdiv(E, cfg["BM"]), N * HQ)](q, k, v, valid_i, lse, delta, do, dq, *args,
-                                                                 DOT_PREC=prec, **cfg)
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None
+def _precision(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def window_attention(q, k, v, valid, window: int, scale: float):
-    """Banded attention of `q [N, E, HQ, K]` over `k [N, E, H, K]`, `v [N, E, H, V]`; returns (o, lse), float32."""
-    return WindowAttentionFunction.apply(q.contiguous(), k.contiguous(), v.contiguous(), valid, window, scale)
+def window_forward(q, k, v, valid_i8, window: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Banded attention of `q [N, E, HQ, K]` over `k [N, E, H, K]`, `v [N, E, H, V]` (contiguous; `valid_i8`
+    `[N, E]` int8 marks real keys) -> `o [N, E, HQ, V]`, `lse [N, E, HQ]`, both float32."""
+    N, E, HQ, K = q.shape
+    H, V = k.shape[2], v.shape[3]
+    cfg = _config(K, V, q.dtype, not q.is_cuda)
+    o = new_output(N, E, HQ, V, device=q.device)
+    lse = new_output(N, E, HQ, device=q.device)
+    grid = (triton.cdiv(E, cfg["BM"]), N * HQ)
+    window_fwd_kernel[grid](q, k, v, valid_i8, o, lse, E, HQ, H, K, V, window, scale, DOT_PREC=_precision(q.dtype),
+                            **cfg)
+    return o, lse
+
+
+def window_backward(q, k, v, valid_i8, lse, delta, do, window: int, scale: float):
+    """`(dq, dk, dv)` float32 of `window_forward`, given `do [N, E, HQ, V]` (in q's dtype) and
+    `delta = rowsum(do * o) - dlse` `[N, E, HQ]` float32 (the caller folds the lse gradient in)."""
+    N, E, HQ, K = q.shape
+    H, V = k.shape[2], v.shape[3]
+    cfg, prec = _config(K, V, q.dtype, not q.is_cuda), _precision(q.dtype)
+    dq = new_output(N, E, HQ, K, device=q.device)
+    dk = new_output(N, E, H, K, device=q.device)
+    dv = new_output(N, E, H, V, device=q.device)
+    args = (E, HQ, H, K, V, window, scale)
+    window_bwd_dkdv_kernel[(triton.cdiv(E, cfg["BN"]), N * H)](q, k, v, valid_i8, lse, delta, do, dk, dv, *args,
+                                                              DOT_PREC=prec, **cfg)
+    window_bwd_dq_kernel[(triton.cdiv(E, cfg["BM"]), N * HQ)](q, k, v, valid_i8, lse, delta, do, dq, *args,
+                                                             DOT_PREC=prec, **cfg)
+    return dq, dk, dv

@@ -1,0 +1,78 @@
+"""A/B timing of the whole Triton operator: this checkout's `triton_nha` against another source tree's, same run.
+
+T time, B = 65,536 / T batch, 16 heads, K = V = 128, M = 64, bf16, inputs that need gradients (as bench_gpu_ops.py);
+median ms by triton.testing.do_bench of the forward and of forward+backward, per window. Each tree runs in its own
+process (one import of `nha` each). For judging a change; the report with its baselines is `bench_gpu_ops.py`.
+
+    git worktree add /tmp/base <commit>   # or: git archive <commit> src | tar -x -C /tmp/base
+    PYTHONPATH=src python benchmarks/ab_end_to_end.py --old /tmp/base/src [--lengths 8192 65536] [--windows 64 2048]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+TOKENS, H, D, M = 65536, 16, 128, 64
+
+
+def measure(lengths: list[int], windows: list[int]) -> list[dict]:
+    import torch  # noqa: PLC0415 (imported in the worker process only)
+    import torch.nn.functional as F  # noqa: PLC0415
+    import triton  # noqa: PLC0415
+
+    from nha.ops.triton import triton_nha  # noqa: PLC0415
+
+    rows = []
+    for T in lengths:
+        B = max(1, TOKENS // T)
+        rnd = lambda *s: torch.randn(*s, device="cuda", dtype=torch.bfloat16, requires_grad=True)  # noqa: E731
+        q, k, v = rnd(B, T, H, D), rnd(B, T, H, D), rnd(B, T, H, D)
+        g = F.logsigmoid(torch.randn(B, T, H, M, device="cuda")).div(8).bfloat16().requires_grad_()
+        do = torch.randn_like(q)
+        for w in windows:
+            def forward(w=w):
+                return triton_nha(q, k, v, g, w)[0]
+
+            def forward_backward(w=w):
+                for x in (q, k, v, g):
+                    x.grad = None
+                forward(w).backward(do)
+
+            fwd = triton.testing.do_bench(forward, warmup=10, rep=50, return_mode="median")
+            fb = triton.testing.do_bench(forward_backward, warmup=10, rep=50, return_mode="median")
+            rows.append({"T": T, "w": w, "fwd": fwd, "fwd_bwd": fb})
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--old", required=True, help="the `src` folder of the tree to compare against")
+    p.add_argument("--lengths", type=int, nargs="+", default=[8192, 65536])
+    p.add_argument("--windows", type=int, nargs="+", default=[64, 512, 2048])
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        print(json.dumps(measure(args.lengths, args.windows)))
+        return
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
+    results = {}
+    for name, src in (("old", args.old), ("new", here)):
+        env = dict(os.environ, PYTHONPATH=os.path.abspath(src))
+        cmd = [sys.executable, __file__, "--old", args.old, "--worker", "--lengths", *map(str, args.lengths),
+               "--windows", *map(str, args.windows)]
+        out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+        results[name] = json.loads(out.strip().splitlines()[-1])
+    import torch  # noqa: PLC0415
+
+    print(f"card: {torch.cuda.get_device_name()}")
+    print("| T | w | old fwd | new fwd | old fwd+bwd | new fwd+bwd |")
+    print("|---|---|---|---|---|---|")
+    for a, b in zip(results["old"], results["new"]):
+        print(f"| {a['T']:,} | {a['w']} | {a['fwd']:.2f} | {b['fwd']:.2f} | {a['fwd_bwd']:.2f} | {b['fwd_bwd']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""The autograd Function of the Triton NHA operator: every stage's kernels in one forward and one backward, so the
+glue between stages (shifts, casts, the merge's and the output's gradients, gradient sums) is fused or gone.
+
+N sequences, S rows (the extended layout of chunk.py's `_extend`), E scan steps (S rounded up to the chunk),
+HQ query heads, H key/value heads, G = HQ // H, K/V head dims, M slots.
+
+Forward: window path (banded attention, lse) -> scan gates (`slot_gates`: shift by w, masks, GQA) -> slot pass 1
+(logits z) -> merge (p, a) -> slot pass 2 with the output `o = a * o_win + S^T p` in its epilogue.
+Backward, in reverse: pass 2 (dp, dv, its gate terms) -> merge and output together (`merge_backward`: dz, the window
+path's do and delta) -> pass 1 (dq, dk, its gate terms) -> window path -> one pass for the gates' gradient and one per
+q/k/v that adds the two paths' gradients, shifts them back and casts them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from nha.ops.chunk import MASKED
+from nha.ops.triton.common import pad_time
+from nha.ops.triton.gates import slot_gates, slot_gates_grad
+from nha.ops.triton.merge import merge_backward, merge_forward
+from nha.ops.triton.shift import shifted, unshift
+from nha.ops.triton.slot_scan import logits_backward, logits_forward, read_backward, read_forward
+from nha.ops.triton.window_attn import window_backward, window_forward
+
+
+@dataclass
+class Plan:
+    """What one call computes, fixed before the Function runs.
+
+    valid_i8: `[N, S]` int8 real rows; live_i8: `[N, S]` int8 rows whose slots take part in the softmax;
+    ends: `[N]` int64 end of each sequence's rows; window: rows of the window path (0: none); shift: the scan's delay
+    (w, or past the end for an unbounded window); use_slots: whether the slot path runs at all; group: G;
+    length: E; chunk: the scan's chunk; scale: logit scale; prec: slot-scan product precision (slot_chunk.py).
+    """
+
+    valid_i8: torch.Tensor
+    live_i8: torch.Tensor
+    ends: torch.Tensor
+    window: int
+    shift: int
+    use_slots: bool
+    group: int
+    length: int
+    chunk: int
+    scale: float
+    prec: str
+
+
+def _group_sum(x: Optional[torch.Tensor], group: int) -> Optional[torch.Tensor]:
+    # `[N, HQ, ...]` per query head -> `[N, H, ...]` per key/value head
+    return x if x is None or group == 1 else x.view(x.shape[0], -1, group, *x.shape[2:]).sum(2)
+
+
+def _expand(x: Optional[torch.Tensor], group: int) -> Optional[torch.Tensor]:
+    return x if x is None or group == 1 else x.repeat_interleave(group, dim=1).contiguous()
+
+
+class NHAFunction(torch.autograd.Function):
+    """`(o [N, S, HQ, V] in q's dtype, final slot keys [N, HQ, M, K], final slot values [N, HQ, M, V])`.
+
+    Inputs in the extended layout, contiguous: q `[N, S, HQ, K]`, k `[N, S, H, K]`, v `[N, S, H, V]`, g `[N, S, H, M]`
+    (as given: clamped and masked here), q_win/k_win (None: the window path uses q/k), h0_k `[N, H, M, K]` and h0_v
+    `[N, H, M, V]` float32 (None: empty slots). The final slots are float32 and None when the slot path is off.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, g, q_win, k_win, h0_k, h0_v, plan: Plan):
+        ctx.set_materialize_grads(False)
+        N, S, HQ, _ = q.shape
+        V = v.shape[-1]
+        qw = q if q_win is None else q_win
+        kw = k if k_win is None else k_win
+        o_win, lse_win = None, None
+        if plan.window > 0:
+            o_win, lse_win = window_forward(qw, kw, v, plan.valid_i8, plan.window, plan.scale)
+        ctx.plan, ctx.shared = plan, (q_win is None, k_win is None)
+        if not plan.use_slots:
+            o = o_win.to(q.dtype) if o_win is not None else q.new_zeros(N, S, HQ, V)
+            ctx.save_for_backward(qw, kw, v, o_win, lse_win)
+            return o, None, None
+        if lse_win is None:
+            lse_win = q.new_full((N, S, HQ), MASKED, dtype=torch.float32)
+        E, C, G, prec = plan.length, plan.chunk, plan.group, plan.prec
+        g_in, s_in, gc = slot_gates(g, plan.valid_i8, plan.ends, plan.shift, G, E, C)
+        k_in, v_in = shifted(k, plan.shift, E, G), shifted(v, plan.shift, E, G)
+        q_in = pad_time(q, E).contiguous()
+        h0_k, h0_v = _expand(h0_k, G), _expand(h0_v, G)
+        z, ht_k = logits_forward(q_in, s_in, gc, k_in, h0_k, C, prec)
+        p, a = merge_forward(z, lse_win, plan.live_i8, plan.scale)
+        o, ht_v = read_forward(p, s_in, gc, v_in, h0_v, C, prec, a=a, o_win=o_win, dtype=q.dtype)
+        ctx.save_for_backward(qw, kw, v, o_win, lse_win, g, q_in, k_in, v_in, g_in, s_in, gc, z, p, a, h0_k, h0_v,
+                              ht_k, ht_v)
+        return o[:, :S], ht_k, ht_v
+
+    @staticmethod
+    def backward(ctx, do, dht_k, dht_v):
+        plan, shared = ctx.plan, ctx.shared
+        if do is None and dht_k is None and dht_v is None:
+            return (None,) * 9
+        if not plan.use_slots:
+            return (*_window_only_backward(do, *ctx.saved_tensors, plan, shared), None, None, None, None)
+        return (*_backward(do, dht_k, dht_v, ctx.saved_tensors, plan, shared), None)
+
+
+def _window_only_backward(do, qw, kw, v, o_win, lse_win, plan: Plan, shared):
+    """`(dq, dk, dv, dg, dq_win, dk_win)` when only the window path reaches the output."""
+    if o_win is None or do is None:
+        return (None,) * 6
+    do = do.contiguous()
+    delta = (do.float() * o_win).sum(-1)
+    dq, dk, dv = window_backward(qw, kw, v, plan.valid_i8, lse_win, delta, do, plan.window, plan.scale)
+    dq, dk = dq.to(qw.dtype), dk.to(kw.dtype)
+    return (dq if shared[0] else None, dk if shared[1] else None, dv.to(v.dtype), None,
+            None if shared[0] else dq, None if shared[1] else dk)
+
+
+def _backward(do, dht_k, dht_v, saved, plan: Plan, shared):
+    """`(dq, dk, dv, dg, dq_win, dk_win, dh0_k, dh0_v)` of the full operator."""
+    qw, kw, v, o_win, lse_win, g, q_in, k_in, v_in, g_in, s_in, gc, z, p, a, h0_k, h0_v, ht_k, ht_v = saved
+    N, S, HQ = qw.shape[0], qw.shape[1], q_in.shape[2]
+    E, C, G, prec = plan.length, plan.chunk, plan.group, plan.prec
+    do = q_in.new_zeros(N, S, HQ, v.shape[-1]) if do is None else do.contiguous()
+    dht_k = None if dht_k is None else dht_k.float().contiguous()
+    dht_v = None if dht_v is None else dht_v.float().contiguous()
+    dp, ds2, dg2, dv_in, dh0_v = read_backward(pad_time(do, E).contiguous(), dht_v, p, s_in, g_in, v_in, h0_v, gc,
+                                               ht_v, C, prec)
+    dz, delta, do_win = merge_backward(p, dp, a, do, o_win, plan.live_i8, plan.scale)
+    dq_in, ds1, dg1, dk_in, dh0_k = logits_backward(dz, dht_k, q_in, s_in, g_in, k_in, h0_k, gc, z, ht_k, C, prec)
+    dg = slot_gates_grad(g, plan.valid_i8, plan.ends, plan.shift, s_in, dg1, dg2, ds1, ds2)
+    dq_w = dk_w = dv_w = None
+    if o_win is not None:
+        dq_w, dk_w, dv_w = window_backward(qw, kw, v, plan.valid_i8, lse_win, delta, do_win, plan.window, plan.scale)
+    # each input's gradient: the slot path's moved back to the layer's rows, plus the window path's when it shares it
+    dq = unshift(dq_in, 0, S, 1, other=dq_w if shared[0] else None, dtype=q_in.dtype)
+    dk = unshift(dk_in, plan.shift, S, G, other=dk_w if shared[1] else None, dtype=k_in.dtype)
+    dv = unshift(dv_in, plan.shift, S, G, other=dv_w, dtype=v.dtype)
+    dq_win = None if shared[0] or dq_w is None else dq_w.to(qw.dtype)
+    dk_win = None if shared[1] or dk_w is None else dk_w.to(kw.dtype)
+    return dq, dk, dv, dg, dq_win, dk_win, _group_sum(dh0_k, G), _group_sum(dh0_v, G)
