@@ -130,10 +130,11 @@ def test_bad_input_is_a_value_error():
 TOLERANCE = {torch.bfloat16: 5e-3, torch.float16: 2e-3}
 
 
-def _half_case(B, T, HQ, H, K, V, M, w, dtype, *, cu=None, seen=None, grads=True, seed=0):
+def _half_case(B, T, HQ, H, K, V, M, w, dtype, *, cu=None, seen=None, grads=True, seed=0, shared=False):
     """Errors of the kernels in `dtype` against float32 `chunk_nha` on the same (rounded) inputs, and the error of
     `chunk_nha` itself run on `dtype` inputs (the PyTorch code in half precision: STYLE.md's 2x rule)."""
-    x = make_inputs(B, T, HQ, H, K, V, M, device="cuda", dtype=dtype, seed=seed, requires_grad=grads)
+    x = make_inputs(B, T, HQ, H, K, V, M, device="cuda", dtype=dtype, seed=seed, requires_grad=grads,
+                    shared_window_inputs=shared)
     x32 = {n: None if t is None else t.detach().float().requires_grad_(grads) for n, t in x.items()}
     state = state32 = None
     if seen is not None:
@@ -177,6 +178,14 @@ def test_gpu_grid(K, V, M, w, T, dtype):
 def test_gpu_varlen_and_state(dtype):
     _check(*_half_case(1, 3000, 4, 1, 128, 128, 64, 100, dtype, cu=[0, 1000, 1001, 2500, 3000]), dtype)
     _check(*_half_case(2, 700, 4, 2, 128, 128, 64, 64, dtype, seen=[10, 500]), dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_gpu_shared_window_inputs(dtype):
+    # the window path on q and k themselves (the benchmark's configuration), with GQA and an initial state
+    _check(*_half_case(2, 4096, 4, 4, 128, 128, 64, 64, dtype, shared=True), dtype)
+    _check(*_half_case(2, 700, 4, 2, 128, 128, 64, 64, dtype, seen=[10, 500], shared=True), dtype)
 
 
 @pytest.mark.gpu
