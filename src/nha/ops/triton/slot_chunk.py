@@ -55,54 +55,54 @@ def chunk_sums_kernel(
 
 
 @triton.jit
-def _linear_step(a1, b1, a2, b2):
-    # two steps of h -> a * h + b in one: the combine of an associative scan
-    return a1 * a2, b1 * a2 + b2
+def _chunk_step(h, gc, base, i_n, i_h, i_t, o_e, o_m, m_e, E, H, M, D, NT, BT: tl.constexpr):
+    # chunk i_t's sum `[BLOCK]` and its decay exp(G_last) per element (sum 0, decay 1 past the last chunk)
+    m = m_e & (i_t < NT)
+    b_sum = tl.load(h + base + i_t * M * D + o_e, mask=m, other=0.0)
+    b_g = tl.load(gc + ((i_n * E + (i_t + 1) * BT - 1) * H + i_h) * M + o_m, mask=m, other=0.0)
+    return b_sum, tl.exp(b_g)
 
 
 @triton.jit
 def state_scan_kernel(
     gc, h0, h, ht,
     E, H, M, D,
-    BT: tl.constexpr, CB: tl.constexpr, BLOCK: tl.constexpr, HAS_H0: tl.constexpr,
+    BT: tl.constexpr, BLOCK: tl.constexpr, HAS_H0: tl.constexpr,
 ):
-    # S_(c+1) = exp(G_last(c)) * S_c + sum_c, element by element (the gates are diagonal). CB chunks at a time: an
-    # associative scan over the block's (decay, sum) pairs, then one step from the carried state, so the walk takes
-    # NT / CB dependent steps instead of NT. h holds the chunk sums on entry and the chunk-start states on exit; the
-    # next block is loaded before this one is stored (the stores land one chunk later, on the next block's first sum).
+    # S_(c+1) = exp(G_last(c)) * S_c + sum_c, element by element (the gates are diagonal): a sequential walk over
+    # chunks with no matrix product in it; h holds the chunk sums on entry and the chunk-start states on exit. The
+    # walk is latency-bound, so it goes four chunks at a time with the next four's loads in flight (every thread
+    # stores only elements it loaded itself, so overwriting a sum with a state needs no barrier).
     i_e, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
     NT = E // BT
     o_e = i_e * BLOCK + tl.arange(0, BLOCK)
     m_e = o_e < M * D
     o_m = o_e // D
-    o_c = tl.arange(0, CB)
     base = (i_n * H + i_h) * NT * M * D
     b_h = tl.zeros([BLOCK], dtype=tl.float32)
     if HAS_H0:
         b_h = tl.load(h0 + (i_n * H + i_h) * M * D + o_e, mask=m_e, other=0.0).to(tl.float32)
-    m_ce = (o_c < NT)[:, None] & m_e[None, :]
-    b_sum = tl.load(h + base + o_c[:, None].to(tl.int64) * M * D + o_e[None, :], mask=m_ce, other=0.0)
-    p_g = gc + ((i_n * E + o_c[:, None].to(tl.int64) * BT + BT - 1) * H + i_h) * M + o_m[None, :]
-    b_dec = tl.exp(tl.load(p_g, mask=m_ce, other=0.0))
-    tl.store(h + base + o_e, b_h, mask=m_e & (NT > 0))  # after the first sum was read from the same place
-    for c0 in range(0, NT, CB):
-        nxt = c0 + CB + o_c
-        m_next = (nxt < NT)[:, None] & m_e[None, :]
-        b_sum_next = tl.load(h + base + nxt[:, None].to(tl.int64) * M * D + o_e[None, :], mask=m_next, other=0.0)
-        p_gn = gc + ((i_n * E + nxt[:, None].to(tl.int64) * BT + BT - 1) * H + i_h) * M + o_m[None, :]
-        b_dec_next = tl.exp(tl.load(p_gn, mask=m_next, other=0.0))
-        # the stores below overwrite chunk c0 + CB, which another thread of this program just loaded: all loads
-        # first (without the barrier that thread could read the state instead of the sum)
-        tl.debug_barrier()
-        b_a, b_b = tl.associative_scan((b_dec, b_sum), 0, _linear_step)
-        b_x = b_a * b_h[None, :] + b_b  # row i: the state after chunk c0 + i, i.e. at the start of chunk c0 + i + 1
-        after = c0 + 1 + o_c
-        m_st = (after < NT)[:, None] & m_e[None, :]
-        tl.store(h + base + after[:, None].to(tl.int64) * M * D + o_e[None, :], b_x, mask=m_st)
-        # the carried state: the block's last row (rows past NT are identity steps, so it is the last chunk's state)
-        b_h = tl.sum(tl.where((o_c == CB - 1)[:, None], b_x, 0.0), axis=0)
-        b_sum, b_dec = b_sum_next, b_dec_next
+    args = (h, gc, base, i_n, i_h)
+    s0, a0 = _chunk_step(*args, 0, o_e, o_m, m_e, E, H, M, D, NT, BT)
+    s1, a1 = _chunk_step(*args, 1, o_e, o_m, m_e, E, H, M, D, NT, BT)
+    s2, a2 = _chunk_step(*args, 2, o_e, o_m, m_e, E, H, M, D, NT, BT)
+    s3, a3 = _chunk_step(*args, 3, o_e, o_m, m_e, E, H, M, D, NT, BT)
+    for i_t in range(0, NT, 4):
+        n0, d0 = _chunk_step(*args, i_t + 4, o_e, o_m, m_e, E, H, M, D, NT, BT)
+        n1, d1 = _chunk_step(*args, i_t + 5, o_e, o_m, m_e, E, H, M, D, NT, BT)
+        n2, d2 = _chunk_step(*args, i_t + 6, o_e, o_m, m_e, E, H, M, D, NT, BT)
+        n3, d3 = _chunk_step(*args, i_t + 7, o_e, o_m, m_e, E, H, M, D, NT, BT)
+        p_h = h + base + i_t * M * D + o_e
+        tl.store(p_h, b_h, mask=m_e)
+        b_h = b_h * a0 + s0
+        tl.store(p_h + M * D, b_h, mask=m_e & (i_t + 1 < NT))
+        b_h = b_h * a1 + s1
+        tl.store(p_h + 2 * M * D, b_h, mask=m_e & (i_t + 2 < NT))
+        b_h = b_h * a2 + s2
+        tl.store(p_h + 3 * M * D, b_h, mask=m_e & (i_t + 3 < NT))
+        b_h = b_h * a3 + s3
+        s0, a0, s1, a1, s2, a2, s3, a3 = n0, d0, n1, d1, n2, d2, n3, d3
     tl.store(ht + (i_n * H + i_h) * M * D + o_e, b_h, mask=m_e)
 
 
@@ -259,12 +259,12 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32x3"
 
 
-def slot_states(x, gc, y, h0, chunk: int, prec: str, reverse: bool = False, scan_block: int = 128,
-                scan_chunks: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+def slot_states(x, gc, y, h0, chunk: int, prec: str, reverse: bool = False,
+                scan_block: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
     """States at every chunk start `[N, H, NT, M, D]` and the final state `[N, H, M, D]` (float32).
 
     Two kernels: every chunk's own sum in parallel (the matrix products), then an element-wise walk over the chunks
-    (`scan_block` state elements per program, `scan_chunks` chunks per step of the walk).
+    (`scan_block` state elements per program).
     `gc` is always in scan order; with `reverse`, x and y are read back to front (time t is row E - 1 - t)."""
     N, E, H, M = x.shape
     D = y.shape[-1]
@@ -275,7 +275,7 @@ def slot_states(x, gc, y, h0, chunk: int, prec: str, reverse: bool = False, scan
                                                               REVERSE=reverse, DOT_PREC=kernel_precision(prec))
     block = min(scan_block, triton.next_power_of_2(M * D))
     state_scan_kernel[(triton.cdiv(M * D, block), N * H)](gc, h0 if h0 is not None else ht, h, ht, E, H, M, D,
-                                                          BT=chunk, CB=scan_chunks, BLOCK=block, HAS_H0=h0 is not None)
+                                                          BT=chunk, BLOCK=block, HAS_H0=h0 is not None)
     return h, ht
 
 
