@@ -21,20 +21,26 @@ MASKED = tl.constexpr(-1e30)  # a constexpr: kernels may read no other global
 
 
 @triton.jit
+def _rows_of_program(R, E, Ep, HQ, BR: tl.constexpr):
+    # this program's BR rows of the flattened [N, Ep, HQ] grid: index, in range, sequence, time, t < E, and the same
+    # row in the [N, E, HQ] layout
+    o_r = tl.program_id(0) * BR + tl.arange(0, BR)
+    m_r = o_r < R
+    t = (o_r // HQ) % Ep
+    n = o_r // (HQ * Ep)
+    row_e = ((n * E + t) * HQ + o_r % HQ).to(tl.int64)
+    return o_r, m_r, n, t, m_r & (t < E), row_e
+
+
+@triton.jit
 def merge_kernel(
     z, lse_win, live, p, a,
     R, E, Ep, HQ, M, scale,
     BR: tl.constexpr, BM: tl.constexpr,
 ):
     # BR rows of the flattened [N, Ep, HQ] grid; rows past a sequence's E get p = 0, a = 0
-    o_r = tl.program_id(0) * BR + tl.arange(0, BR)
+    o_r, m_r, n, t, inside, row_e = _rows_of_program(R, E, Ep, HQ, BR)
     o_m = tl.arange(0, BM)
-    m_r = o_r < R
-    t = (o_r // HQ) % Ep
-    n = o_r // (HQ * Ep)
-    hq = o_r % HQ
-    inside = m_r & (t < E)
-    row_e = (n * E + t) * HQ + hq  # the same row in the [N, E, HQ] layout
     b_live = tl.load(live + n * E + t, mask=inside, other=0) != 0
     b_lw = tl.load(lse_win + row_e, mask=inside, other=MASKED)
     m_rm = m_r[:, None] & (o_m[None, :] < M)
@@ -60,14 +66,8 @@ def merge_bwd_kernel(
     # the output o = a * o_win + o_slots and the merge, backwards, for BR rows of the flattened [N, Ep, HQ] grid:
     # da = <do, o_win>, c = <p, dp> + a * da, dz = scale * p * (dp - c); the window path gets do_win = a * do and
     # delta = rowsum(do_win * o_win) - dlse_win = a * c (its lse gradient is a * (da - c))
-    o_r = tl.program_id(0) * BR + tl.arange(0, BR)
+    o_r, m_r, n, t, inside, row_e = _rows_of_program(R, E, Ep, HQ, BR)
     o_m = tl.arange(0, BM)
-    m_r = o_r < R
-    t = (o_r // HQ) % Ep
-    n = o_r // (HQ * Ep)
-    hq = o_r % HQ
-    inside = m_r & (t < E)
-    row_e = ((n * E + t) * HQ + hq).to(tl.int64)
     m_rm = m_r[:, None] & (o_m[None, :] < M)
     p_rm = o_r[:, None].to(tl.int64) * M + o_m[None, :]
     b_p = tl.load(p + p_rm, mask=m_rm, other=0.0)
