@@ -33,7 +33,9 @@ def run_with_grads(fn, x, window, state=None, cu_seqlens=None, grads=True):
     rnd = lambda t: torch.randn(t.shape, generator=gen).to(t.device)  # noqa: E731
     loss = (o.float() * rnd(o)).sum() + (final.slot_k.float() * rnd(final.slot_k)).sum()
     loss = loss + (final.slot_v.float() * rnd(final.slot_v)).sum() + (final.window_v.float() * rnd(final.window_v)).sum()
-    names = [n for n in INPUT_NAMES if x[n] is not None] + ([f"state.{n}" for n in STATE_GRADS] if state is not None else [])
+    names = [n for n in INPUT_NAMES if x[n] is not None]  # q_win/k_win are None when the window path shares q/k
+    if state is not None:
+        names += [f"state.{n}" for n in STATE_GRADS]
     wrt = [x[n] if n in x else getattr(state, n[len("state."):]) for n in names]
     grads = torch.autograd.grad(loss, wrt, allow_unused=True)
     return o, final, {n: torch.zeros_like(w) if g is None else g for n, w, g in zip(names, wrt, grads)}
