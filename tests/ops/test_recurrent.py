@@ -1,4 +1,6 @@
 """The decoding step against the reference, token by token; constant memory for a bounded window."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -63,3 +65,11 @@ def test_decoding_memory_is_constant_for_a_bounded_window():
     assert len(sizes) == 1
     # H * (M*K + M*V) slot floats plus w rows of (k, v, g, k_win), plus two per-sequence counters
     assert sizes.pop() == 2 * (2 * (M * 8 + M * 8) + w * 2 * (8 + 8 + M + 8) + 2)
+
+
+def test_state_tensors_are_its_fields_in_order():
+    # NHAState.tensors() lists the fields by hand (it runs on every decoding step): it must follow the dataclass
+    state = NHAState.empty(2, 1, 3, 4, 5, 2)
+    names = [f.name for f in dataclasses.fields(NHAState)]
+    assert len(state.tensors()) == len(names)
+    assert all(t is getattr(state, n) for t, n in zip(state.tensors(), names))

@@ -4,7 +4,7 @@ N sequences, H key/value heads, M slots, K/V head dims, L window rows (w, or the
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -79,7 +79,9 @@ class NHAState:
         return self.window_k.shape[1]
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
-        return tuple(getattr(self, f.name) for f in fields(self))
+        """Every tensor, in field order (a decoding step calls this a few times: no `dataclasses.fields` walk)."""
+        return (self.slot_k, self.slot_v, self.window_k, self.window_v, self.window_g, self.window_k_win, self.seen,
+                self.slots_live)
 
     def map(self, fn) -> "NHAState":
         """Apply ``fn`` to every tensor (``state.map(lambda t: t.detach())``, ``.map(lambda t: t[idx])``)."""
