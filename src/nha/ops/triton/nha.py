@@ -1,7 +1,7 @@
 """`triton_nha`: the chunkwise NHA operator (NHA_SPEC section 5) with every heavy stage in a Triton kernel.
 
 B batch, T time, HQ query heads, H key/value heads, G = HQ // H, K/V head dims, M slots, w window, N sequences,
-E extended time (initial window rows + longest sequence), Ep = E rounded up to the chunk BT.
+E extended time (initial window rows + longest sequence); the slot scan runs over E rounded up to CHUNK.
 
 One autograd Function (function.py's NHAFunction) runs every stage's kernels, forward and backward:
   the window path (window_attn.py) -> o_win, lse_win; the scan gates (gates.py: shifted by w, masked, per query
