@@ -26,6 +26,12 @@ def kernel_precision(prec: str) -> str:
     return "ieee" if INTERPRETER else prec
 
 
+def block(n: int, least: int = 16) -> int:
+    """The power of two >= n (and >= `least`): a tile size. Plain Python: triton.next_power_of_2 is a constexpr
+    function whose call costs ~4 us on the host, which a decoding step pays per tile size."""
+    return max(least, 1 << (max(n, 1) - 1).bit_length())
+
+
 def new_output(*shape: int, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
     if POISON_OUTPUTS:
         return torch.full(shape, float("nan"), dtype=dtype, device=device)

@@ -18,7 +18,7 @@ from nha.ops.checks import check_inputs
 from nha.ops.precision import without_autocast
 from nha.ops.recurrent import recurrent_nha_step
 from nha.ops.state import NHAState
-from nha.ops.triton.common import MAX_HEAD_DIM, MAX_SLOTS, SUPPORTED_DTYPES, new_output
+from nha.ops.triton.common import MAX_HEAD_DIM, MAX_SLOTS, SUPPORTED_DTYPES, block, new_output
 
 
 @triton.jit
@@ -182,7 +182,7 @@ def triton_nha_step(
     seen_out, live_out = torch.empty_like(state.seen), torch.empty_like(state.slots_live)
     o = new_output(B, 1, HQ, V, dtype=q.dtype, device=q.device)
     mode = 0 if w == 0 else 2 if w is None else 1
-    BM, BK, BV = (max(16, triton.next_power_of_2(n)) for n in (M, K, V))
+    BM, BK, BV = block(M), block(K), block(V)
     decode_kernel[(B, HQ)](
         q.contiguous(), k.contiguous(), v.contiguous(), g.contiguous(), q_win.contiguous(), k_win.contiguous(),
         slot_k, slot_v, *window, state.seen.contiguous(), state.slots_live.contiguous(),

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from nha.ops.triton.common import new_output
+from nha.ops.triton.common import block, new_output
 
 MIN_LOG_GATE = tl.constexpr(-1000.0)  # chunk.py's clamp: exp() of it is 0 in float32
 
@@ -138,16 +138,12 @@ def _grid(x: torch.Tensor, chunk: int) -> tuple[int, int]:
     return x.shape[1] // chunk, x.shape[0] * x.shape[2]
 
 
-def _block(M: int) -> int:
-    return max(16, triton.next_power_of_2(M))
-
-
 def reverse_chunk_cumsum(g: torch.Tensor, chunk: int) -> torch.Tensor:
     """`[N, E, H, M]` log gates -> the chunk cumsums of the time-flipped scan's gates `g'_u = g_(E-u)`, `g'_0 = 0`
     (float32, flipped order: row u is time E - 1 - u)."""
     N, E, H, M = g.shape
     gcr = new_output(N, E, H, M, device=g.device)
-    reverse_chunk_cumsum_kernel[_grid(g, chunk)](g, gcr, E, H, M, BT=chunk, BM=_block(M))
+    reverse_chunk_cumsum_kernel[_grid(g, chunk)](g, gcr, E, H, M, BT=chunk, BM=block(M))
     return gcr
 
 
@@ -160,7 +156,7 @@ def gate_grad(a: torch.Tensor, b: torch.Tensor, s: torch.Tensor, ds: torch.Tenso
     N, E, H, M = a.shape
     NT = E // chunk
     a, b, s, ds = (t.float().contiguous() for t in (a, b, s, ds))
-    grid, BM = _grid(a, chunk), _block(M)
+    grid, BM = _grid(a, chunk), block(M)
     tot = new_output(N, NT, H, M, device=a.device)
     gate_chunk_totals_kernel[grid](a, b, s, ds, tot, E, H, M, BT=chunk, BM=BM)
     later = torch.flip(torch.cumsum(torch.flip(tot, dims=[1]), dim=1), dims=[1]) - tot
@@ -187,7 +183,7 @@ def slot_gates(g, valid_i8, ends, shift: int, group: int, length: int, chunk: in
     HQ = H * group
     g_in, s_in, gc = (new_output(N, length, HQ, M, device=g.device) for _ in range(3))
     slot_gates_kernel[(length // chunk, N * HQ)](g, valid_i8, ends, g_in, s_in, gc, S, length, H, HQ, M, shift,
-                                                 BT=chunk, BM=_block(M))
+                                                 BT=chunk, BM=block(M))
     return g_in, s_in, gc
 
 
@@ -197,7 +193,7 @@ def slot_gates_grad(g, valid_i8, ends, shift: int, s_in, dg1, dg2, ds1, ds2) -> 
     N, S, H, M = g.shape
     E, HQ = s_in.shape[1], s_in.shape[2]
     dg = new_output(N, S, H, M, dtype=g.dtype, device=g.device)
-    block = 64
-    slot_gates_grad_kernel[(triton.cdiv(S, block), N * H)](g, valid_i8, ends, s_in, dg1, dg2, ds1, ds2, dg, S, E, H,
-                                                          HQ, M, shift, BT=block, BM=_block(M))
+    rows = 64
+    slot_gates_grad_kernel[(triton.cdiv(S, rows), N * H)](g, valid_i8, ends, s_in, dg1, dg2, ds1, ds2, dg, S, E, H,
+                                                          HQ, M, shift, BT=rows, BM=block(M))
     return dg

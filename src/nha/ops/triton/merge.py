@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from nha.ops.triton.common import new_output
+from nha.ops.triton.common import block, new_output
 
 MASKED = tl.constexpr(-1e30)  # a constexpr: kernels may read no other global
 
@@ -91,7 +91,7 @@ def merge_bwd_kernel(
 
 
 def _rows(R: int, M: int) -> tuple[int, int, int]:
-    BM = max(16, triton.next_power_of_2(M))
+    BM = block(M)
     return BM, max(16, 4096 // BM), triton.cdiv(R, max(16, 4096 // BM))
 
 
@@ -127,5 +127,5 @@ def merge_backward(p, dp, a, do, o_win, live_i8, scale: float):
     BR = 32
     merge_bwd_kernel[(triton.cdiv(R, BR),)](p, dp, a, do, o_win if has_win else dz, live_i8, dz, delta, do_win,
                                             R, E, Ep, HQ, M, V, scale, BR=BR, BM=BM,
-                                            BV=min(128, max(16, triton.next_power_of_2(V))), HAS_WIN=has_win)
+                                            BV=min(128, block(V)), HAS_WIN=has_win)
     return dz, (delta if has_win else None), (do_win if has_win else None)

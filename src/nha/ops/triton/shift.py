@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from nha.ops.triton.common import new_output
+from nha.ops.triton.common import block, new_output
 
 
 def shifted(x: torch.Tensor, by: int, length: int, group: int) -> torch.Tensor:
@@ -56,7 +56,7 @@ def unshift(dy: torch.Tensor, by: int, rows: int, group: int, other: Optional[to
     N, E, HQ, D = dy.shape
     H = HQ // group
     out = new_output(N, rows, H, D, dtype=dtype, device=dy.device)
-    BR, BD = 32, min(128, max(16, triton.next_power_of_2(D)))
+    BR, BD = 32, min(128, block(D))
     grid = (triton.cdiv(rows, BR), N * H, triton.cdiv(D, BD))
     unshift_kernel[grid](dy.contiguous(), other if other is not None else out, out, rows, E, H, HQ, D, by,
                          BR=BR, BD=BD, HAS_OTHER=other is not None)

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from nha.ops.triton.common import kernel_precision, new_output
+from nha.ops.triton.common import block, kernel_precision, new_output
 
 
 @triton.jit
@@ -249,7 +249,7 @@ def slot_logits_kernel(
 
 
 def _blocks(M: int, D: int, widest: int = 64) -> tuple[int, int]:
-    return max(16, triton.next_power_of_2(M)), max(16, min(widest, triton.next_power_of_2(D)))
+    return block(M), min(widest, block(D))
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -273,9 +273,9 @@ def slot_states(x, gc, y, h0, chunk: int, prec: str, reverse: bool = False,
     ht = new_output(N, H, M, D, device=x.device)
     chunk_sums_kernel[(triton.cdiv(D, BD), E // chunk, N * H)](x, gc, y, h, E, H, M, D, BT=chunk, BM=BM, BD=BD,
                                                               REVERSE=reverse, DOT_PREC=kernel_precision(prec))
-    block = min(scan_block, triton.next_power_of_2(M * D))
-    state_scan_kernel[(triton.cdiv(M * D, block), N * H)](gc, h0 if h0 is not None else ht, h, ht, E, H, M, D,
-                                                          BT=chunk, BLOCK=block, HAS_H0=h0 is not None)
+    width = min(scan_block, block(M * D, least=1))
+    state_scan_kernel[(triton.cdiv(M * D, width), N * H)](gc, h0 if h0 is not None else ht, h, ht, E, H, M, D,
+                                                          BT=chunk, BLOCK=width, HAS_H0=h0 is not None)
     return h, ht
 
 

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from nha.ops.triton.common import new_output
+from nha.ops.triton.common import block, new_output
 
 
 @triton.jit
@@ -150,11 +150,11 @@ def window_bwd_dq_kernel(
 
 
 def _config(K: int, V: int, dtype: torch.dtype, interpret: bool) -> dict:
-    BK, BV = max(16, triton.next_power_of_2(K)), max(16, triton.next_power_of_2(V))
+    BK, BV = block(K), block(V)
     # shared memory holds q, k, v, do tiles: float32 tiles are twice as large, so their blocks are smaller
     width = max(BK, BV) * (2 if dtype == torch.float32 else 1)
-    block = 16 if interpret else 64 if width <= 128 else 32 if width <= 256 else 16
-    return dict(BM=block, BN=block, BK=BK, BV=BV)
+    rows = 16 if interpret else 64 if width <= 128 else 32 if width <= 256 else 16
+    return dict(BM=rows, BN=rows, BK=BK, BV=BV)
 
 
 def _precision(dtype: torch.dtype) -> str:
