@@ -27,8 +27,7 @@ def kernel_precision(prec: str) -> str:
 
 
 def block(n: int, least: int = 16) -> int:
-    """The power of two >= n (and >= `least`): a tile size. Plain Python: triton.next_power_of_2 is a constexpr
-    function whose call costs ~4 us on the host, which a decoding step pays per tile size."""
+    """The power of two >= n (and >= `least`): the tile size every launcher uses for a dimension of size n."""
     return max(least, 1 << (max(n, 1) - 1).bit_length())
 
 
