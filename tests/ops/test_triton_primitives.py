@@ -92,7 +92,7 @@ def test_slot_states_are_the_recurrence_at_every_chunk_start(with_h0):
         if t % chunk == 0:
             starts.append(S.clone())
         S = torch.exp(g[:, t])[..., None] * S + x[:, t][..., None] * y[:, t][:, :, None, :]
-    h, ht = slot_states(x, chunk_cumsum(g, chunk), y, h0, chunk, "ieee", scan_block=16)
+    h, ht = slot_states(x, chunk_cumsum(g, chunk), y, h0, chunk, "ieee")
     torch.testing.assert_close(h, torch.stack(starts, 2), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ht, S, rtol=1e-5, atol=1e-5)
 

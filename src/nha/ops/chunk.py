@@ -42,6 +42,11 @@ class Extended:
     slots_live: torch.Tensor  # [N] bool
 
 
+def clamp_gates(g: torch.Tensor, valid: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    """`[N, E, H, M]` log gates in `acc`, clamped at MIN_LOG_GATE and 0 on rows that are not `valid` `[N, E]`."""
+    return g.to(acc).clamp(min=MIN_LOG_GATE) * valid[:, :, None, None]
+
+
 def _gather_rows(x: torch.Tensor, index: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """`out[n, t] = x[n_or_0, index[n, t]]` where `keep`, else 0. x: `[B, T, ...]`, index/keep: `[N, L]`."""
     if x.shape[1] == 0:  # nothing to gather from (a zero-length call)
@@ -96,7 +101,7 @@ def _extend(q, k, v, g, q_win, k_win, shapes: NHAShapes, cu_seqlens, state: Opti
     valid = torch.cat([prefix_valid, keep], dim=1)
     gates = cat(prefix[2], g)
     if not raw_gates:  # the Triton path clamps and masks inside its gate kernel
-        gates = gates.to(acc).clamp(min=MIN_LOG_GATE) * valid[:, :, None, None]
+        gates = clamp_gates(gates, valid, acc)
     return Extended(
         q=cat(zeros_q, q),
         q_win=cat(zeros_q, q_win),

@@ -13,9 +13,10 @@ import torch
 import triton
 import triton.language as tl
 
+from nha.ops import chunk
 from nha.ops.triton.common import block, new_output
 
-MIN_LOG_GATE = tl.constexpr(-1000.0)  # chunk.py's clamp: exp() of it is 0 in float32
+MIN_LOG_GATE = tl.constexpr(chunk.MIN_LOG_GATE)  # the clamp of every path: exp() of it is 0 in float32
 
 
 @triton.jit

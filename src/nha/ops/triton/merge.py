@@ -15,9 +15,10 @@ import torch
 import triton
 import triton.language as tl
 
+from nha.ops import chunk
 from nha.ops.triton.common import block, new_output
 
-MASKED = tl.constexpr(-1e30)  # a constexpr: kernels may read no other global
+MASKED = tl.constexpr(chunk.MASKED)  # a constexpr: kernels may read no other global
 
 
 @triton.jit
@@ -90,11 +91,6 @@ def merge_bwd_kernel(
     tl.store(dz + p_rm, b_dz, mask=m_rm)
 
 
-def _rows(R: int, M: int) -> tuple[int, int, int]:
-    BM = block(M)
-    return BM, max(16, 4096 // BM), triton.cdiv(R, max(16, 4096 // BM))
-
-
 def merge_forward(z, lse_win, live_i8, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """`(p [N, Ep, HQ, M], a [N, Ep, HQ])` from raw slot logits z `[N, Ep, HQ, M]`, lse_win `[N, E, HQ]` (float32,
     contiguous) and the rows whose slots hold something, live_i8 `[N, E]` int8."""
@@ -103,8 +99,9 @@ def merge_forward(z, lse_win, live_i8, scale: float) -> tuple[torch.Tensor, torc
     p = new_output(N, Ep, HQ, M, device=z.device)
     a = new_output(N, Ep, HQ, device=z.device)
     R = N * Ep * HQ
-    BM, BR, blocks = _rows(R, M)
-    merge_kernel[(blocks,)](z, lse_win, live_i8, p, a, R, E, Ep, HQ, M, scale, BR=BR, BM=BM)
+    BM = block(M)
+    BR = max(16, 4096 // BM)
+    merge_kernel[(triton.cdiv(R, BR),)](z, lse_win, live_i8, p, a, R, E, Ep, HQ, M, scale, BR=BR, BM=BM)
     return p, a
 
 
@@ -123,9 +120,8 @@ def merge_backward(p, dp, a, do, o_win, live_i8, scale: float):
     delta = new_output(N, E, HQ, device=p.device) if has_win else dz
     do_win = new_output(N, E, HQ, V, dtype=do.dtype, device=p.device) if has_win else dz
     R = N * Ep * HQ
-    BM, _, _ = _rows(R, M)
     BR = 32
     merge_bwd_kernel[(triton.cdiv(R, BR),)](p, dp, a, do, o_win if has_win else dz, live_i8, dz, delta, do_win,
-                                            R, E, Ep, HQ, M, V, scale, BR=BR, BM=BM,
+                                            R, E, Ep, HQ, M, V, scale, BR=BR, BM=block(M),
                                             BV=min(128, block(V)), HAS_WIN=has_win)
     return dz, (delta if has_win else None), (do_win if has_win else None)

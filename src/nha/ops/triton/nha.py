@@ -12,13 +12,14 @@ The layout work (varlen packing, the initial state's window rows, padding as ide
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from types import SimpleNamespace
 from typing import Optional
 
 import torch
 
 from nha.ops.checks import check_inputs
-from nha.ops.chunk import MIN_LOG_GATE, _extend, _final_state, _to_input_layout, chunk_nha
+from nha.ops.chunk import _extend, _final_state, _to_input_layout, chunk_nha, clamp_gates
 from nha.ops.precision import without_autocast
 from nha.ops.state import NHAState
 from nha.ops.triton.common import MAX_HEAD_DIM, MAX_SLOTS, SUPPORTED_DTYPES
@@ -124,5 +125,5 @@ def triton_nha(
     if final_k is not None:  # every query head of a group holds the same slots: keep the group's first
         final = torch.cat([final_k, final_v], dim=-1)
         slots = SimpleNamespace(final_state=final.view(N, shapes.kv_heads, G, *final.shape[2:])[:, :, 0])
-    ext.g = ext.g.float().clamp(min=MIN_LOG_GATE) * ext.valid[:, :, None, None]  # the window rows keep clamped gates
+    ext = replace(ext, g=clamp_gates(ext.g, ext.valid, torch.float32))  # the window rows keep clamped gates
     return o, _final_state(ext, w, shapes, slots, torch.float32)

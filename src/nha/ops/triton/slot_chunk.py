@@ -259,12 +259,11 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32x3"
 
 
-def slot_states(x, gc, y, h0, chunk: int, prec: str, reverse: bool = False,
-                scan_block: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+def slot_states(x, gc, y, h0, chunk: int, prec: str, reverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """States at every chunk start `[N, H, NT, M, D]` and the final state `[N, H, M, D]` (float32).
 
     Two kernels: every chunk's own sum in parallel (the matrix products), then an element-wise walk over the chunks
-    (`scan_block` state elements per program).
+    (up to 1024 state elements per program).
     `gc` is always in scan order; with `reverse`, x and y are read back to front (time t is row E - 1 - t)."""
     N, E, H, M = x.shape
     D = y.shape[-1]
@@ -273,7 +272,7 @@ def slot_states(x, gc, y, h0, chunk: int, prec: str, reverse: bool = False,
     ht = new_output(N, H, M, D, device=x.device)
     chunk_sums_kernel[(triton.cdiv(D, BD), E // chunk, N * H)](x, gc, y, h, E, H, M, D, BT=chunk, BM=BM, BD=BD,
                                                               REVERSE=reverse, DOT_PREC=kernel_precision(prec))
-    width = min(scan_block, block(M * D, least=1))
+    width = min(1024, block(M * D, least=1))
     state_scan_kernel[(triton.cdiv(M * D, width), N * H)](gc, h0 if h0 is not None else ht, h, ht, E, H, M, D,
                                                           BT=chunk, BLOCK=width, HAS_H0=h0 is not None)
     return h, ht
