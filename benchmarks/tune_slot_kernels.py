@@ -1,9 +1,10 @@
 """Launch-parameter sweep of the three slot-scan kernels (slot_chunk.py) at one large shape, on a GPU.
 
 N sequences, E time, H heads, M slots, D head dim. Times each primitive alone with triton.testing.do_bench for a
-grid of tiles / warps / stages / dot precisions, so the launch defaults in slot_chunk.py are measured choices.
+grid of tiles / warps / dot precisions, so the launch defaults in slot_chunk.py are measured choices; `--chunk` times
+another chunk length.
 
-    PYTHONPATH=src python benchmarks/tune_slot_kernels.py [--tokens 65536] [--heads 16]
+    PYTHONPATH=src python benchmarks/tune_slot_kernels.py [--tokens 65536] [--heads 16] [--chunk 64] [--quick]
 """
 from __future__ import annotations
 
@@ -19,8 +20,6 @@ import triton
 from nha.ops.triton.common import chunk_cumsum
 from nha.ops.triton.slot_chunk import slot_logits, slot_read, slot_states
 
-CHUNK = 64
-
 
 def main() -> None:
     p = argparse.ArgumentParser()
@@ -28,7 +27,10 @@ def main() -> None:
     p.add_argument("--heads", type=int, default=16)
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--slots", type=int, default=64)
+    p.add_argument("--chunk", type=int, default=64)
+    p.add_argument("--quick", action="store_true", help="tf32x3 products, 16-row sub-chunks, 2 or 4 warps only")
     args = p.parse_args()
+    CHUNK = args.chunk
     N, E, H, M, D = 1, args.tokens, args.heads, args.slots, args.dim
     dev = "cuda"
     g = F.logsigmoid(torch.randn(N, E, H, M, device=dev)).div(8)
@@ -51,7 +53,10 @@ def main() -> None:
     time("states", lambda: slot_states(s, gc, y, None, CHUNK, "tf32x3"))
     time("states", lambda: slot_states(s, gc, y, None, CHUNK, "tf32"), prec="tf32")
     h, _ = slot_states(s, gc, y, None, CHUNK, "tf32x3")
-    for prec, sub, bd, warps in itertools.product(["tf32x3", "tf32"], [16, 32], [32, 64, 128], [2, 4, 8]):
+    grid = itertools.product(["tf32x3", "tf32"], [16, 32], [32, 64, 128], [2, 4, 8])
+    if args.quick:
+        grid = itertools.product(["tf32x3"], [16], [32, 64, 128], [2, 4])
+    for prec, sub, bd, warps in grid:
         if prec == "tf32" and (sub, warps) != (16, 4):
             continue
         time("logits", lambda: slot_logits(q, s, gc, y, h, CHUNK, prec, sub=sub, block_d=bd, num_warps=warps),
@@ -59,9 +64,9 @@ def main() -> None:
         time("read", lambda: slot_read(pr, s, gc, y, h, CHUNK, prec, sub=sub, block_d=bd, num_warps=warps),
              prec=prec, sub=sub, bd=bd, warps=warps)
     out = os.environ.get("OUT", "/tmp")
-    with open(os.path.join(out, "tune_slot_kernels.json"), "w") as f:
-        json.dump({"card": torch.cuda.get_device_name(), "N": N, "E": E, "H": H, "M": M, "D": D, "rows": rows}, f,
-                  indent=1)
+    with open(os.path.join(out, f"tune_slot_kernels_chunk{CHUNK}.json"), "w") as f:
+        json.dump({"card": torch.cuda.get_device_name(), "chunk": CHUNK, "N": N, "E": E, "H": H, "M": M, "D": D,
+                   "rows": rows}, f, indent=1)
     for name in ("states", "logits", "read"):
         best = min((r for r in rows if r["kernel"] == name and r["ms"] == r["ms"]), key=lambda r: r["ms"])
         print("best", best)
