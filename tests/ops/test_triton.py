@@ -12,6 +12,7 @@ import torch
 from nha.ops import chunk_nha, naive_recurrent_nha, recurrent_nha_step
 from nha.ops.testing import INPUT_NAMES, make_inputs, random_state, rel_rmse
 from nha.ops.triton import common, triton_nha, triton_nha_step
+from nha.ops.triton.decode import _launch_decode
 
 STATE_GRADS = ("slot_k", "slot_v", "window_k", "window_v", "window_g", "window_k_win")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -214,3 +215,11 @@ def test_gpu_decode(w):
         assert torch.equal(state.seen, ref.seen) and torch.equal(state.slots_live, ref.slots_live)
         for a, b in zip(state.tensors()[2:6], ref.tensors()[2:6]):  # the ring buffers are copies: exact
             assert torch.equal(a.float(), b)
+    assert _launch_decode.binaries, "steps 2 and 3 should have launched the first step's binary"
+    # a query 2 bytes off 16-byte alignment goes through Triton's own launch (the kept binary assumes alignment)
+    q_off = torch.empty(x["q"].numel() + 1, dtype=x["q"].dtype, device="cuda")[1:].view_as(x["q"]).copy_(x["q"])
+    assert q_off.data_ptr() % 16 != 0
+    args = (x["k"], x["v"], x["g"], w, state)
+    o_off, _ = triton_nha_step(q_off, *args, q_win=x["q_win"], k_win=x["k_win"])
+    o, _ = triton_nha_step(x["q"], *args, q_win=x["q_win"], k_win=x["k_win"])
+    assert torch.equal(o_off, o)

@@ -48,3 +48,41 @@ def pad_time(x: torch.Tensor, length: int) -> torch.Tensor:
     if x.shape[1] == length:
         return x
     return torch.cat([x, x.new_zeros(x.shape[0], length - x.shape[1], *x.shape[2:])], dim=1)
+
+
+class CompiledLaunch:
+    """Launches a `@triton.jit` kernel whose integer arguments are constexprs or not specialized, reusing its binary.
+
+    Triton binds and specializes every argument at every call (tens of microseconds for a kernel with twenty
+    tensors), which is most of the host time of a decoding step. Here a binary is looked up by what it was
+    specialized on: the device, the tensors' dtypes, the scalars' types, the constexprs and the launch options.
+    Pointer alignment is the one other thing Triton specializes on, so only calls whose tensors are all 16-byte
+    aligned (every allocation is) take the shortcut; any other call, the first one of a key and every call under the
+    interpreter go through Triton's own launch, whose binary is kept when it is for aligned tensors.
+    """
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+        self.binaries: dict[tuple, object] = {}
+
+    def __call__(self, grid: tuple[int, ...], tensors: tuple[torch.Tensor, ...], scalars: tuple, constexprs: dict,
+                 **options) -> None:
+        """`kernel[grid](*tensors, *scalars, **constexprs, **options)`: the kernel takes its tensors first, then
+        its scalars (floats, and ints in its `do_not_specialize`), then its constexprs in `constexprs`' order."""
+        aligned = all(t.data_ptr() % 16 == 0 for t in tensors)
+        key = (tensors[0].device, tuple(t.dtype for t in tensors), tuple(_scalar_type(x) for x in scalars),
+               tuple(constexprs.values()), tuple(options.items()))
+        binary = self.binaries.get(key) if aligned else None
+        if binary is not None:
+            binary[(*grid, 1, 1)[:3]](*tensors, *scalars, *constexprs.values())  # a binary takes a 3-D grid
+            return
+        binary = self.kernel[grid](*tensors, *scalars, **constexprs, **options)
+        if aligned and not INTERPRETER and binary is not None:
+            self.binaries[key] = binary
+
+
+def _scalar_type(x) -> str:
+    # the type Triton gives a scalar argument: fp32 for a float, i32 or i64 for an int by its value
+    if isinstance(x, float):
+        return "fp32"
+    return "i32" if -2**31 <= x < 2**31 else "i64"

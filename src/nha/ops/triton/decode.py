@@ -18,16 +18,18 @@ from nha.ops.checks import check_inputs
 from nha.ops.precision import without_autocast
 from nha.ops.recurrent import recurrent_nha_step
 from nha.ops.state import NHAState
-from nha.ops.triton.common import MAX_HEAD_DIM, MAX_SLOTS, SUPPORTED_DTYPES, block, new_output
+from nha.ops.triton.common import MAX_HEAD_DIM, MAX_SLOTS, SUPPORTED_DTYPES, CompiledLaunch, block, new_output
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["L"])
 def decode_kernel(
     q, k, v, g, qw, kw, sk, sv, wk, wv, wg, wkw, seen, live,
     sk_out, sv_out, wk_out, wv_out, wg_out, wkw_out, seen_out, live_out, o,
-    HQ, H, K, V, M, L, WINDOW, scale,
+    scale, L,
+    HQ: tl.constexpr, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, M: tl.constexpr, WINDOW: tl.constexpr,
     MODE: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BL: tl.constexpr,
 ):
+    # L (the ring buffer's rows) is a plain argument: an unbounded window grows it by a row a step
     # MODE 0: w == 0 (the token itself is absorbed, no window); 1: bounded window; 2: unbounded (nothing absorbed)
     i_b, i_hq = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
     G = HQ // H
@@ -125,6 +127,9 @@ def _copy_rows(src, dst, new, i_b, i_h, H, D, L, cur, BD: tl.constexpr, BL: tl.c
         tl.store(dst + p_r, b_x, mask=m_r)
 
 
+_launch_decode = CompiledLaunch(decode_kernel)
+
+
 @without_autocast
 def triton_nha_step(
     q: torch.Tensor,
@@ -181,13 +186,12 @@ def triton_nha_step(
     sk_out, sv_out = new_output(B, H, M, K, device=q.device), new_output(B, H, M, V, device=q.device)
     seen_out, live_out = torch.empty_like(state.seen), torch.empty_like(state.slots_live)
     o = new_output(B, 1, HQ, V, dtype=q.dtype, device=q.device)
-    mode = 0 if w == 0 else 2 if w is None else 1
     BM, BK, BV = block(M), block(K), block(V)
-    decode_kernel[(B, HQ)](
-        q.contiguous(), k.contiguous(), v.contiguous(), g.contiguous(), q_win.contiguous(), k_win.contiguous(),
-        slot_k, slot_v, *window, state.seen.contiguous(), state.slots_live.contiguous(),
-        sk_out, sv_out, *new_window, seen_out, live_out, o,
-        HQ, H, K, V, M, L, 0 if w is None else w, scale,
-        MODE=mode, BM=BM, BK=BK, BV=BV, BL=32 if q.is_cuda else 16, num_warps=4 if BM * max(BK, BV) <= 8192 else 8,
-    )
+    tensors = (q.contiguous(), k.contiguous(), v.contiguous(), g.contiguous(), q_win.contiguous(), k_win.contiguous(),
+               slot_k, slot_v, *window, state.seen.contiguous(), state.slots_live.contiguous(),
+               sk_out, sv_out, *new_window, seen_out, live_out, o)
+    # the sizes are constexprs (fixed for a layer), L is not specialized: a step's launch can reuse the binary
+    constexprs = dict(HQ=HQ, H=H, K=K, V=V, M=M, WINDOW=0 if w is None else w,
+                      MODE=0 if w == 0 else 2 if w is None else 1, BM=BM, BK=BK, BV=BV, BL=32 if q.is_cuda else 16)
+    _launch_decode((B, HQ), tensors, (float(scale), L), constexprs, num_warps=4 if BM * max(BK, BV) <= 8192 else 8)
     return o, NHAState(sk_out, sv_out, *new_window, seen=seen_out, slots_live=live_out)
