@@ -65,7 +65,10 @@ CASES = [  # (B, T, HQ, H, K, V, M, w, cu_seqlens, seen of an initial state)
     pytest.param(2, 30, 2, 2, 16, 16, 4, 100, None, None, id="w-beyond-T"),
     pytest.param(1, 30, 2, 2, 16, 16, 0, 5, None, None, id="no-slots"),
     pytest.param(1, 40, 1, 1, 16, 16, 4, 6, [0, 13, 13, 40], None, id="varlen"),
+    # T > w but every sequence fits in its window: the slot path runs (decided from shapes) with no live slot
+    pytest.param(1, 20, 2, 1, 16, 16, 4, 8, [0, 7, 15, 20], None, id="varlen-within-window"),
     pytest.param(2, 20, 2, 1, 16, 16, 4, 6, None, [3, 20], id="initial-state-gqa"),
+    pytest.param(2, 20, 2, 1, 16, 16, 4, None, None, [3, 5], id="unbounded-initial-state"),
 ]
 
 

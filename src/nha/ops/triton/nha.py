@@ -94,7 +94,10 @@ def triton_nha(
         slots_live = ext.slots_live[:, None].expand(N, E)  # nothing ever leaves the window
     else:
         slots_live = ext.slots_live[:, None] | (row[None, :] - w >= ext.first_valid[:, None])
-    use_slots = M > 0 and bool(slots_live.any())
+    # whether the slot path runs, from shapes alone (reading slots_live back would be a host sync per call): an
+    # initial state may hold slots; without one, a token reaches them w steps after it came. When this says yes and
+    # no row turns out live (packed sequences all within the window), every slot logit is masked: same result.
+    use_slots = M > 0 and (initial_state is not None or (w is not None and shapes.time > w))
     plan = Plan(
         valid_i8=ext.valid.to(torch.int8).contiguous(),
         live_i8=slots_live.to(torch.int8).contiguous(),
