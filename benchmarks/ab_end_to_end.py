@@ -6,6 +6,7 @@ process (one import of `nha` each). For judging a change; the report with its ba
 
     git worktree add /tmp/base <commit>   # or: git archive <commit> src | tar -x -C /tmp/base
     PYTHONPATH=src python benchmarks/ab_end_to_end.py --old /tmp/base/src [--lengths 8192 65536] [--windows 64 2048]
+    PYTHONPATH=src python benchmarks/ab_end_to_end.py --old /tmp/base/src --decode 1 16   # decoding steps instead
 """
 from __future__ import annotations
 
@@ -47,27 +48,67 @@ def measure(lengths: list[int], windows: list[int]) -> list[dict]:
     return rows
 
 
+def measure_decode(batches: list[int], steps: int = 1000, repeats: int = 5) -> list[dict]:
+    """Wall-clock ms per decoding step (`triton_nha_step`, 32 query / 8 key-value heads, D = 128, M = 64, w = 64) in
+    a loop of `steps` calls, best of `repeats` loops: a step is host-bound, so its host work is what this times."""
+    import time  # noqa: PLC0415
+
+    import torch  # noqa: PLC0415
+    import torch.nn.functional as F  # noqa: PLC0415
+
+    from nha.ops.state import NHAState  # noqa: PLC0415
+    from nha.ops.triton import triton_nha_step  # noqa: PLC0415
+
+    HQ, HKV, w = 32, 8, 64
+    rows = []
+    for B in batches:
+        state = NHAState.empty(B, HKV, M, D, D, w, dtype=torch.bfloat16, device="cuda")
+        state.seen.fill_(131072)
+        state.slots_live.fill_(True)
+        x = [torch.randn(B, 1, n, D, device="cuda", dtype=torch.bfloat16) for n in (HQ, HKV, HKV)]
+        g = F.logsigmoid(torch.randn(B, 1, HKV, M, device="cuda")).div(8).bfloat16()
+        for _ in range(50):
+            triton_nha_step(*x, g, w, state, check_gates=False)
+        loops = []
+        for _ in range(repeats):
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(steps):
+                triton_nha_step(*x, g, w, state, check_gates=False)
+            torch.cuda.synchronize()
+            loops.append((time.perf_counter() - start) * 1000 / steps)
+        rows.append({"B": B, "step_ms": min(loops)})
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--old", required=True, help="the `src` folder of the tree to compare against")
     p.add_argument("--lengths", type=int, nargs="+", default=[8192, 65536])
     p.add_argument("--windows", type=int, nargs="+", default=[64, 512, 2048])
+    p.add_argument("--decode", type=int, nargs="+", metavar="B",
+                   help="time decoding steps at these batch sizes instead (wall clock, over a state of 128k tokens)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        print(json.dumps(measure(args.lengths, args.windows)))
+        print(json.dumps(measure_decode(args.decode) if args.decode else measure(args.lengths, args.windows)))
         return
     here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
     results = {}
     for name, src in (("old", args.old), ("new", here)):
         env = dict(os.environ, PYTHONPATH=os.path.abspath(src))
         cmd = [sys.executable, __file__, "--old", args.old, "--worker", "--lengths", *map(str, args.lengths),
-               "--windows", *map(str, args.windows)]
+               "--windows", *map(str, args.windows)] + (["--decode", *map(str, args.decode)] if args.decode else [])
         out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
         results[name] = json.loads(out.strip().splitlines()[-1])
     import torch  # noqa: PLC0415
 
     print(f"card: {torch.cuda.get_device_name()}")
+    if args.decode:
+        print("| batch | old ms per step | new ms per step |\n|---|---|---|")
+        for a, b in zip(results["old"], results["new"]):
+            print(f"| {a['B']} | {a['step_ms']:.4f} | {b['step_ms']:.4f} |")
+        return
     print("| T | w | old fwd | new fwd | old fwd+bwd | new fwd+bwd |")
     print("|---|---|---|---|---|---|")
     for a, b in zip(results["old"], results["new"]):

@@ -8,7 +8,7 @@ heads, 8 key/value heads, head dim 128), SDPA over a 4k/32k/128k KV cache agains
 wall-clock mean of a loop of calls (`wall_ms`: host work included).
 Prints markdown tables; writes gpu_ops.json, gpu_ops.md and gpu_ops.png to --out (default $OUT or /tmp).
 
-    PYTHONPATH=src python benchmarks/bench_gpu_ops.py [--quick]
+    PYTHONPATH=src python benchmarks/bench_gpu_ops.py [--quick] [--lengths 65536]
 """
 from __future__ import annotations
 
@@ -176,8 +176,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "/tmp"))
     ap.add_argument("--quick", action="store_true", help="two lengths, batch-1 decoding only")
+    ap.add_argument("--lengths", type=int, nargs="+", help="training lengths T (default 2k, 8k, 32k, 64k)")
     ap.add_argument("--plot-from", help="only redraw the plot and tables from a gpu_ops.json written earlier")
     args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
     if args.plot_from:
         with open(args.plot_from) as f:
             saved = json.load(f)
@@ -195,8 +197,7 @@ def main() -> None:
         print("fla not importable, its baselines are skipped:", e)
         fla = None
     device = torch.cuda.get_device_name()
-    lengths = (2048, 65536) if args.quick else (2048, 8192, 32768, 65536)
-    os.makedirs(args.out, exist_ok=True)
+    lengths = args.lengths or ((2048, 65536) if args.quick else (2048, 8192, 32768, 65536))
     train, decode = [], []
 
     def save() -> None:  # after every phase, so a run cut short still leaves its numbers
