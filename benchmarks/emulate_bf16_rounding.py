@@ -87,7 +87,8 @@ def main() -> None:
     print(f"one rounding point at a time, T={T} K=V={D} M={M} w={w}:")
     ref = outputs_and_grads(inputs(T, D, M, torch.float32), w, ())
     for point in POINTS:
-        err = {n: rel_rmse(t, ref[n]) for n, t in outputs_and_grads(inputs(T, D, M, torch.float32), w, (point,)).items()}
+        rounded = outputs_and_grads(inputs(T, D, M, torch.float32), w, (point,))
+        err = {n: rel_rmse(t, ref[n]) for n, t in rounded.items()}
         print(f"  {point:10s} dg {err['dg']:.2e}  dq {err['dq']:.2e}  o {err['o']:.2e}")
 
 
