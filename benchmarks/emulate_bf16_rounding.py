@@ -1,22 +1,32 @@
-"""How far would fla-style precision move NHA from float32? A CPU emulation on `chunk_nha`, for the Triton kernels' next
-step (fla's gated slot attention keeps its chunk states, slot probabilities and in-chunk gated values in bf16).
+"""How far would fla-style bf16 rounding move NHA from float32? Emulations for the Triton kernels' next step (fla's
+gated slot attention keeps its chunk states, slot probabilities and in-chunk gated values in bf16).
 
-The chunk states (forward, and their gradient in the backward), the in-chunk key weights `exp(-G_j) s_j` and the slot
-probabilities p are rounded to bf16 (`Round`: forward and backward) inside `chunk.SlotChunks`, everything else stays
-float32, on bf16 inputs. Prints the relative RMS error of the output and of every gradient against float32
-`chunk_nha` on the same inputs, next to `chunk_nha` run on the bf16 inputs (the GPU tests' `half` baseline, which
-also rounds its outputs to bf16); the GPU tests' limit is max(2 x that, 5e-3). Then each rounding point alone at the
-worst case. Not a kernel measurement: the kernels' own rounding points differ in detail.
+Part 1, the PyTorch chunk path: the chunk states (forward, and their gradient in the backward), the in-chunk key
+weights `exp(-G_j) s_j` and the slot probabilities p are rounded to bf16 (`Round`: forward and backward) inside
+`chunk.SlotChunks`, everything else float32, on bf16 inputs; then each rounding point alone at the worst case.
+Part 2, the Triton kernels themselves (under the interpreter on CPU, for real on a GPU), float32 throughout except
+the chunk states of `slot_states`, rounded to bf16 by torch between its two kernels (the interpreter's own bf16
+conversion truncates instead of rounding to nearest): the forward scans' states only; forward and reverse; forward
+with each chunk's sum rounded before the walk too.
+Each row: the relative RMS error of the output and of every gradient against float32 `chunk_nha` on the same values;
+part 1 also shows `chunk_nha` run on the bf16 inputs (the GPU tests' `half` baseline, which rounds its outputs to
+bf16 too). The GPU tests' limit is max(2 x that baseline, 5e-3).
 
-    PYTHONPATH=src python benchmarks/emulate_bf16_rounding.py
+    PYTHONPATH=src python benchmarks/emulate_bf16_rounding.py [--part 1|2]
 """
 from __future__ import annotations
 
+import argparse
+import os
+
 import torch
 
-import nha.ops.chunk as chunk
-from nha.ops import chunk_nha
-from nha.ops.testing import make_inputs, rel_rmse
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
+
+import nha.ops.chunk as chunk  # noqa: E402
+from nha.ops import chunk_nha  # noqa: E402
+from nha.ops.testing import make_inputs, rel_rmse  # noqa: E402
 
 CASES = [(2048, 128, 64, 64), (2048, 64, 16, 0), (3000, 128, 64, 512), (4096, 128, 128, 1), (2048, 256, 64, 100)]
 POINTS = ("states", "key_weight", "p")  # the rounding points
@@ -50,30 +60,80 @@ class RoundedSlotChunks(chunk.SlotChunks):
         return super().read(Round.apply(p) if "p" in self.points else p)
 
 
-def outputs_and_grads(x: dict, w, points: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    """`o` and the gradients of a fixed random loss on o and the final slots, float32, with `points` rounded."""
+def outputs_and_grads(x: dict, w, points: tuple[str, ...] = (), fn=None) -> dict[str, torch.Tensor]:
+    """`o` and the gradients of a fixed random loss on o and the final slots, float32: `fn` (default `chunk_nha` with
+    `points` rounded)."""
     RoundedSlotChunks.points = points
     original, chunk.SlotChunks = chunk.SlotChunks, RoundedSlotChunks
     try:
-        o, state = chunk_nha(x["q"], x["k"], x["v"], x["g"], w, q_win=x["q_win"], k_win=x["k_win"],
-                             output_final_state=True)
+        o, state = (fn or chunk_nha)(x["q"], x["k"], x["v"], x["g"], w, q_win=x["q_win"], k_win=x["k_win"],
+                                     output_final_state=True)
     finally:
         chunk.SlotChunks = original
     gen = torch.Generator().manual_seed(1)
-    loss = sum((t.float() * torch.randn(t.shape, generator=gen)).sum() for t in (o, state.slot_k, state.slot_v))
+    loss = sum((t.float().cpu() * torch.randn(t.shape, generator=gen)).sum()
+               for t in (o, state.slot_k, state.slot_v))
     names = [n for n in ("q", "k", "v", "g", "q_win", "k_win") if x[n] is not None]
     grads = torch.autograd.grad(loss, [x[n] for n in names], allow_unused=True)
     return {"o": o.float(), **{f"d{n}": torch.zeros_like(x[n]) if g is None else g.float()
                                for n, g in zip(names, grads)}}
 
 
-def inputs(T: int, D: int, M: int, dtype: torch.dtype) -> dict:
+def rounded_slot_states(forward: bool, reverse: bool, sums: bool):
+    """`slot_states` with its chunk-start states rounded to bf16 (round to nearest, by torch) in the chosen scans,
+    and with `sums` each chunk's sum rounded before the walk too."""
+    import triton  # noqa: PLC0415
+
+    from nha.ops.triton import slot_chunk as sc  # noqa: PLC0415
+    from nha.ops.triton.common import block, kernel_precision, new_output  # noqa: PLC0415
+
+    def slot_states(x, gc, y, h0, chunk_len, prec, reverse_scan=False):
+        N, E, H, M = x.shape
+        D = y.shape[-1]
+        BM, BD = sc._blocks(M, D)
+        h = new_output(N, H, E // chunk_len, M, D, device=x.device)
+        ht = new_output(N, H, M, D, device=x.device)
+        sc.chunk_sums_kernel[(triton.cdiv(D, BD), E // chunk_len, N * H)](
+            x, gc, y, h, E, H, M, D, BT=chunk_len, BM=BM, BD=BD, REVERSE=reverse_scan,
+            DOT_PREC=kernel_precision(prec))
+        chosen = reverse if reverse_scan else forward
+        if chosen and sums:
+            h.copy_(h.bfloat16())
+        width = min(1024, block(M * D, least=1))
+        sc.state_scan_kernel[(triton.cdiv(M * D, width), N * H)](gc, h0 if h0 is not None else ht, h, ht, E, H, M,
+                                                                D, BT=chunk_len, BLOCK=width, HAS_H0=h0 is not None)
+        return (h.bfloat16().float() if chosen else h), ht
+
+    return lambda x, gc, y, h0, chunk_len, prec, reverse=False: slot_states(x, gc, y, h0, chunk_len, prec, reverse)
+
+
+def part2(device: str) -> None:
+    from nha.ops.triton import slot_scan, triton_nha  # noqa: PLC0415
+
+    variants = {"float32 kernels": None, "forward states": (True, False, False),
+                "forward + reverse states": (True, True, False), "forward states and sums": (True, False, True)}
+    for T, D, M, w in [(1024, 64, 16, 0), (1024, 64, 16, 64)]:
+        print(f"Triton kernels, T={T} K=V={D} M={M} w={w} ({device}):")
+        ref = outputs_and_grads(inputs(T, D, M, torch.float32, device), w)
+        for name, rounding in variants.items():
+            original = slot_scan.slot_states
+            if rounding is not None:
+                slot_scan.slot_states = rounded_slot_states(*rounding)
+            try:
+                out = outputs_and_grads(inputs(T, D, M, torch.float32, device), w, fn=triton_nha)
+            finally:
+                slot_scan.slot_states = original
+            errs = "  ".join(f"{n} {rel_rmse(out[n], ref[n]):.1e}" for n in ("o", "dq", "dk", "dv", "dg"))
+            print(f"  {name:26s} {errs}", flush=True)
+
+
+def inputs(T: int, D: int, M: int, dtype: torch.dtype, device: str = "cpu") -> dict:
     """bf16-valued inputs (B = 1, 4 query heads, 2 key/value heads) held in `dtype`, requiring gradients."""
-    x = make_inputs(1, T, 4, 2, D, D, M, device="cpu", dtype=torch.bfloat16, seed=0)
+    x = make_inputs(1, T, 4, 2, D, D, M, device=device, dtype=torch.bfloat16, seed=0)
     return {n: None if t is None else t.detach().to(dtype).requires_grad_() for n, t in x.items()}
 
 
-def main() -> None:
+def part1() -> None:
     for T, D, M, w in CASES:
         ref = outputs_and_grads(inputs(T, D, M, torch.float32), w, ())
         half = outputs_and_grads(inputs(T, D, M, torch.bfloat16), w, ())
@@ -90,6 +150,16 @@ def main() -> None:
         rounded = outputs_and_grads(inputs(T, D, M, torch.float32), w, (point,))
         err = {n: rel_rmse(t, ref[n]) for n, t in rounded.items()}
         print(f"  {point:10s} dg {err['dg']:.2e}  dq {err['dq']:.2e}  o {err['o']:.2e}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--part", type=int, choices=(1, 2), help="run one part only")
+    args = ap.parse_args()
+    if args.part in (None, 1):
+        part1()
+    if args.part in (None, 2):
+        part2("cuda" if torch.cuda.is_available() else "cpu")
 
 
 if __name__ == "__main__":
