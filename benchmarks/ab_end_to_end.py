@@ -49,35 +49,14 @@ def measure(lengths: list[int], windows: list[int]) -> list[dict]:
 
 
 def measure_decode(batches: list[int], steps: int = 1000, repeats: int = 5) -> list[dict]:
-    """Wall-clock ms per decoding step (`triton_nha_step`, 32 query / 8 key-value heads, D = 128, M = 64, w = 64) in
-    a loop of `steps` calls, best of `repeats` loops: a step is host-bound, so its host work is what this times."""
-    import time  # noqa: PLC0415
+    """Wall-clock ms per decoding step (bench_gpu_ops.py's `decode_step` over 128k tokens, w = 64) in a loop of
+    `steps` calls, best of `repeats` loops: a step is host-bound, so its host work is what this times."""
+    from bench_gpu_ops import decode_step, wall_ms  # noqa: PLC0415 (this folder; imports the tree under test)
 
-    import torch  # noqa: PLC0415
-    import torch.nn.functional as F  # noqa: PLC0415
-
-    from nha.ops.state import NHAState  # noqa: PLC0415
-    from nha.ops.triton import triton_nha_step  # noqa: PLC0415
-
-    HQ, HKV, w = 32, 8, 64
     rows = []
     for B in batches:
-        state = NHAState.empty(B, HKV, M, D, D, w, dtype=torch.bfloat16, device="cuda")
-        state.seen.fill_(131072)
-        state.slots_live.fill_(True)
-        x = [torch.randn(B, 1, n, D, device="cuda", dtype=torch.bfloat16) for n in (HQ, HKV, HKV)]
-        g = F.logsigmoid(torch.randn(B, 1, HKV, M, device="cuda")).div(8).bfloat16()
-        for _ in range(50):
-            triton_nha_step(*x, g, w, state, check_gates=False)
-        loops = []
-        for _ in range(repeats):
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            for _ in range(steps):
-                triton_nha_step(*x, g, w, state, check_gates=False)
-            torch.cuda.synchronize()
-            loops.append((time.perf_counter() - start) * 1000 / steps)
-        rows.append({"B": B, "step_ms": min(loops)})
+        step, _ = decode_step(B, 131072)
+        rows.append({"B": B, "step_ms": wall_ms(step, steps, name=f"B{B} step", warmup=50, repeats=repeats)})
     return rows
 
 
