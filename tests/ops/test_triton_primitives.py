@@ -1,5 +1,6 @@
 """The Triton building blocks of the slot path, each against a PyTorch formula: the gate kernels (gates.py), the
-chunk-start states and the slot read-outs' half-precision products (slot_chunk.py).
+chunk-start states and the slot read-outs' half-precision products (slot_chunk.py); and the decoding step's launch
+cache (common.CompiledLaunch) against a stand-in kernel.
 
 N sequences, E time, H heads, M slots, D head dim.
 """
@@ -9,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nha.ops.triton.common import chunk_cumsum
+from nha.ops.triton import common
+from nha.ops.triton.common import CompiledLaunch, chunk_cumsum
 from nha.ops.triton.gates import gate_grad, reverse_chunk_cumsum, slot_gates, slot_gates_grad
 from nha.ops.triton.shift import shifted, unshift
 from nha.ops.triton.slot_chunk import slot_logits, slot_read, slot_states
@@ -116,3 +118,46 @@ def test_half_inputs_keep_float32_accuracy(dtype):
     o32 = slot_read(p, s, gc, y.float(), h32, chunk, "ieee")
     errs = {"states": rel(h, h32), "logits": rel(z, z32), "read": rel(o, o32)}
     assert all(e < 1e-4 for e in errs.values()), errs
+
+
+class _FakeBinary:
+    def __init__(self):
+        self.calls = []
+
+    def __getitem__(self, grid):
+        return lambda *args: self.calls.append((grid, args))
+
+
+class _FakeKernel:
+    """Stands for a `@triton.jit` kernel: `kernel[grid](...)` records the call and returns a fresh binary."""
+
+    def __init__(self):
+        self.calls, self.binaries = [], []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.calls.append((grid, args, kwargs))
+            self.binaries.append(_FakeBinary())
+            return self.binaries[-1]
+        return launch
+
+
+def test_compiled_launch_reuses_a_binary_per_specialization(monkeypatch):
+    monkeypatch.setattr(common, "INTERPRETER", False)  # the interpreter never keeps a binary
+    kernel = _FakeKernel()
+    launch = CompiledLaunch(kernel)
+    x, y = torch.zeros(8), torch.zeros(8, dtype=torch.bfloat16)
+    consts = dict(A=4, B=2)
+    launch((3, 2), (x, y), (0.5, 7), consts, num_warps=4)
+    launch((5, 1), (x, y), (0.25, 9), consts, num_warps=4)  # same key: the kept binary, with a 3-D grid
+    assert len(kernel.calls) == 1 and kernel.calls[0][1:] == ((x, y, 0.5, 7), dict(A=4, B=2, num_warps=4))
+    assert kernel.binaries[0].calls == [((5, 1, 1), (x, y, 0.25, 9, 4, 2))]
+    launch((1,), (x, x), (0.5, 7), consts, num_warps=4)  # another dtype
+    launch((1,), (x, y), (0.5, 7), dict(A=8, B=2), num_warps=4)  # another constexpr
+    launch((1,), (x, y), (0.5, 2**40), consts, num_warps=4)  # an int past int32
+    launch((1,), (x, y), (0.5, 7), consts, num_warps=8)  # another option
+    assert len(kernel.calls) == 5
+    off = torch.zeros(9)[1:]  # 4 bytes off 16-byte alignment: Triton's own launch every time, never kept
+    launch((1,), (off, y), (0.5, 7), consts, num_warps=4)
+    launch((1,), (off, y), (0.5, 7), consts, num_warps=4)
+    assert len(kernel.calls) == 7 and kernel.binaries[0].calls == [((5, 1, 1), (x, y, 0.25, 9, 4, 2))]
