@@ -129,7 +129,8 @@ def _shift_right(x: torch.Tensor, by: int) -> torch.Tensor:
     return torch.cat([x.new_zeros(x.shape[0], by, *x.shape[2:]), x[:, : x.shape[1] - by]], dim=1)
 
 
-def _pad_time(x: torch.Tensor, length: int) -> torch.Tensor:
+def pad_time(x: torch.Tensor, length: int) -> torch.Tensor:
+    """`[N, E, ...]` -> `[N, length, ...]` with zero rows at the end (identity steps for the slot scan)."""
     return x if x.shape[1] == length else torch.cat([x, x.new_zeros(x.shape[0], length - x.shape[1], *x.shape[2:])], 1)
 
 
@@ -154,7 +155,7 @@ class SlotChunks:
         Ep = n_chunks * C
         self.shape = (N, E, H, group, K, V, M, C, n_chunks)
         acc = g.dtype
-        to_chunks = lambda x: _pad_time(x, Ep).view(N, n_chunks, C, H, -1).permute(0, 3, 1, 2, 4)  # noqa: E731
+        to_chunks = lambda x: pad_time(x, Ep).view(N, n_chunks, C, H, -1).permute(0, 3, 1, 2, 4)  # noqa: E731
         self.k = to_chunks(k.to(acc))  # [N, H, nC, C, K]
         self.v = to_chunks(v.to(acc))  # [N, H, nC, C, V]
         gc = to_chunks(g)  # [N, H, nC, C, M]
@@ -186,7 +187,7 @@ class SlotChunks:
     def _to_chunks_q(self, x: torch.Tensor) -> torch.Tensor:
         """`[N, E, H * G, D]` -> `[N, H, nC, G, C, D]`."""
         N, E, H, G, K, V, M, C, nC = self.shape
-        return _pad_time(x, nC * C).view(N, nC, C, H, G, -1).permute(0, 3, 1, 4, 2, 5)
+        return pad_time(x, nC * C).view(N, nC, C, H, G, -1).permute(0, 3, 1, 4, 2, 5)
 
     def _from_chunks_q(self, x: torch.Tensor) -> torch.Tensor:
         """`[N, H, nC, G, C, D]` -> `[N, E, H * G, D]`."""
@@ -233,10 +234,10 @@ def banded_attention(q, k, v, valid, window: int, scale: float, block: int) -> t
     block = max(1, min(block, E))
     nB = -(-E // block)
     Ep, span = nB * block, block + window - 1
-    qb = _pad_time(q.to(acc), Ep).view(N, nB, block, H, G, K).permute(0, 3, 1, 4, 2, 5)  # [N, H, nB, G, Bq, K]
+    qb = pad_time(q.to(acc), Ep).view(N, nB, block, H, G, K).permute(0, 3, 1, 4, 2, 5)  # [N, H, nB, G, Bq, K]
 
     def windows(x):  # [N, E, ...] -> [N, nB, span, ...]: keys of block b are rows b*Bq - (w - 1) .. b*Bq + Bq - 1
-        x = torch.cat([x.new_zeros(x.shape[0], window - 1, *x.shape[2:]), _pad_time(x, Ep)], dim=1)
+        x = torch.cat([x.new_zeros(x.shape[0], window - 1, *x.shape[2:]), pad_time(x, Ep)], dim=1)
         return x.unfold(1, span, block).movedim(-1, 2)
 
     kb = windows(k.to(acc)).permute(0, 3, 1, 2, 4)  # [N, H, nB, span, K]
@@ -356,7 +357,7 @@ def _causal_sdpa(ext: Extended, scale: float, acc) -> torch.Tensor:
     for n, length in enumerate(lengths):
         o = F.scaled_dot_product_attention(q[n : n + 1, :, :length], k[n : n + 1, :, :length], v[n : n + 1, :, :length],
                                            is_causal=True, scale=scale, enable_gqa=True)
-        outs.append(_pad_time(o.transpose(1, 2), q.shape[2]))
+        outs.append(pad_time(o.transpose(1, 2), q.shape[2]))
     return torch.cat(outs, dim=0)
 
 

@@ -1,4 +1,5 @@
-"""Helpers shared by the Triton launchers: output allocation and the chunk layout.
+"""Helpers shared by the Triton launchers: tile sizes, output allocation, the chunk cumsums' PyTorch reference and a
+launch cache for host-bound calls.
 
 N sequences, E time, H heads, D dim, BT chunk.
 """
@@ -41,13 +42,6 @@ def chunk_cumsum(g: torch.Tensor, chunk: int) -> torch.Tensor:
     """`[N, E, H, M]` log gates -> their cumulative sums restarted at every chunk of `chunk` rows (float32)."""
     N, E, H, M = g.shape
     return g.float().view(N, E // chunk, chunk, H, M).cumsum(2).view(N, E, H, M)
-
-
-def pad_time(x: torch.Tensor, length: int) -> torch.Tensor:
-    """`[N, E, ...]` -> `[N, length, ...]` with zero rows at the end (identity steps for the slot scan)."""
-    if x.shape[1] == length:
-        return x
-    return torch.cat([x, x.new_zeros(x.shape[0], length - x.shape[1], *x.shape[2:])], dim=1)
 
 
 class CompiledLaunch:

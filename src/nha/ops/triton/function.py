@@ -17,8 +17,7 @@ from typing import Optional
 
 import torch
 
-from nha.ops.chunk import MASKED
-from nha.ops.triton.common import pad_time
+from nha.ops.chunk import MASKED, pad_time
 from nha.ops.triton.gates import slot_gates, slot_gates_grad
 from nha.ops.triton.merge import merge_backward, merge_forward
 from nha.ops.triton.shift import shifted, unshift
