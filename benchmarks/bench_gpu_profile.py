@@ -1,4 +1,5 @@
-"""Where the Triton NHA operator spends its time: CUDA kernel totals from torch.profiler, forward and backward.
+"""Where the Triton NHA operator spends its time: CUDA kernel totals from torch.profiler, forward and backward, then
+every compiled Triton kernel's registers per thread and spilled bytes (spills are what tile-size sweeps swing on).
 
 B batch, T time, H heads, D head dim, M slots, w window (bf16, 65,536 tokens per batch as in bench_gpu_ops.py).
 
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from nha.ops.triton import triton_nha
+from nha.ops.triton import decode, gates, merge, shift, slot_chunk, window_attn
 
 H, D, M, W = 16, 128, 64, 64
 
@@ -36,6 +38,26 @@ def main() -> None:
                 torch.cuda.synchronize()
             print(f"\n=== T={T} B={B} {phase} (3 iterations) ===")
             print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=40, max_name_column_width=60))
+    print_registers()
+
+
+def print_registers() -> None:
+    """One line per compiled variant of every `@triton.jit` kernel of the operator's modules: regs/thread, spills."""
+    print("\n=== compiled Triton kernels: registers per thread, spilled bytes, warps ===")
+    for module in (decode, gates, merge, shift, slot_chunk, window_attn):
+        for name, fn in sorted(vars(module).items()):
+            if not name.endswith("_kernel") or not hasattr(fn, "device_caches"):
+                continue
+            for kernel_cache, *_ in fn.device_caches.values():
+                for compiled in kernel_cache.values():
+                    compiled._init_handles()  # loads the binary, which is where Triton reads the counts
+                    src = compiled.src
+                    consts = {fn.arg_names[i[0]]: v for i, v in src.constants.items()
+                              if len(i) == 1 and fn.arg_names[i[0]].isupper()}
+                    pointers = ",".join(t.lstrip("*") for t in src.signature.values() if t.startswith("*"))
+                    print(f"{module.__name__.rsplit('.', 1)[-1]}.{name}: {compiled.n_regs} regs, "
+                          f"{compiled.n_spills} spilled, {compiled.metadata.num_warps} warps; {consts}; "
+                          f"pointers {pointers}")
 
 
 if __name__ == "__main__":

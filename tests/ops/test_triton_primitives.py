@@ -112,11 +112,16 @@ def test_half_inputs_keep_float32_accuracy(dtype):
     h32, _ = slot_states(s, gc, y.float(), None, chunk, "ieee")
     h, _ = slot_states(s, gc, y, None, chunk, "tf32x3")
     rel = lambda a, b: ((a - b).norm() / b.norm()).item()  # noqa: E731
+    # bf16 inputs get bf16 chunk states, rounded once each (slot_states): the products must then be exact up to
+    # float32 on those states, so the float32 reference reads the same rounded states
+    assert h.dtype == (torch.bfloat16 if dtype == torch.bfloat16 else torch.float32)
+    assert rel(h.float(), h32) < (4e-3 if dtype == torch.bfloat16 else 1e-4)
+    h32 = h32.to(h.dtype).float()
     z = slot_logits(q, s, gc, y, h, chunk, "tf32x3")
     z32 = slot_logits(q.float(), s, gc, y.float(), h32, chunk, "ieee")
     o = slot_read(p, s, gc, y, h, chunk, "tf32x3")
     o32 = slot_read(p, s, gc, y.float(), h32, chunk, "ieee")
-    errs = {"states": rel(h, h32), "logits": rel(z, z32), "read": rel(o, o32)}
+    errs = {"logits": rel(z, z32), "read": rel(o, o32)}
     assert all(e < 1e-4 for e in errs.values()), errs
 
 

@@ -65,12 +65,13 @@ def _chunk_step(h, gc, base, i_n, i_h, i_t, o_e, o_m, m_e, E, H, M, D, NT, BT: t
 
 @triton.jit
 def state_scan_kernel(
-    gc, h0, h, ht,
+    gc, h0, h, states, ht,
     E, H, M, D,
     BT: tl.constexpr, BLOCK: tl.constexpr, HAS_H0: tl.constexpr,
 ):
     # S_(c+1) = exp(G_last(c)) * S_c + sum_c, element by element (the gates are diagonal): a sequential walk over
-    # chunks with no matrix product in it; h holds the chunk sums on entry and the chunk-start states on exit. The
+    # chunks with no matrix product in it; h holds the chunk sums, `states` gets the chunk-start states in its dtype
+    # (it may be h itself: then every sum is overwritten by its state; the walk stays float32 either way). The
     # walk is latency-bound, so it goes four chunks at a time with the next four's loads in flight (every thread
     # stores only elements it loaded itself, so overwriting a sum with a state needs no barrier).
     i_e, i_nh = tl.program_id(0), tl.program_id(1)
@@ -93,14 +94,14 @@ def state_scan_kernel(
         n1, d1 = _chunk_step(*args, i_t + 5, o_e, o_m, m_e, E, H, M, D, NT, BT)
         n2, d2 = _chunk_step(*args, i_t + 6, o_e, o_m, m_e, E, H, M, D, NT, BT)
         n3, d3 = _chunk_step(*args, i_t + 7, o_e, o_m, m_e, E, H, M, D, NT, BT)
-        p_h = h + base + i_t * M * D + o_e
-        tl.store(p_h, b_h, mask=m_e)
+        p_s = states + base + i_t * M * D + o_e
+        tl.store(p_s, b_h.to(states.dtype.element_ty), mask=m_e)
         b_h = b_h * a0 + s0
-        tl.store(p_h + M * D, b_h, mask=m_e & (i_t + 1 < NT))
+        tl.store(p_s + M * D, b_h.to(states.dtype.element_ty), mask=m_e & (i_t + 1 < NT))
         b_h = b_h * a1 + s1
-        tl.store(p_h + 2 * M * D, b_h, mask=m_e & (i_t + 2 < NT))
+        tl.store(p_s + 2 * M * D, b_h.to(states.dtype.element_ty), mask=m_e & (i_t + 2 < NT))
         b_h = b_h * a2 + s2
-        tl.store(p_h + 3 * M * D, b_h, mask=m_e & (i_t + 3 < NT))
+        tl.store(p_s + 3 * M * D, b_h.to(states.dtype.element_ty), mask=m_e & (i_t + 3 < NT))
         b_h = b_h * a3 + s3
         s0, a0, s1, a1, s2, a2, s3, a3 = n0, d0, n1, d1, n2, d2, n3, d3
     tl.store(ht + (i_n * H + i_h) * M * D + o_e, b_h, mask=m_e)
@@ -263,7 +264,10 @@ def slot_states(x, gc, y, h0, chunk: int, prec: str, reverse: bool = False) -> t
     """States at every chunk start `[N, H, NT, M, D]` and the final state `[N, H, M, D]` (float32).
 
     Two kernels: every chunk's own sum in parallel (the matrix products), then an element-wise walk over the chunks
-    (up to 1024 state elements per program).
+    (up to 1024 state elements per program). A forward scan over bf16 y gets bf16 chunk-start states (rounded once
+    each; the sums and the walk stay float32): half the state traffic of its read-outs, native products against bf16
+    queries. The backward's reverse scans keep float32 states: the gate gradient is a difference of large terms
+    computed from them (bf16 there put dg at ~1e-2 relative error in a CPU emulation).
     `gc` is always in scan order; with `reverse`, x and y are read back to front (time t is row E - 1 - t)."""
     N, E, H, M = x.shape
     D = y.shape[-1]
@@ -272,10 +276,12 @@ def slot_states(x, gc, y, h0, chunk: int, prec: str, reverse: bool = False) -> t
     ht = new_output(N, H, M, D, device=x.device)
     chunk_sums_kernel[(triton.cdiv(D, BD), E // chunk, N * H)](x, gc, y, h, E, H, M, D, BT=chunk, BM=BM, BD=BD,
                                                               REVERSE=reverse, DOT_PREC=kernel_precision(prec))
+    half = y.dtype == torch.bfloat16 and not reverse and prec != "ieee"
+    states = new_output(N, H, E // chunk, M, D, dtype=torch.bfloat16, device=x.device) if half else h
     width = min(1024, block(M * D, least=1))
-    state_scan_kernel[(triton.cdiv(M * D, width), N * H)](gc, h0 if h0 is not None else ht, h, ht, E, H, M, D,
+    state_scan_kernel[(triton.cdiv(M * D, width), N * H)](gc, h0 if h0 is not None else ht, h, states, ht, E, H, M, D,
                                                           BT=chunk, BLOCK=width, HAS_H0=h0 is not None)
-    return h, ht
+    return states, ht
 
 
 def slot_read(p, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub: int = 16, block_d: int = 0,
