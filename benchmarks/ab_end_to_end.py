@@ -42,8 +42,8 @@ def measure(lengths: list[int], windows: list[int]) -> list[dict]:
                     x.grad = None
                 forward(w).backward(do)
 
-            fwd = triton.testing.do_bench(forward, warmup=10, rep=50, return_mode="median")
-            fb = triton.testing.do_bench(forward_backward, warmup=10, rep=50, return_mode="median")
+            fwd = triton.testing.do_bench(forward, warmup=10, rep=200, return_mode="median")
+            fb = triton.testing.do_bench(forward_backward, warmup=10, rep=400, return_mode="median")
             rows.append({"T": T, "w": w, "fwd": fwd, "fwd_bwd": fb})
     return rows
 

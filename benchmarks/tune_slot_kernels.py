@@ -1,8 +1,8 @@
 """Launch-parameter sweep of the three slot-scan kernels (slot_chunk.py) at one large shape, on a GPU.
 
 N sequences, E time, H heads, M slots, D head dim. Times each primitive alone with triton.testing.do_bench for a
-grid of tiles / warps / dot precisions, so the launch defaults in slot_chunk.py are measured choices; `--chunk` times
-another chunk length.
+grid of tiles / warps (of each read-out's two kernels) / dot precisions, so the launch defaults in slot_chunk.py
+are measured choices; `--chunk` times another chunk length.
 
     PYTHONPATH=src python benchmarks/tune_slot_kernels.py [--tokens 65536] [--heads 16] [--chunk 64] [--quick]
 """
@@ -28,7 +28,7 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--slots", type=int, default=64)
     p.add_argument("--chunk", type=int, default=64)
-    p.add_argument("--quick", action="store_true", help="tf32x3 products, 16-row sub-chunks, 2 or 4 warps only")
+    p.add_argument("--quick", action="store_true", help="tf32x3 products, D blocks of 64 or 128")
     args = p.parse_args()
     CHUNK = args.chunk
     N, E, H, M, D = 1, args.tokens, args.heads, args.slots, args.dim
@@ -53,16 +53,17 @@ def main() -> None:
     time("states", lambda: slot_states(s, gc, y, None, CHUNK, "tf32x3"))
     time("states", lambda: slot_states(s, gc, y, None, CHUNK, "tf32"), prec="tf32")
     h, _ = slot_states(s, gc, y, None, CHUNK, "tf32x3")
-    grid = itertools.product(["tf32x3", "tf32"], [16, 32], [32, 64, 128], [2, 4, 8])
+    # prec, rows per in-chunk program, D block, warps of the per-chunk D kernel, warps of the in-chunk kernel
+    grid = itertools.product(["tf32x3", "tf32"], [16, 32], [32, 64, 128], [2, 4, 8], [1, 2, 4])
     if args.quick:
-        grid = itertools.product(["tf32x3"], [16], [32, 64, 128], [2, 4])
-    for prec, sub, bd, warps in grid:
-        if prec == "tf32" and (sub, warps) != (16, 4):
+        grid = itertools.product(["tf32x3"], [16], [64, 128], [4, 8], [2, 4])
+    for prec, sub, bd, warps, intra in grid:
+        if prec == "tf32" and (sub, warps, intra) != (16, 4, 2):
             continue
-        time("logits", lambda: slot_logits(q, s, gc, y, h, CHUNK, prec, sub=sub, block_d=bd, num_warps=warps),
-             prec=prec, sub=sub, bd=bd, warps=warps)
-        time("read", lambda: slot_read(pr, s, gc, y, h, CHUNK, prec, sub=sub, block_d=bd, num_warps=warps),
-             prec=prec, sub=sub, bd=bd, warps=warps)
+        cfg = dict(prec=prec, sub=sub, bd=bd, warps=warps, intra=intra)
+        kw = dict(sub=sub, block_d=bd, num_warps=warps, intra_warps=intra)
+        time("logits", lambda: slot_logits(q, s, gc, y, h, CHUNK, prec, **kw), **cfg)
+        time("read", lambda: slot_read(pr, s, gc, y, h, CHUNK, prec, **kw), **cfg)
     out = os.environ.get("OUT", "/tmp")
     with open(os.path.join(out, f"tune_slot_kernels_chunk{CHUNK}.json"), "w") as f:
         json.dump({"card": torch.cuda.get_device_name(), "chunk": CHUNK, "N": N, "E": E, "H": H, "M": M, "D": D,

@@ -1,5 +1,5 @@
 """The Triton building blocks of the slot path, each against a PyTorch formula: the gate kernels (gates.py), the
-chunk-start states and the slot read-outs' half-precision products (slot_chunk.py); and the decoding step's launch
+chunk-start states, the slot read-outs against the recurrence and their half-precision products (slot_chunk.py); and the decoding step's launch
 cache (common.CompiledLaunch) against a stand-in kernel.
 
 N sequences, E time, H heads, M slots, D head dim.
@@ -97,6 +97,37 @@ def test_slot_states_are_the_recurrence_at_every_chunk_start(with_h0):
     h, ht = slot_states(x, chunk_cumsum(g, chunk), y, h0, chunk, "ieee")
     torch.testing.assert_close(h, torch.stack(starts, 2), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ht, S, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("sub", [16, 32])
+@pytest.mark.parametrize("steep", [False, True], ids=["mild", "steep"])
+def test_slot_read_outs_are_the_recurrence(sub, steep):
+    # both read-outs in both directions against the loop S_t = exp(g_t) S_(t-1) + x_t (x) y_t, for the in-chunk split
+    # levels of 16- and 32-row sub-chunks; steep gates put decays inside one sub-chunk far below exp(-88)
+    N, E, H, M, D, chunk = 1, 128, 2, 5, 6, 64
+    x = torch.rand(N, E, H, M, device=DEVICE)
+    g = -torch.rand(N, E, H, M, device=DEVICE) * (40.0 if steep else 1.0)
+    y, q = torch.randn(N, E, H, D, device=DEVICE), torch.randn(N, E, H, D, device=DEVICE)
+    p = torch.rand(N, E, H, M, device=DEVICE)
+    S = torch.zeros(N, H, M, D, device=DEVICE, dtype=torch.float64)
+    z_ref, o_ref = [], []
+    for t in range(E):  # in float64: the loop's own float32 rounding is as large as the kernels'
+        S = torch.exp(g[:, t].double())[..., None] * S + (x[:, t][..., None] * y[:, t][:, :, None, :]).double()
+        z_ref.append(torch.einsum("nhmd,nhd->nhm", S, q[:, t].double()))
+        o_ref.append(torch.einsum("nhmd,nhm->nhd", S, p[:, t].double()))
+    z_ref, o_ref = torch.stack(z_ref, 1).float(), torch.stack(o_ref, 1).float()
+    gc = chunk_cumsum(g, chunk)
+    h, _ = slot_states(x, gc, y, None, chunk, "ieee")
+    close = dict(rtol=1e-4, atol=1e-4)  # float32 rounding of outputs up to ~6 (any version of the kernels: 1.6e-5)
+    torch.testing.assert_close(slot_logits(q, x, gc, y, h, chunk, "ieee", sub=sub), z_ref, **close)
+    torch.testing.assert_close(slot_read(p, x, gc, y, h, chunk, "ieee", sub=sub), o_ref, **close)
+    # reverse: the inputs stored back to front, the gates' cumsums in scan order; outputs come back in storage order
+    back = lambda a: a.flip(1).contiguous()  # noqa: E731
+    hr, _ = slot_states(back(x), gc, back(y), None, chunk, "ieee", reverse=True)
+    z = slot_logits(back(q), back(x), gc, back(y), hr, chunk, "ieee", reverse=True, sub=sub)
+    o = slot_read(back(p), back(x), gc, back(y), hr, chunk, "ieee", reverse=True, sub=sub)
+    torch.testing.assert_close(z, back(z_ref), **close)
+    torch.testing.assert_close(o, back(o_ref), **close)
 
 
 @pytest.mark.gpu

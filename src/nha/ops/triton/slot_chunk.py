@@ -5,8 +5,12 @@ N sequences, E time (a multiple of BT), H heads, M slots, D column dim (K or V),
 The scan keeps a state `S_t [M, D] = diag(exp(g_t)) S_{t-1} + x_t (x) y_t` (rows gated) and reads it two ways:
   logits (pass 1):  z_t = S_t q_t        q_t `[D]` -> z_t `[M]`
   read   (pass 2):  o_t = S_t^T p_t      p_t `[M]` -> o_t `[D]`
-Inside a chunk, decays are taken relative to a point between the two tokens (the start of the query's sub-chunk),
-so every exp() factor is <= 1 and nothing overflows whatever the gates; inside a sub-chunk the pairs are exact.
+Each read-out is two kernels, as in fla's chunked GLA: one per chunk for what contracts over D (the chunk-start
+state's part, and for the logits q . y over the chunk), one per sub-chunk for the in-chunk part, whose decays are per
+slot. A pair of tokens j < t inside a chunk is decayed relative to a row s between them, exp(G_t - G_s) *
+exp(G_s - G_j), so every exp() factor is <= 1 and nothing overflows whatever the gates: s is the query's sub-chunk
+start for earlier sub-chunks, and inside a sub-chunk the middle of the smallest power-of-two block holding both
+(_split_decays: log2(BC) small products instead of BC pair-by-pair steps).
 Backward passes reuse the same kernels (slot_scan.py derives how).
 """
 from __future__ import annotations
@@ -142,54 +146,96 @@ def _earlier_rows(x, gc, b_gn, i_n, i_h, i_t, i_s, E, H, M,
 
 
 @triton.jit
-def slot_read_kernel(
-    p, x, gc, y, h, o, a, o_win,
-    E, H, M, D, E_WIN,
-    BT: tl.constexpr, BC: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr,
-    REVERSE: tl.constexpr, DOT_PREC: tl.constexpr, WIN: tl.constexpr,
+def _split_decays(x, gc, first, i_n, i_h, o_i, o_m, m_m, b_gc, E, H, M,
+                  LEVEL: tl.constexpr, BC: tl.constexpr, REVERSE: tl.constexpr):
+    # One level of the pairs j < t inside a sub-chunk of BC rows starting at scan row `first`: with
+    # b = BC >> (LEVEL + 1), the pairs whose highest differing bit is b's, i.e. t in the upper and j in the lower half
+    # of the same block of 2b rows, split at the upper half's first row s. Returns the pairs' mask `[BC, BC]`,
+    # exp(G_t - G_s) `[BC, M]` (upper-half rows, else 0) and x_j exp(G_s - G_j) `[BC, M]` (lower-half rows, else 0):
+    # every factor <= 1 whatever the gates, and the levels 0..log2(BC)-1 cover every pair j < t exactly once.
+    b: tl.constexpr = BC >> (LEVEL + 1)
+    upper = (o_i // b) % 2 == 1
+    s_row = i_n * E + (first + (o_i // b) * b).to(tl.int64)  # an upper row's split: its half's first row
+    s_col = i_n * E + (first + (o_i // b + 1) * b).to(tl.int64)  # a lower row's split: the next half's first row
+    m_up, m_low = upper[:, None] & m_m[None, :], ~upper[:, None] & m_m[None, :]
+    g_row = tl.load(gc + (s_row[:, None] * H + i_h) * M + o_m[None, :], mask=m_up, other=0.0)
+    g_col = tl.load(gc + (s_col[:, None] * H + i_h) * M + o_m[None, :], mask=m_low, other=0.0)
+    rows_in = i_n * E + _time(first + o_i, E, REVERSE).to(tl.int64)
+    b_x = tl.load(x + (rows_in[:, None] * H + i_h) * M + o_m[None, :], mask=m_low, other=0.0).to(tl.float32)
+    dec_t = tl.exp(tl.where(upper[:, None], b_gc - g_row, float("-inf")))  # the other rows' exponents may be > 0
+    xdec_j = b_x * tl.exp(tl.where(upper[:, None], float("-inf"), g_col - b_gc))
+    pairs = ((o_i[:, None] // (2 * b)) == (o_i[None, :] // (2 * b))) & upper[:, None] & ~upper[None, :]
+    return pairs, dec_t, xdec_j
+
+
+@triton.jit
+def read_weights_kernel(
+    p, x, gc, w,
+    E, H, M,
+    BT: tl.constexpr, BC: tl.constexpr, BM: tl.constexpr, LEVELS: tl.constexpr, REVERSE: tl.constexpr,
+    DOT_PREC: tl.constexpr,
 ):
-    # o_t = S_t^T p_t for one sub-chunk of BC rows and one D block; with WIN, plus a_t * o_win_t (NHA's output, the
-    # window path's rows E_WIN.. being empty), stored in o's dtype
-    i_d, i_c, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    # the in-chunk part of o_t = S_t^T p_t as weights on the chunk's y rows, for one sub-chunk of BC query rows:
+    # W[t, j] = sum_m p_tm x_jm exp(G_tm - G_jm) for the chunk's rows j <= t, 0 for j > t `[BC, BT]` float32
+    i_c, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
-    NT = E // BT
     i_t, i_s = (i_c * BC) // BT, ((i_c * BC) % BT) // BC
     o_m = tl.arange(0, BM)
-    o_d = i_d * BD + tl.arange(0, BD)
     o_i = tl.arange(0, BC)
     o_t = tl.arange(0, BT)
-    m_m, m_d = o_m < M, o_d < D
+    m_m = o_m < M
     rows = i_n * E + (i_c * BC + o_i).to(tl.int64)
     rows_in = i_n * E + _time(i_c * BC + o_i, E, REVERSE).to(tl.int64)
-    p_rm = (rows[:, None] * H + i_h) * M + o_m[None, :]
     b_p = tl.load(p + (rows_in[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0).to(tl.float32)
-    b_gc = tl.load(gc + p_rm, mask=m_m[None, :], other=0.0)
-    p_h = h + ((i_n * H + i_h) * NT + i_t) * M * D + o_m[:, None] * D + o_d[None, :]
-    b_h = tl.load(p_h, mask=m_m[:, None] & m_d[None, :], other=0.0)
-    # from the state at the chunk start
-    b_o = _mm(b_p * tl.exp(b_gc), b_h, DOT_PREC)
+    b_gc = tl.load(gc + (rows[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0)
     # earlier sub-chunks of this chunk in one product, decays split at this sub-chunk's first row
     first = i_n * E + (i_c * BC).to(tl.int64)
     b_gn = tl.load(gc + (first * H + i_h) * M + o_m, mask=m_m, other=0.0)
     b_xw = _earlier_rows(x, gc, b_gn, i_n, i_h, i_t, i_s, E, H, M, BT, BC, BM, REVERSE)
-    b_a = _mm(b_p * tl.exp(b_gc - b_gn[None, :]), tl.trans(b_xw), DOT_PREC)  # [BC, BT]
-    rows_c = i_n * E + _time(i_t * BT + o_t, E, REVERSE).to(tl.int64)
-    b_yc = tl.load(y + (rows_c[:, None] * H + i_h) * D + o_d[None, :], mask=m_d[None, :], other=0.0)
-    b_o += _mm(b_a, b_yc, DOT_PREC)
-    # the diagonal sub-chunk, pair by pair (exact); unrolled so the row loads are issued together, not one by one
-    b_a = tl.zeros([BC, BC], dtype=tl.float32)
-    for jj in tl.static_range(0, BC):
-        row = i_n * E + (i_c * BC + jj).to(tl.int64)
-        row_in = i_n * E + _time(i_c * BC + jj, E, REVERSE).to(tl.int64)
-        b_xr = tl.load(x + (row_in * H + i_h) * M + o_m, mask=m_m, other=0.0).to(tl.float32)
-        b_gr = tl.load(gc + (row * H + i_h) * M + o_m, mask=m_m, other=0.0)
-        b_dec = tl.exp(tl.where(o_i[:, None] >= jj, b_gc - b_gr[None, :], float("-inf")))
-        b_col = tl.sum(b_p * b_xr[None, :] * b_dec, axis=1)
-        b_a = tl.where(o_i[None, :] == jj, b_col[:, None], b_a)
-    b_yi = tl.load(y + (rows_in[:, None] * H + i_h) * D + o_d[None, :], mask=m_d[None, :], other=0.0)
-    b_o += _mm(b_a, b_yi, DOT_PREC)
+    b_w = _mm(b_p * tl.exp(b_gc - b_gn[None, :]), tl.trans(b_xw), DOT_PREC)
+    # stored now outside the diagonal block (zeros after it); the diagonal block is stored below
+    p_w = w + (rows * H + i_h) * BT
+    off_diagonal = (o_t < i_s * BC) | (o_t >= i_s * BC + BC)
+    tl.store(p_w[:, None] + o_t[None, :], b_w, mask=(o_i < BC)[:, None] & off_diagonal[None, :])
+    # the diagonal sub-chunk: its diagonal (decay 1) as a rowsum, its pairs j < t in log2(BC) split-decay products
+    b_x = tl.load(x + (rows_in[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0).to(tl.float32)
+    b_d = tl.where(o_i[:, None] == o_i[None, :], tl.sum(b_p * b_x, axis=1)[:, None], 0.0)
+    for level in tl.static_range(0, LEVELS):
+        pairs, dec_t, xdec_j = _split_decays(x, gc, i_c * BC, i_n, i_h, o_i, o_m, m_m, b_gc, E, H, M, level, BC,
+                                             REVERSE)
+        b_d += tl.where(pairs, _mm(b_p * dec_t, tl.trans(xdec_j), DOT_PREC), 0.0)
+    tl.store(p_w[:, None] + i_s * BC + o_i[None, :], b_d)
+
+
+@triton.jit
+def slot_read_kernel(
+    p, gc, y, h, w, o, a, o_win,
+    E, H, M, D, E_WIN,
+    BT: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr,
+    REVERSE: tl.constexpr, DOT_PREC: tl.constexpr, WIN: tl.constexpr,
+):
+    # o_t = S_t^T p_t for one chunk of BT rows and one D block: the chunk-start state's part plus the in-chunk part
+    # from read_weights_kernel's W; with WIN, plus a_t * o_win_t (NHA's output, the window path's rows E_WIN.. being
+    # empty), stored in o's dtype
+    i_d, i_t, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
+    NT = E // BT
+    o_m = tl.arange(0, BM)
+    o_d = i_d * BD + tl.arange(0, BD)
+    o_t = tl.arange(0, BT)
+    m_m, m_d = o_m < M, o_d < D
+    rows = i_n * E + (i_t * BT + o_t).to(tl.int64)
+    rows_in = i_n * E + _time(i_t * BT + o_t, E, REVERSE).to(tl.int64)
+    b_p = tl.load(p + (rows_in[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0).to(tl.float32)
+    b_gc = tl.load(gc + (rows[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0)
+    p_h = h + ((i_n * H + i_h) * NT + i_t) * M * D + o_m[:, None] * D + o_d[None, :]
+    b_h = tl.load(p_h, mask=m_m[:, None] & m_d[None, :], other=0.0)
+    b_o = _mm(b_p * tl.exp(b_gc), b_h, DOT_PREC)
+    b_w = tl.load(w + (rows[:, None] * H + i_h) * BT + o_t[None, :])
+    b_y = tl.load(y + (rows_in[:, None] * H + i_h) * D + o_d[None, :], mask=m_d[None, :], other=0.0)
+    b_o += _mm(b_w, b_y, DOT_PREC)
     if WIN:
-        t = i_c * BC + o_i
+        t = i_t * BT + o_t
         m_w = (t < E_WIN)[:, None] & m_d[None, :]
         b_ow = tl.load(o_win + ((i_n * E_WIN + t.to(tl.int64))[:, None] * H + i_h) * D + o_d[None, :], mask=m_w,
                        other=0.0)
@@ -198,31 +244,24 @@ def slot_read_kernel(
 
 
 @triton.jit
-def slot_logits_kernel(
-    q, x, gc, y, h, z,
+def logits_chunk_kernel(
+    q, gc, y, h, z, a_qy,
     E, H, M, D,
-    BT: tl.constexpr, BC: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, ND: tl.constexpr,
+    BT: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, ND: tl.constexpr,
     REVERSE: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
-    # z_t = S_t q_t for one sub-chunk of BC rows (all M slots; D walked in ND blocks of BD)
-    i_c, i_nh = tl.program_id(0), tl.program_id(1)
+    # the D-contracted products of z_t = S_t q_t for one chunk of BT rows (D walked in ND blocks of BD): the
+    # chunk-start state's part exp(G_t) * (S_c q_t) `[BT, M]`, written to z, and A[t, j] = q_t . y_j `[BT, BT]`
+    i_t, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
     NT = E // BT
-    i_t, i_s = (i_c * BC) // BT, ((i_c * BC) % BT) // BC
     o_m = tl.arange(0, BM)
-    o_i = tl.arange(0, BC)
     o_t = tl.arange(0, BT)
     m_m = o_m < M
-    rows = i_n * E + (i_c * BC + o_i).to(tl.int64)
-    rows_in = i_n * E + _time(i_c * BC + o_i, E, REVERSE).to(tl.int64)
-    rows_c = i_n * E + _time(i_t * BT + o_t, E, REVERSE).to(tl.int64)
-    b_gc = tl.load(gc + (rows[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0)
-    first = i_n * E + (i_c * BC).to(tl.int64)
-    b_gn = tl.load(gc + (first * H + i_h) * M + o_m, mask=m_m, other=0.0)
-    # q against the chunk-start state, the whole chunk's columns and this sub-chunk's columns
-    b_qh = tl.zeros([BC, BM], dtype=tl.float32)
-    b_qyc = tl.zeros([BC, BT], dtype=tl.float32)
-    b_qy = tl.zeros([BC, BC], dtype=tl.float32)
+    rows = i_n * E + (i_t * BT + o_t).to(tl.int64)
+    rows_in = i_n * E + _time(i_t * BT + o_t, E, REVERSE).to(tl.int64)
+    b_qh = tl.zeros([BT, BM], dtype=tl.float32)
+    b_a = tl.zeros([BT, BT], dtype=tl.float32)
     for i_d in tl.static_range(0, ND):
         o_d = i_d * BD + tl.arange(0, BD)
         m_d = o_d < D
@@ -230,27 +269,60 @@ def slot_logits_kernel(
         p_h = h + ((i_n * H + i_h) * NT + i_t) * M * D + o_m[:, None] * D + o_d[None, :]
         b_h = tl.load(p_h, mask=m_m[:, None] & m_d[None, :], other=0.0)
         b_qh += _mm(b_q, tl.trans(b_h), DOT_PREC)
-        b_yc = tl.load(y + (rows_c[:, None] * H + i_h) * D + o_d[None, :], mask=m_d[None, :], other=0.0)
-        b_qyc += _mm(b_q, tl.trans(b_yc), DOT_PREC)
-        b_yi = tl.load(y + (rows_in[:, None] * H + i_h) * D + o_d[None, :], mask=m_d[None, :], other=0.0)
-        b_qy += _mm(b_q, tl.trans(b_yi), DOT_PREC)
-    # state part, then the earlier sub-chunks in one product (decays split at this sub-chunk's first row)
+        b_y = tl.load(y + (rows_in[:, None] * H + i_h) * D + o_d[None, :], mask=m_d[None, :], other=0.0)
+        b_a += _mm(b_q, tl.trans(b_y), DOT_PREC)
+    b_gc = tl.load(gc + (rows[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0)
+    tl.store(z + (rows_in[:, None] * H + i_h) * M + o_m[None, :], b_qh * tl.exp(b_gc), mask=m_m[None, :])
+    tl.store(a_qy + (rows[:, None] * H + i_h) * BT + o_t[None, :], b_a)
+
+
+@triton.jit
+def logits_intra_kernel(
+    x, gc, a_qy, z,
+    E, H, M,
+    BT: tl.constexpr, BC: tl.constexpr, BM: tl.constexpr, LEVELS: tl.constexpr, REVERSE: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    # adds the in-chunk part of z_t = S_t q_t for one sub-chunk of BC rows, from logits_chunk_kernel's A = q . y:
+    # z_tm += sum_(j <= t in the chunk) A[t, j] x_jm exp(G_tm - G_jm)
+    i_c, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
+    i_t, i_s = (i_c * BC) // BT, ((i_c * BC) % BT) // BC
+    o_m = tl.arange(0, BM)
+    o_i = tl.arange(0, BC)
+    o_t = tl.arange(0, BT)
+    m_m = o_m < M
+    rows = i_n * E + (i_c * BC + o_i).to(tl.int64)
+    rows_in = i_n * E + _time(i_c * BC + o_i, E, REVERSE).to(tl.int64)
+    b_gc = tl.load(gc + (rows[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0)
+    first = i_n * E + (i_c * BC).to(tl.int64)
+    b_gn = tl.load(gc + (first * H + i_h) * M + o_m, mask=m_m, other=0.0)
+    # the earlier sub-chunks in one product (decays split at this sub-chunk's first row)
+    b_qyc = tl.load(a_qy + (rows[:, None] * H + i_h) * BT + o_t[None, :])
     b_xw = _earlier_rows(x, gc, b_gn, i_n, i_h, i_t, i_s, E, H, M, BT, BC, BM, REVERSE)
-    b_z = b_qh * tl.exp(b_gc) + _mm(b_qyc, b_xw, DOT_PREC) * tl.exp(b_gc - b_gn[None, :])
-    # the diagonal sub-chunk, pair by pair (exact); unrolled so the row loads are issued together, not one by one
-    for jj in tl.static_range(0, BC):
-        row = i_n * E + (i_c * BC + jj).to(tl.int64)
-        row_in = i_n * E + _time(i_c * BC + jj, E, REVERSE).to(tl.int64)
-        b_xr = tl.load(x + (row_in * H + i_h) * M + o_m, mask=m_m, other=0.0).to(tl.float32)
-        b_gr = tl.load(gc + (row * H + i_h) * M + o_m, mask=m_m, other=0.0)
-        b_col = tl.sum(tl.where(o_i[None, :] == jj, b_qy, 0.0), axis=1)
-        b_dec = tl.exp(tl.where(o_i[:, None] >= jj, b_gc - b_gr[None, :], float("-inf")))
-        b_z += b_col[:, None] * b_xr[None, :] * b_dec
-    tl.store(z + (rows_in[:, None] * H + i_h) * M + o_m[None, :], b_z, mask=m_m[None, :])
+    p_z = z + (rows_in[:, None] * H + i_h) * M + o_m[None, :]
+    b_z = tl.load(p_z, mask=m_m[None, :], other=0.0)
+    b_z += _mm(b_qyc, b_xw, DOT_PREC) * tl.exp(b_gc - b_gn[None, :])
+    # the diagonal sub-chunk: its diagonal (decay 1) element-wise, its pairs j < t in log2(BC) split-decay products
+    b_ad = tl.load(a_qy + (rows[:, None] * H + i_h) * BT + i_s * BC + o_i[None, :])
+    b_x = tl.load(x + (rows_in[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0).to(tl.float32)
+    b_z += tl.sum(tl.where(o_i[:, None] == o_i[None, :], b_ad, 0.0), axis=1)[:, None] * b_x
+    for level in tl.static_range(0, LEVELS):
+        pairs, dec_t, xdec_j = _split_decays(x, gc, i_c * BC, i_n, i_h, o_i, o_m, m_m, b_gc, E, H, M, level, BC,
+                                             REVERSE)
+        b_z += dec_t * _mm(tl.where(pairs, b_ad, 0.0), xdec_j, DOT_PREC)
+    tl.store(p_z, b_z, mask=m_m[None, :])
 
 
 def _blocks(M: int, D: int, widest: int = 64) -> tuple[int, int]:
     return block(M), min(widest, block(D))
+
+
+def _levels(sub: int) -> int:
+    # the pair levels of _split_decays inside a sub-chunk: log2(sub) (a power of two, at least 16: a GPU product's rows)
+    if sub < 16 or sub & (sub - 1):
+        raise ValueError(f"the slot scan's sub-chunk must be a power of two >= 16, got {sub}")
+    return sub.bit_length() - 1
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -285,37 +357,50 @@ def slot_states(x, gc, y, h0, chunk: int, prec: str, reverse: bool = False) -> t
 
 
 def slot_read(p, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub: int = 16, block_d: int = 0,
-              num_warps: int = 4, a=None, o_win=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+              num_warps: int = 4, intra_warps: int = 2, a=None, o_win=None,
+              dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """`o_t = S_t^T p_t`: p `[N, E, H, M]` -> `[N, E, H, D]` in `dtype` (p, x, y and o back to front if `reverse`).
 
-    With `a` `[N, E, H]` and `o_win` `[N, E_win, H, D]` (float32, E_win <= E), adds `a_t * o_win_t` (NHA's output)."""
+    With `a` `[N, E, H]` and `o_win` `[N, E_win, H, D]` (float32, E_win <= E), adds `a_t * o_win_t` (NHA's output).
+    Two kernels, as fla's chunked GLA: the in-chunk weights W `[N, E, H, chunk]` per sub-chunk of `sub` rows (no D in
+    them), then per chunk and D block of `block_d` the products with the chunk-start state and with the chunk's y."""
+    # measured on an H200 (64k tokens, 16 heads, M = 64, D = 128; gpu_session6_h200.log): 2 warps for the in-chunk
+    # kernel, both kernels 2.01 ms against 2.84 with 4 warps (the fused one-kernel read-out it replaced: 2.23 ms in an
+    # earlier call of the same session)
     N, E, H, M = x.shape
     D = y.shape[-1]
-    # each D block recomputes the sub-chunk's weights, so blocks are as wide as registers allow
     BM, BD = _blocks(M, D, widest=128 if M <= 64 else 64)
     BD = block_d or BD
+    w = new_output(N, E, H, chunk, device=x.device)
+    read_weights_kernel[(E // sub, N * H)](p, x, gc, w, E, H, M, BT=chunk, BC=sub, BM=BM, LEVELS=_levels(sub),
+                                           REVERSE=reverse, DOT_PREC=kernel_precision(prec), num_warps=intra_warps)
     o = new_output(N, E, H, D, dtype=dtype, device=x.device)
     win = o_win is not None
-    grid = (triton.cdiv(D, BD), E // sub, N * H)
-    slot_read_kernel[grid](p, x, gc, y, h, o, a if win else o, o_win if win else o, E, H, M, D,
-                           o_win.shape[1] if win else 0, BT=chunk, BC=sub, BM=BM, BD=BD, REVERSE=reverse,
+    grid = (triton.cdiv(D, BD), E // chunk, N * H)
+    slot_read_kernel[grid](p, gc, y, h, w, o, a if win else o, o_win if win else o, E, H, M, D,
+                           o_win.shape[1] if win else 0, BT=chunk, BM=BM, BD=BD, REVERSE=reverse,
                            DOT_PREC=kernel_precision(prec), WIN=win, num_warps=num_warps)
     return o
 
 
 def slot_logits(q, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub: int = 16, block_d: int = 0,
-                num_warps: int = 0) -> torch.Tensor:
-    """`z_t = S_t q_t`: q `[N, E, H, D]` -> `[N, E, H, M]` float32 (q, x, y and z back to front if `reverse`)."""
+                num_warps: int = 4, intra_warps: int = 2) -> torch.Tensor:
+    """`z_t = S_t q_t`: q `[N, E, H, D]` -> `[N, E, H, M]` float32 (q, x, y and z back to front if `reverse`).
+
+    Two kernels, as fla's gated slot attention: per chunk the D-contracted products (q against the chunk-start state
+    and against the chunk's y, D walked in blocks of `block_d`), then per sub-chunk of `sub` rows the in-chunk part,
+    whose decays are per slot (no D in it)."""
+    # measured as slot_read: 2 warps for the in-chunk kernel, both kernels 1.62 ms against 1.90 with 4 warps (the
+    # fused one-kernel version it replaced: 2.05)
     N, E, H, M = x.shape
     D = y.shape[-1]
-    # measured on an H200 (benchmarks/tune_slot_kernels.py, M = 64, D = 128): D blocks of 128 and 2 warps, 2.46 ms
-    # against 2.75 for blocks of 32; M = 128 keeps blocks of 32 (its state tile is twice as tall)
-    BM, BD = _blocks(M, D, widest=128 if M <= 64 else 32)
+    BM, BD = _blocks(M, D, widest=128 if M <= 64 else 64)
     BD = block_d or BD
-    num_warps = num_warps or (2 if BM <= 64 else 4)
     z = new_output(N, E, H, M, device=x.device)
-    grid = (E // sub, N * H)
-    slot_logits_kernel[grid](q, x, gc, y, h, z, E, H, M, D, BT=chunk, BC=sub, BM=BM, BD=BD,
-                             ND=triton.cdiv(D, BD), REVERSE=reverse, DOT_PREC=kernel_precision(prec),
-                             num_warps=num_warps)
+    a_qy = new_output(N, E, H, chunk, device=x.device)
+    logits_chunk_kernel[(E // chunk, N * H)](q, gc, y, h, z, a_qy, E, H, M, D, BT=chunk, BM=BM, BD=BD,
+                                             ND=triton.cdiv(D, BD), REVERSE=reverse,
+                                             DOT_PREC=kernel_precision(prec), num_warps=num_warps)
+    logits_intra_kernel[(E // sub, N * H)](x, gc, a_qy, z, E, H, M, BT=chunk, BC=sub, BM=BM, LEVELS=_levels(sub),
+                                           REVERSE=reverse, DOT_PREC=kernel_precision(prec), num_warps=intra_warps)
     return z
