@@ -146,6 +146,26 @@ def _earlier_rows(x, gc, b_gn, i_n, i_h, i_t, i_s, E, H, M,
 
 
 @triton.jit
+def _sub_chunk(x, gc, E, H, M, BT: tl.constexpr, BC: tl.constexpr, BM: tl.constexpr, REVERSE: tl.constexpr):
+    # this program's sub-chunk of BC rows (grid: E // BC sub-chunks, N * H): sequence, head, place in its chunk, rows
+    # in scan and in storage order, chunk cumsums `[BC, BM]`, those of its first row `[BM]`, and the chunk's earlier
+    # rows decayed to that first row (`_earlier_rows`: the operand of the product with the earlier sub-chunks)
+    i_c, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
+    i_t, i_s = (i_c * BC) // BT, ((i_c * BC) % BT) // BC
+    o_i = tl.arange(0, BC)
+    o_m = tl.arange(0, BM)
+    m_m = o_m < M
+    rows = i_n * E + (i_c * BC + o_i).to(tl.int64)
+    rows_in = i_n * E + _time(i_c * BC + o_i, E, REVERSE).to(tl.int64)
+    b_gc = tl.load(gc + (rows[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0)
+    first = i_n * E + (i_c * BC).to(tl.int64)
+    b_gn = tl.load(gc + (first * H + i_h) * M + o_m, mask=m_m, other=0.0)
+    b_xw = _earlier_rows(x, gc, b_gn, i_n, i_h, i_t, i_s, E, H, M, BT, BC, BM, REVERSE)
+    return i_n, i_h, i_s, i_c * BC, rows, rows_in, b_gc, b_gn, b_xw
+
+
+@triton.jit
 def _split_decays(x, gc, first, i_n, i_h, o_i, o_m, m_m, b_gc, E, H, M,
                   LEVEL: tl.constexpr, BC: tl.constexpr, REVERSE: tl.constexpr):
     # One level of the pairs j < t inside a sub-chunk of BC rows starting at scan row `first`: with
@@ -177,21 +197,13 @@ def read_weights_kernel(
 ):
     # the in-chunk part of o_t = S_t^T p_t as weights on the chunk's y rows, for one sub-chunk of BC query rows:
     # W[t, j] = sum_m p_tm x_jm exp(G_tm - G_jm) for the chunk's rows j <= t, 0 for j > t `[BC, BT]` float32
-    i_c, i_nh = tl.program_id(0), tl.program_id(1)
-    i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
-    i_t, i_s = (i_c * BC) // BT, ((i_c * BC) % BT) // BC
+    i_n, i_h, i_s, first, rows, rows_in, b_gc, b_gn, b_xw = _sub_chunk(x, gc, E, H, M, BT, BC, BM, REVERSE)
     o_m = tl.arange(0, BM)
     o_i = tl.arange(0, BC)
     o_t = tl.arange(0, BT)
     m_m = o_m < M
-    rows = i_n * E + (i_c * BC + o_i).to(tl.int64)
-    rows_in = i_n * E + _time(i_c * BC + o_i, E, REVERSE).to(tl.int64)
     b_p = tl.load(p + (rows_in[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0).to(tl.float32)
-    b_gc = tl.load(gc + (rows[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0)
     # earlier sub-chunks of this chunk in one product, decays split at this sub-chunk's first row
-    first = i_n * E + (i_c * BC).to(tl.int64)
-    b_gn = tl.load(gc + (first * H + i_h) * M + o_m, mask=m_m, other=0.0)
-    b_xw = _earlier_rows(x, gc, b_gn, i_n, i_h, i_t, i_s, E, H, M, BT, BC, BM, REVERSE)
     b_w = _mm(b_p * tl.exp(b_gc - b_gn[None, :]), tl.trans(b_xw), DOT_PREC)
     # stored now outside the diagonal block (zeros after it); the diagonal block is stored below
     p_w = w + (rows * H + i_h) * BT
@@ -201,7 +213,7 @@ def read_weights_kernel(
     b_x = tl.load(x + (rows_in[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0).to(tl.float32)
     b_d = tl.where(o_i[:, None] == o_i[None, :], tl.sum(b_p * b_x, axis=1)[:, None], 0.0)
     for level in tl.static_range(0, LEVELS):
-        pairs, dec_t, xdec_j = _split_decays(x, gc, i_c * BC, i_n, i_h, o_i, o_m, m_m, b_gc, E, H, M, level, BC,
+        pairs, dec_t, xdec_j = _split_decays(x, gc, first, i_n, i_h, o_i, o_m, m_m, b_gc, E, H, M, level, BC,
                                              REVERSE)
         b_d += tl.where(pairs, _mm(b_p * dec_t, tl.trans(xdec_j), DOT_PREC), 0.0)
     tl.store(p_w[:, None] + i_s * BC + o_i[None, :], b_d)
@@ -285,21 +297,13 @@ def logits_intra_kernel(
 ):
     # adds the in-chunk part of z_t = S_t q_t for one sub-chunk of BC rows, from logits_chunk_kernel's A = q . y:
     # z_tm += sum_(j <= t in the chunk) A[t, j] x_jm exp(G_tm - G_jm)
-    i_c, i_nh = tl.program_id(0), tl.program_id(1)
-    i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
-    i_t, i_s = (i_c * BC) // BT, ((i_c * BC) % BT) // BC
+    i_n, i_h, i_s, first, rows, rows_in, b_gc, b_gn, b_xw = _sub_chunk(x, gc, E, H, M, BT, BC, BM, REVERSE)
     o_m = tl.arange(0, BM)
     o_i = tl.arange(0, BC)
     o_t = tl.arange(0, BT)
     m_m = o_m < M
-    rows = i_n * E + (i_c * BC + o_i).to(tl.int64)
-    rows_in = i_n * E + _time(i_c * BC + o_i, E, REVERSE).to(tl.int64)
-    b_gc = tl.load(gc + (rows[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0)
-    first = i_n * E + (i_c * BC).to(tl.int64)
-    b_gn = tl.load(gc + (first * H + i_h) * M + o_m, mask=m_m, other=0.0)
     # the earlier sub-chunks in one product (decays split at this sub-chunk's first row)
     b_qyc = tl.load(a_qy + (rows[:, None] * H + i_h) * BT + o_t[None, :])
-    b_xw = _earlier_rows(x, gc, b_gn, i_n, i_h, i_t, i_s, E, H, M, BT, BC, BM, REVERSE)
     p_z = z + (rows_in[:, None] * H + i_h) * M + o_m[None, :]
     b_z = tl.load(p_z, mask=m_m[None, :], other=0.0)
     b_z += _mm(b_qyc, b_xw, DOT_PREC) * tl.exp(b_gc - b_gn[None, :])
@@ -308,7 +312,7 @@ def logits_intra_kernel(
     b_x = tl.load(x + (rows_in[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0).to(tl.float32)
     b_z += tl.sum(tl.where(o_i[:, None] == o_i[None, :], b_ad, 0.0), axis=1)[:, None] * b_x
     for level in tl.static_range(0, LEVELS):
-        pairs, dec_t, xdec_j = _split_decays(x, gc, i_c * BC, i_n, i_h, o_i, o_m, m_m, b_gc, E, H, M, level, BC,
+        pairs, dec_t, xdec_j = _split_decays(x, gc, first, i_n, i_h, o_i, o_m, m_m, b_gc, E, H, M, level, BC,
                                              REVERSE)
         b_z += dec_t * _mm(tl.where(pairs, b_ad, 0.0), xdec_j, DOT_PREC)
     tl.store(p_z, b_z, mask=m_m[None, :])
