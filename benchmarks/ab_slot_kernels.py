@@ -1,12 +1,14 @@
-"""A/B timing of the slot-scan kernels: this checkout's `slot_chunk.py` against an older copy of the file, same run;
+"""A/B timing of the slot-scan kernels: this checkout's `slot_chunk.py` against older copies of the file, same run;
 then a quick end-to-end timing of this checkout's `triton_nha` (forward without gradients, forward+backward).
 
-N sequences, E time, H heads, M slots, D head dim; bf16 inputs, float32 gates and states (64k tokens x 16 heads).
-The operator's report with its baselines (SDPA, fla) measured in the same run is `bench_gpu_ops.py`; this script is
-for judging a kernel change.
+N sequences, E time, H heads, M slots, D head dim; bf16 inputs, float32 gates (64k tokens x 16 heads). Each read-out
+is timed as one forward+backward calls it: forward-type (on the forward scans' states, bf16 where `slot_states` makes
+them so) and reverse-type (the backward's reverse scans: float32 row inputs and states, read back to front); "x2" sums
+the four twice, as a forward+backward makes 2 logits and 2 read-outs of each type. The operator's report with its
+baselines (SDPA, fla) measured in the same run is `bench_gpu_ops.py`; this script is for judging a kernel change.
 
-    git show 2f17398:src/nha/ops/triton/slot_chunk.py > /tmp/old_slot_chunk.py
-    PYTHONPATH=src python benchmarks/ab_slot_kernels.py --old /tmp/old_slot_chunk.py
+    git show 6c5bf26:src/nha/ops/triton/slot_chunk.py > /tmp/old_slot_chunk.py
+    PYTHONPATH=src python benchmarks/ab_slot_kernels.py --old /tmp/old_slot_chunk.py [more files ...]
 """
 from __future__ import annotations
 
@@ -24,8 +26,8 @@ from nha.ops.triton.gates import gate_grad, reverse_chunk_cumsum
 CHUNK = 64
 
 
-def _load(path: str):
-    spec = importlib.util.spec_from_file_location("old_slot_chunk", path)
+def _load(path: str, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -33,7 +35,7 @@ def _load(path: str):
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--old", required=True, help="path of the slot_chunk.py to compare against")
+    p.add_argument("--old", nargs="+", required=True, help="paths of the slot_chunk.py files to compare against")
     p.add_argument("--tokens", type=int, default=65536)
     p.add_argument("--heads", type=int, default=16)
     args = p.parse_args()
@@ -42,15 +44,21 @@ def main() -> None:
     s, gc = -torch.expm1(g), chunk_cumsum(g, CHUNK)
     y, q = (torch.randn(N, E, H, D, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     p_ = torch.softmax(torch.randn(N, E, H, M, device="cuda"), -1)
+    r = torch.randn(N, E, H, M, device="cuda") * 0.01  # a row gradient (dz or p) of a reverse scan
     ms = lambda f: triton.testing.do_bench(f, warmup=10, rep=40, return_mode="median")  # noqa: E731
     print(f"card: {torch.cuda.get_device_name(0)}; E={E}, H={H}, M={M}, D={D}, median ms (triton do_bench)")
-    for prec in ["tf32x3", "tf32"]:
-        h, _ = slot_chunk.slot_states(s, gc, y, None, CHUNK, "tf32x3")
-        for name, mod in [("old", _load(args.old)), ("new", slot_chunk)]:
-            states = ms(lambda: mod.slot_states(s, gc, y, None, CHUNK, prec))
-            logits = ms(lambda: mod.slot_logits(q, s, gc, y, h, CHUNK, prec))
-            read = ms(lambda: mod.slot_read(p_, s, gc, y, h, CHUNK, prec))
-            print(f"{prec} {name} states {states:.3f} logits {logits:.3f} read {read:.3f} ms", flush=True)
+    trees = [(path, _load(path, f"old_slot_chunk_{i}")) for i, path in enumerate(args.old)]
+    for name, mod in trees + [("this checkout", slot_chunk)]:
+        h, _ = mod.slot_states(s, gc, y, None, CHUNK, "tf32x3")
+        hr, _ = mod.slot_states(r, gc, q, None, CHUNK, "tf32x3", reverse=True)
+        t = {"states": ms(lambda: mod.slot_states(s, gc, y, None, CHUNK, "tf32x3")),
+             "logits": ms(lambda: mod.slot_logits(q, s, gc, y, h, CHUNK, "tf32x3")),
+             "read": ms(lambda: mod.slot_read(p_, s, gc, y, h, CHUNK, "tf32x3")),
+             "reverse logits": ms(lambda: mod.slot_logits(y, r, gc, q, hr, CHUNK, "tf32x3", reverse=True)),
+             "reverse read": ms(lambda: mod.slot_read(s, r, gc, q, hr, CHUNK, "tf32x3", reverse=True))}
+        read_outs = 2 * sum(v for k, v in t.items() if k != "states")
+        print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in t.items()) + f" | read-outs x2 {read_outs:.2f} ms",
+              flush=True)
     print(f"gates: reverse_chunk_cumsum {ms(lambda: reverse_chunk_cumsum(g, CHUNK)):.3f} ms, "
           f"gate_grad {ms(lambda: gate_grad(p_, s, s, p_, CHUNK)):.3f} ms")
     end_to_end(E, H, M, D, ms)
