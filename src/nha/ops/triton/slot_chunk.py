@@ -147,9 +147,9 @@ def _earlier_rows(x, gc, b_gn, i_n, i_h, i_t, i_s, E, H, M,
 
 @triton.jit
 def _sub_chunk(x, gc, E, H, M, BT: tl.constexpr, BC: tl.constexpr, BM: tl.constexpr, REVERSE: tl.constexpr):
-    # this program's sub-chunk of BC rows (grid: E // BC sub-chunks, N * H): sequence, head, place in its chunk, rows
-    # in scan and in storage order, chunk cumsums `[BC, BM]`, those of its first row `[BM]`, and the chunk's earlier
-    # rows decayed to that first row (`_earlier_rows`: the operand of the product with the earlier sub-chunks)
+    # this program's sub-chunk of BC rows (grid: E // BC sub-chunks, N * H): sequence, head, place in its chunk, its
+    # first time step, rows in scan and in storage order, chunk cumsums `[BC, BM]`, those of its first row `[BM]`, and
+    # the chunk's earlier rows decayed to that first row (`_earlier_rows`: the product with the earlier sub-chunks)
     i_c, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
     i_t, i_s = (i_c * BC) // BT, ((i_c * BC) % BT) // BC
@@ -159,8 +159,8 @@ def _sub_chunk(x, gc, E, H, M, BT: tl.constexpr, BC: tl.constexpr, BM: tl.conste
     rows = i_n * E + (i_c * BC + o_i).to(tl.int64)
     rows_in = i_n * E + _time(i_c * BC + o_i, E, REVERSE).to(tl.int64)
     b_gc = tl.load(gc + (rows[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0)
-    first = i_n * E + (i_c * BC).to(tl.int64)
-    b_gn = tl.load(gc + (first * H + i_h) * M + o_m, mask=m_m, other=0.0)
+    row0 = i_n * E + (i_c * BC).to(tl.int64)
+    b_gn = tl.load(gc + (row0 * H + i_h) * M + o_m, mask=m_m, other=0.0)
     b_xw = _earlier_rows(x, gc, b_gn, i_n, i_h, i_t, i_s, E, H, M, BT, BC, BM, REVERSE)
     return i_n, i_h, i_s, i_c * BC, rows, rows_in, b_gc, b_gn, b_xw
 
@@ -182,7 +182,8 @@ def _split_decays(x, gc, first, i_n, i_h, o_i, o_m, m_m, b_gc, E, H, M,
     g_col = tl.load(gc + (s_col[:, None] * H + i_h) * M + o_m[None, :], mask=m_low, other=0.0)
     rows_in = i_n * E + _time(first + o_i, E, REVERSE).to(tl.int64)
     b_x = tl.load(x + (rows_in[:, None] * H + i_h) * M + o_m[None, :], mask=m_low, other=0.0).to(tl.float32)
-    dec_t = tl.exp(tl.where(upper[:, None], b_gc - g_row, float("-inf")))  # the other rows' exponents may be > 0
+    # masked before exp(): with its split masked to 0, an upper row's exponent in xdec_j would be -G_j, up to +inf
+    dec_t = tl.exp(tl.where(upper[:, None], b_gc - g_row, float("-inf")))
     xdec_j = b_x * tl.exp(tl.where(upper[:, None], float("-inf"), g_col - b_gc))
     pairs = ((o_i[:, None] // (2 * b)) == (o_i[None, :] // (2 * b))) & upper[:, None] & ~upper[None, :]
     return pairs, dec_t, xdec_j
