@@ -1,5 +1,6 @@
 """Where the Triton NHA operator spends its time: CUDA kernel totals from torch.profiler, forward and backward, then
-every compiled Triton kernel's registers per thread and spilled bytes (spills are what tile-size sweeps swing on).
+every compiled Triton kernel's registers per thread and local-memory (spill) bytes (spills are what tile-size sweeps
+swing on; Triton's `n_spills` counts 4-byte words).
 
 B batch, T time, H heads, D head dim, M slots, w window (bf16, 65,536 tokens per batch as in bench_gpu_ops.py).
 
@@ -43,7 +44,7 @@ def main() -> None:
 
 def print_registers() -> None:
     """One line per compiled variant of every `@triton.jit` kernel of the operator's modules: regs/thread, spills."""
-    print("\n=== compiled Triton kernels: registers per thread, spilled bytes, warps ===")
+    print("\n=== compiled Triton kernels: registers per thread, spill bytes, warps ===")
     for module in (decode, gates, merge, shift, slot_chunk, window_attn):
         for name, fn in sorted(vars(module).items()):
             if not name.endswith("_kernel") or not hasattr(fn, "device_caches"):
@@ -56,7 +57,7 @@ def print_registers() -> None:
                               if len(i) == 1 and fn.arg_names[i[0]].isupper()}
                     pointers = ",".join(t.lstrip("*") for t in src.signature.values() if t.startswith("*"))
                     print(f"{module.__name__.rsplit('.', 1)[-1]}.{name}: {compiled.n_regs} regs, "
-                          f"{compiled.n_spills} spilled, {compiled.metadata.num_warps} warps; {consts}; "
+                          f"{4 * compiled.n_spills} spill bytes, {compiled.metadata.num_warps} warps; {consts}; "
                           f"pointers {pointers}")
 
 
