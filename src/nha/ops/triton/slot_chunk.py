@@ -323,6 +323,12 @@ def _blocks(M: int, D: int, widest: int = 64) -> tuple[int, int]:
     return block(M), min(widest, block(D))
 
 
+def _read_out_blocks(M: int, D: int, block_d: int) -> tuple[int, int]:
+    # the read-outs' tiles: D blocks of 128 while the state tile is at most 64 rows, else 64; `block_d` overrides
+    BM, BD = _blocks(M, D, widest=128 if M <= 64 else 64)
+    return BM, block_d or BD
+
+
 def _levels(sub: int) -> int:
     # the pair levels of _split_decays inside a sub-chunk: log2(sub) (a power of two, at least 16: a GPU product's rows)
     if sub < 16 or sub & (sub - 1):
@@ -374,8 +380,7 @@ def slot_read(p, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub:
     # earlier call of the same session)
     N, E, H, M = x.shape
     D = y.shape[-1]
-    BM, BD = _blocks(M, D, widest=128 if M <= 64 else 64)
-    BD = block_d or BD
+    BM, BD = _read_out_blocks(M, D, block_d)
     w = new_output(N, E, H, chunk, device=x.device)
     read_weights_kernel[(E // sub, N * H)](p, x, gc, w, E, H, M, BT=chunk, BC=sub, BM=BM, LEVELS=_levels(sub),
                                            REVERSE=reverse, DOT_PREC=kernel_precision(prec), num_warps=intra_warps)
@@ -399,8 +404,7 @@ def slot_logits(q, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, su
     # fused one-kernel version it replaced: 2.05)
     N, E, H, M = x.shape
     D = y.shape[-1]
-    BM, BD = _blocks(M, D, widest=128 if M <= 64 else 64)
-    BD = block_d or BD
+    BM, BD = _read_out_blocks(M, D, block_d)
     z = new_output(N, E, H, M, device=x.device)
     a_qy = new_output(N, E, H, chunk, device=x.device)
     logits_chunk_kernel[(E // chunk, N * H)](q, gc, y, h, z, a_qy, E, H, M, D, BT=chunk, BM=BM, BD=BD,
