@@ -46,6 +46,9 @@ BAD = [
      r"multiple of the key/value heads"),
     ("positive gate", lambda: dict(g=torch.full((2, 5, 2, 3), 0.5)), r"must be <= 0"),
     ("NaN gate", lambda: dict(g=torch.full((2, 5, 2, 3), float("nan"))), r"contains NaN"),
+    ("one NaN gate among valid ones", lambda: dict(g=torch.full((2, 5, 2, 3), -1.0).index_put_(
+        (torch.tensor([1]), torch.tensor([3]), torch.tensor([0]), torch.tensor([2])), torch.tensor(float("nan")))),
+     r"contains NaN"),
     ("mixed dtypes", lambda: dict(v=torch.randn(2, 5, 2, 8, dtype=torch.float64)), r"share one dtype"),
     ("two devices", lambda: dict(v=torch.randn(2, 5, 2, 8, device="meta")), r"one device"),
     ("integer q", lambda: dict(q=torch.ones(2, 5, 4, 8, dtype=torch.long)), r"floating-point"),
