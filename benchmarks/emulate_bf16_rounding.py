@@ -90,7 +90,7 @@ def rounded_slot_states(forward: bool, reverse: bool, sums: bool):
     def slot_states(x, gc, y, h0, chunk_len, prec, reverse_scan=False):
         N, E, H, M = x.shape
         D = y.shape[-1]
-        BM, BD = sc._blocks(M, D)
+        BM, BD = sc._tiles(M, D)
         h = new_output(N, H, E // chunk_len, M, D, device=x.device)
         ht = new_output(N, H, M, D, device=x.device)
         sc.chunk_sums_kernel[(triton.cdiv(D, BD), E // chunk_len, N * H)](

@@ -2,9 +2,9 @@
 
 N sequences, E time, H heads, M slots, D head dim. Times each primitive alone with triton.testing.do_bench for a
 grid of tiles / warps (of each read-out's two kernels) / dot precisions, so the launch defaults in slot_chunk.py
-are measured choices; `--chunk` times another chunk length.
+are measured choices; `--chunk` times another chunk length, `--reverse` the backward's reverse-type calls.
 
-    PYTHONPATH=src python benchmarks/tune_slot_kernels.py [--tokens 65536] [--heads 16] [--chunk 64] [--quick]
+    PYTHONPATH=src python benchmarks/tune_slot_kernels.py [--tokens 65536] [--heads 16] [--chunk 64] [--quick] [--reverse]
 """
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ def main() -> None:
     p.add_argument("--slots", type=int, default=64)
     p.add_argument("--chunk", type=int, default=64)
     p.add_argument("--quick", action="store_true", help="tf32x3 products, D blocks of 64 or 128")
+    p.add_argument("--reverse", action="store_true",
+                   help="the backward's reverse-type calls: float32 row inputs and states, read back to front")
     args = p.parse_args()
     CHUNK = args.chunk
     N, E, H, M, D = 1, args.tokens, args.heads, args.slots, args.dim
@@ -50,9 +52,14 @@ def main() -> None:
         rows.append({"kernel": name, **cfg, "ms": ms})
         print(f"{name:7s} {cfg}: {ms:.3f} ms", flush=True)
 
-    time("states", lambda: slot_states(s, gc, y, None, CHUNK, "tf32x3"))
-    time("states", lambda: slot_states(s, gc, y, None, CHUNK, "tf32"), prec="tf32")
-    h, _ = slot_states(s, gc, y, None, CHUNK, "tf32x3")
+    rev = args.reverse
+    if rev:  # as slot_scan's _reverse_scan: states from a float32 row gradient r, read-outs of y and of s
+        r = torch.randn(N, E, H, M, device=dev) * 0.01
+        s, q, pr = r, y, s
+    for bd, warps in itertools.product([64, 128], [4, 8]):
+        time("states", lambda: slot_states(s, gc, y, None, CHUNK, "tf32x3", reverse=rev, block_d=bd,
+                                           num_warps=warps), prec="tf32x3", bd=bd, warps=warps)
+    h, _ = slot_states(s, gc, y, None, CHUNK, "tf32x3", reverse=rev)
     # prec, rows per in-chunk program, D block, warps of the per-chunk D kernel, warps of the in-chunk kernel
     grid = itertools.product(["tf32x3", "tf32"], [16, 32], [32, 64, 128], [2, 4, 8], [1, 2, 4])
     if args.quick:
@@ -61,11 +68,11 @@ def main() -> None:
         if prec == "tf32" and (sub, warps, intra) != (16, 4, 2):
             continue
         cfg = dict(prec=prec, sub=sub, bd=bd, warps=warps, intra=intra)
-        kw = dict(sub=sub, block_d=bd, num_warps=warps, intra_warps=intra)
+        kw = dict(sub=sub, block_d=bd, num_warps=warps, intra_warps=intra, reverse=rev)
         time("logits", lambda: slot_logits(q, s, gc, y, h, CHUNK, prec, **kw), **cfg)
         time("read", lambda: slot_read(pr, s, gc, y, h, CHUNK, prec, **kw), **cfg)
     out = os.environ.get("OUT", "/tmp")
-    with open(os.path.join(out, f"tune_slot_kernels_chunk{CHUNK}.json"), "w") as f:
+    with open(os.path.join(out, f"tune_slot_kernels_chunk{CHUNK}{'_reverse' * rev}.json"), "w") as f:
         json.dump({"card": torch.cuda.get_device_name(), "chunk": CHUNK, "N": N, "E": E, "H": H, "M": M, "D": D,
                    "rows": rows}, f, indent=1)
     for name in ("states", "logits", "read"):
