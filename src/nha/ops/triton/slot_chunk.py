@@ -113,9 +113,10 @@ def state_scan_kernel(
 
 @triton.jit
 def _mm(a, b, PREC: tl.constexpr):
-    # a @ b accumulated in float32. Half x half runs natively (exact products). With PREC "tf32x3", a bfloat16
-    # operand against a float32 one splits the float32 one into two bfloat16 parts (hi + lo: ~16 mantissa bits, two
-    # half-rate products instead of three tf32 ones); anything else runs in PREC on float32 copies.
+    # a @ b accumulated in float32. Half x half runs natively (exact products). With PREC "tf32x3", every float32
+    # operand is split into two bfloat16 parts (hi + lo: ~16 mantissa bits) and the products run on bf16 tensor
+    # cores: two against a bfloat16 operand, three (hi*hi + hi*lo + lo*hi) for float32 x float32, instead of three
+    # tf32 products, which need twice the registers; anything else runs in PREC on float32 copies.
     if PREC == "ieee":
         c = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
     elif (a.dtype == tl.bfloat16 or a.dtype == tl.float16) and a.dtype == b.dtype:
@@ -126,30 +127,32 @@ def _mm(a, b, PREC: tl.constexpr):
     elif PREC == "tf32x3" and a.dtype == tl.float32 and b.dtype == tl.bfloat16:
         a_hi = a.to(tl.bfloat16)
         c = tl.dot(a_hi, b) + tl.dot((a - a_hi.to(tl.float32)).to(tl.bfloat16), b)
+    elif PREC == "tf32x3" and a.dtype == tl.float32 and b.dtype == tl.float32:
+        a_hi = a.to(tl.bfloat16)
+        b_hi = b.to(tl.bfloat16)
+        a_lo = (a - a_hi.to(tl.float32)).to(tl.bfloat16)
+        b_lo = (b - b_hi.to(tl.float32)).to(tl.bfloat16)
+        c = tl.dot(a_hi, b_hi) + tl.dot(a_hi, b_lo) + tl.dot(a_lo, b_hi)
     else:
         c = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=PREC)
     return c
 
 
 @triton.jit
-def _earlier_rows(x, gc, b_gn, i_n, i_h, i_t, i_s, E, H, M,
-                  BT: tl.constexpr, BC: tl.constexpr, BM: tl.constexpr, REVERSE: tl.constexpr):
-    # `[BT, BM]`: x_j exp(G_n - G_j) for the chunk's rows j before this sub-chunk (G_n its first row), 0 elsewhere
-    o_t = tl.arange(0, BT)
-    o_m = tl.arange(0, BM)
-    m_m = o_m < M
-    rows = i_n * E + (i_t * BT + o_t).to(tl.int64)
-    rows_in = i_n * E + _time(i_t * BT + o_t, E, REVERSE).to(tl.int64)
+def _earlier_block(x, gc, b_gn, i_n, i_h, i_t, i_j, o_i, o_m, m_m, E, H, M,
+                   BT: tl.constexpr, BC: tl.constexpr, REVERSE: tl.constexpr):
+    # `[BC, BM]`: x_j exp(G_n - G_j) for the rows j of the chunk's sub-chunk i_j (G_n: the first row of a later one)
+    rows = i_n * E + (i_t * BT + i_j * BC + o_i).to(tl.int64)
+    rows_in = i_n * E + _time(i_t * BT + i_j * BC + o_i, E, REVERSE).to(tl.int64)
     b_x = tl.load(x + (rows_in[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0).to(tl.float32)
     b_g = tl.load(gc + (rows[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0)
-    return b_x * tl.exp(tl.where((o_t < i_s * BC)[:, None], b_gn[None, :] - b_g, float("-inf")))
+    return b_x * tl.exp(b_gn[None, :] - b_g)
 
 
 @triton.jit
 def _sub_chunk(x, gc, E, H, M, BT: tl.constexpr, BC: tl.constexpr, BM: tl.constexpr, REVERSE: tl.constexpr):
     # this program's sub-chunk of BC rows (grid: E // BC sub-chunks, N * H): sequence, head, place in its chunk, its
-    # first time step, rows in scan and in storage order, chunk cumsums `[BC, BM]`, those of its first row `[BM]`, and
-    # the chunk's earlier rows decayed to that first row (`_earlier_rows`: the product with the earlier sub-chunks)
+    # first time step, rows in scan and in storage order, chunk cumsums `[BC, BM]` and those of its first row `[BM]`
     i_c, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
     i_t, i_s = (i_c * BC) // BT, ((i_c * BC) % BT) // BC
@@ -161,8 +164,7 @@ def _sub_chunk(x, gc, E, H, M, BT: tl.constexpr, BC: tl.constexpr, BM: tl.conste
     b_gc = tl.load(gc + (rows[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0)
     row0 = i_n * E + (i_c * BC).to(tl.int64)
     b_gn = tl.load(gc + (row0 * H + i_h) * M + o_m, mask=m_m, other=0.0)
-    b_xw = _earlier_rows(x, gc, b_gn, i_n, i_h, i_t, i_s, E, H, M, BT, BC, BM, REVERSE)
-    return i_n, i_h, i_s, i_c * BC, rows, rows_in, b_gc, b_gn, b_xw
+    return i_n, i_h, i_t, i_s, i_c * BC, rows, rows_in, b_gc, b_gn
 
 
 @triton.jit
@@ -198,18 +200,21 @@ def read_weights_kernel(
 ):
     # the in-chunk part of o_t = S_t^T p_t as weights on the chunk's y rows, for one sub-chunk of BC query rows:
     # W[t, j] = sum_m p_tm x_jm exp(G_tm - G_jm) for the chunk's rows j <= t, 0 for j > t `[BC, BT]` float32
-    i_n, i_h, i_s, first, rows, rows_in, b_gc, b_gn, b_xw = _sub_chunk(x, gc, E, H, M, BT, BC, BM, REVERSE)
+    i_n, i_h, i_t, i_s, first, rows, rows_in, b_gc, b_gn = _sub_chunk(x, gc, E, H, M, BT, BC, BM, REVERSE)
     o_m = tl.arange(0, BM)
     o_i = tl.arange(0, BC)
     o_t = tl.arange(0, BT)
     m_m = o_m < M
     b_p = tl.load(p + (rows_in[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0).to(tl.float32)
-    # earlier sub-chunks of this chunk in one product, decays split at this sub-chunk's first row
-    b_w = _mm(b_p * tl.exp(b_gc - b_gn[None, :]), tl.trans(b_xw), DOT_PREC)
-    # stored now outside the diagonal block (zeros after it); the diagonal block is stored below
     p_w = w + (rows * H + i_h) * BT
-    off_diagonal = (o_t < i_s * BC) | (o_t >= i_s * BC + BC)
-    tl.store(p_w[:, None] + o_t[None, :], b_w, mask=(o_i < BC)[:, None] & off_diagonal[None, :])
+    # earlier sub-chunks of this chunk one block of columns at a time, decays split at this sub-chunk's first row
+    b_pn = b_p * tl.exp(b_gc - b_gn[None, :])
+    for i_j in range(0, i_s):
+        b_xw = _earlier_block(x, gc, b_gn, i_n, i_h, i_t, i_j, o_i, o_m, m_m, E, H, M, BT, BC, REVERSE)
+        tl.store(p_w[:, None] + i_j * BC + o_i[None, :], _mm(b_pn, tl.trans(b_xw), DOT_PREC))
+    # zeros after the diagonal block
+    later = o_t >= (i_s + 1) * BC
+    tl.store(p_w[:, None] + o_t[None, :], tl.zeros([BC, BT], dtype=tl.float32), mask=(o_i < BC)[:, None] & later[None, :])
     # the diagonal sub-chunk: its diagonal (decay 1) as a rowsum, its pairs j < t in log2(BC) split-decay products
     b_x = tl.load(x + (rows_in[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0).to(tl.float32)
     b_d = tl.where(o_i[:, None] == o_i[None, :], tl.sum(b_p * b_x, axis=1)[:, None], 0.0)
@@ -298,16 +303,19 @@ def logits_intra_kernel(
 ):
     # adds the in-chunk part of z_t = S_t q_t for one sub-chunk of BC rows, from logits_chunk_kernel's A = q . y:
     # z_tm += sum_(j <= t in the chunk) A[t, j] x_jm exp(G_tm - G_jm)
-    i_n, i_h, i_s, first, rows, rows_in, b_gc, b_gn, b_xw = _sub_chunk(x, gc, E, H, M, BT, BC, BM, REVERSE)
+    i_n, i_h, i_t, i_s, first, rows, rows_in, b_gc, b_gn = _sub_chunk(x, gc, E, H, M, BT, BC, BM, REVERSE)
     o_m = tl.arange(0, BM)
     o_i = tl.arange(0, BC)
-    o_t = tl.arange(0, BT)
     m_m = o_m < M
-    # the earlier sub-chunks in one product (decays split at this sub-chunk's first row)
-    b_qyc = tl.load(a_qy + (rows[:, None] * H + i_h) * BT + o_t[None, :])
     p_z = z + (rows_in[:, None] * H + i_h) * M + o_m[None, :]
     b_z = tl.load(p_z, mask=m_m[None, :], other=0.0)
-    b_z += _mm(b_qyc, b_xw, DOT_PREC) * tl.exp(b_gc - b_gn[None, :])
+    # the earlier sub-chunks one block at a time, decays split at this sub-chunk's first row
+    b_e = tl.zeros([BC, BM], dtype=tl.float32)
+    for i_j in range(0, i_s):
+        b_xw = _earlier_block(x, gc, b_gn, i_n, i_h, i_t, i_j, o_i, o_m, m_m, E, H, M, BT, BC, REVERSE)
+        b_aj = tl.load(a_qy + (rows[:, None] * H + i_h) * BT + i_j * BC + o_i[None, :])
+        b_e += _mm(b_aj, b_xw, DOT_PREC)
+    b_z += b_e * tl.exp(b_gc - b_gn[None, :])
     # the diagonal sub-chunk: its diagonal (decay 1) element-wise, its pairs j < t in log2(BC) split-decay products
     b_ad = tl.load(a_qy + (rows[:, None] * H + i_h) * BT + i_s * BC + o_i[None, :])
     b_x = tl.load(x + (rows_in[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0).to(tl.float32)
@@ -319,14 +327,11 @@ def logits_intra_kernel(
     tl.store(p_z, b_z, mask=m_m[None, :])
 
 
-def _blocks(M: int, D: int, widest: int = 64) -> tuple[int, int]:
-    return block(M), min(widest, block(D))
-
-
-def _read_out_blocks(M: int, D: int, block_d: int) -> tuple[int, int]:
-    # the read-outs' tiles: D blocks of 128 while the state tile is at most 64 rows, else 64; `block_d` overrides
-    BM, BD = _blocks(M, D, widest=128 if M <= 64 else 64)
-    return BM, block_d or BD
+def _tiles(M: int, D: int, block_d: int = 0) -> tuple[int, int]:
+    # `(BM, BD)` of the chunk sums and of both read-outs: the state's M rows whole, D blocks of 128 while that is at
+    # most 64 rows, else 64 (H200, M = 64, D = 128: the chunk sums 0.65 ms against 0.72 with blocks of 64, the
+    # read-outs as slot_read says); `block_d` overrides
+    return block(M), block_d or min(128 if M <= 64 else 64, block(D))
 
 
 def _levels(sub: int) -> int:
@@ -343,7 +348,8 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32x3"
 
 
-def slot_states(x, gc, y, h0, chunk: int, prec: str, reverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def slot_states(x, gc, y, h0, chunk: int, prec: str, reverse: bool = False, block_d: int = 0,
+                num_warps: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     """States at every chunk start `[N, H, NT, M, D]` and the final state `[N, H, M, D]` (float32).
 
     Two kernels: every chunk's own sum in parallel (the matrix products), then an element-wise walk over the chunks
@@ -351,14 +357,16 @@ def slot_states(x, gc, y, h0, chunk: int, prec: str, reverse: bool = False) -> t
     each; the sums and the walk stay float32): half the state traffic of its read-outs, native products against bf16
     queries. The backward's reverse scans keep float32 states: the gate gradient is a difference of large terms
     computed from them (bf16 there put dg at ~1e-2 relative error in a CPU emulation).
-    `gc` is always in scan order; with `reverse`, x and y are read back to front (time t is row E - 1 - t)."""
+    `gc` is always in scan order; with `reverse`, x and y are read back to front (time t is row E - 1 - t).
+    `block_d` and `num_warps` are the chunk sums' D block (default: `_tiles`) and warps."""
     N, E, H, M = x.shape
     D = y.shape[-1]
-    BM, BD = _blocks(M, D)
+    BM, BD = _tiles(M, D, block_d)
     h = new_output(N, H, E // chunk, M, D, device=x.device)
     ht = new_output(N, H, M, D, device=x.device)
     chunk_sums_kernel[(triton.cdiv(D, BD), E // chunk, N * H)](x, gc, y, h, E, H, M, D, BT=chunk, BM=BM, BD=BD,
-                                                              REVERSE=reverse, DOT_PREC=kernel_precision(prec))
+                                                              REVERSE=reverse, DOT_PREC=kernel_precision(prec),
+                                                              num_warps=num_warps)
     half = y.dtype == torch.bfloat16 and not reverse and prec != "ieee"
     states = new_output(N, H, E // chunk, M, D, dtype=torch.bfloat16, device=x.device) if half else h
     width = min(1024, block(M * D, least=1))
@@ -375,12 +383,11 @@ def slot_read(p, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub:
     With `a` `[N, E, H]` and `o_win` `[N, E_win, H, D]` (float32, E_win <= E), adds `a_t * o_win_t` (NHA's output).
     Two kernels, as fla's chunked GLA: the in-chunk weights W `[N, E, H, chunk]` per sub-chunk of `sub` rows (no D in
     them), then per chunk and D block of `block_d` the products with the chunk-start state and with the chunk's y."""
-    # measured on an H200 (64k tokens, 16 heads, M = 64, D = 128; gpu_session6_h200.log): 2 warps for the in-chunk
-    # kernel, both kernels 2.01 ms against 2.84 with 4 warps (the fused one-kernel read-out it replaced: 2.23 ms in an
-    # earlier call of the same session)
+    # measured on an H200 (64k tokens, 16 heads, M = 64, D = 128; gpu_session7_h200.log): 2 warps for the in-chunk
+    # kernel, both kernels 1.86 ms against 2.29 with 4 warps (reverse-type calls: 2.10 against 2.39)
     N, E, H, M = x.shape
     D = y.shape[-1]
-    BM, BD = _read_out_blocks(M, D, block_d)
+    BM, BD = _tiles(M, D, block_d)
     w = new_output(N, E, H, chunk, device=x.device)
     read_weights_kernel[(E // sub, N * H)](p, x, gc, w, E, H, M, BT=chunk, BC=sub, BM=BM, LEVELS=_levels(sub),
                                            REVERSE=reverse, DOT_PREC=kernel_precision(prec), num_warps=intra_warps)
@@ -394,17 +401,17 @@ def slot_read(p, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub:
 
 
 def slot_logits(q, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub: int = 16, block_d: int = 0,
-                num_warps: int = 4, intra_warps: int = 2) -> torch.Tensor:
+                num_warps: int = 4, intra_warps: int = 4) -> torch.Tensor:
     """`z_t = S_t q_t`: q `[N, E, H, D]` -> `[N, E, H, M]` float32 (q, x, y and z back to front if `reverse`).
 
     Two kernels, as fla's gated slot attention: per chunk the D-contracted products (q against the chunk-start state
     and against the chunk's y, D walked in blocks of `block_d`), then per sub-chunk of `sub` rows the in-chunk part,
     whose decays are per slot (no D in it)."""
-    # measured as slot_read: 2 warps for the in-chunk kernel, both kernels 1.62 ms against 1.90 with 4 warps (the
-    # fused one-kernel version it replaced: 2.05)
+    # measured as slot_read: 4 warps for the in-chunk kernel, both kernels 1.25 ms against 1.38 with 2 warps
+    # (reverse-type calls: 1.32 against 1.50)
     N, E, H, M = x.shape
     D = y.shape[-1]
-    BM, BD = _read_out_blocks(M, D, block_d)
+    BM, BD = _tiles(M, D, block_d)
     z = new_output(N, E, H, M, device=x.device)
     a_qy = new_output(N, E, H, chunk, device=x.device)
     logits_chunk_kernel[(E // chunk, N * H)](q, gc, y, h, z, a_qy, E, H, M, D, BT=chunk, BM=BM, BD=BD,
