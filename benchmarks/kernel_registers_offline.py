@@ -77,9 +77,12 @@ def main() -> None:
         module = _load(path, f"slot_chunk_{i}")
         for name, signature, constexprs in KERNELS:
             for reverse in (False, True):
-                sig = {k: (F32 if reverse else BF16) if v == "STATES" else v for k, v in signature.items()}
+                fn, consts = getattr(module, name), {**constexprs, "REVERSE": reverse}
+                # arguments the table does not name are integers (e.g. the D-side inputs' row maps, `_source`)
+                sig = {a: (F32 if reverse else BF16) if signature.get(a) == "STATES" else signature.get(a, I32)
+                       for a in fn.arg_names if a not in consts}
                 for warps in args.warps:
-                    regs, spills = registers(getattr(module, name), sig, {**constexprs, "REVERSE": reverse}, warps)
+                    regs, spills = registers(fn, sig, consts, warps)
                     scan = "reverse" if reverse else "forward"
                     print(f"| {path} | {name} | {scan} | {warps} | {regs} | {spills} |", flush=True)
 

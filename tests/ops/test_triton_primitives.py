@@ -43,7 +43,7 @@ def test_gate_grad_is_the_reverse_cumsum_of_the_gate_terms(with_final):
 def _scan_gates_reference(g, valid, ends, shift, group, length):
     # PyTorch: clamp, mask invalid rows, move `shift` later, repeat heads, cut each sequence at its end
     g = g.double().clamp(min=-1000.0) * valid[:, :, None, None]
-    g_in = shifted(g, shift, length, group)
+    g_in = shifted(g, shift, length, group).materialize()
     return g_in * (torch.arange(length, device=g.device)[None, :] < ends[:, None])[:, :, None, None]
 
 
@@ -75,7 +75,7 @@ def test_unshift_is_the_gradient_of_shifted(by, group):
     x = torch.randn(N, S, H, D, device=DEVICE, requires_grad=True)
     dy = torch.randn(N, length, H * group, D, device=DEVICE)
     other = torch.randn(N, S, H, D, device=DEVICE)
-    (expected,) = torch.autograd.grad((shifted(x, by, length, group) * dy).sum(), (x,))
+    (expected,) = torch.autograd.grad((shifted(x, by, length, group).materialize() * dy).sum(), (x,))
     torch.testing.assert_close(unshift(dy, by, S, group, other=other), expected + other, rtol=1e-5, atol=1e-5)
     assert unshift(dy, by, S, group, dtype=torch.bfloat16).dtype == torch.bfloat16
 
@@ -128,6 +128,33 @@ def test_slot_read_outs_are_the_recurrence(sub, steep):
     o = slot_read(back(p), back(x), gc, back(y), hr, chunk, "ieee", reverse=True, sub=sub)
     torch.testing.assert_close(z, back(z_ref), **close)
     torch.testing.assert_close(o, back(o_ref), **close)
+
+
+@pytest.mark.parametrize("shift,group", [(0, 1), (5, 2), (70, 1), (200, 2)])
+def test_kernels_read_shifted_inputs_in_place(shift, group):
+    # keys/values as the scan reads them, rows `shift` late, one head per `group` and zeros outside the input (a
+    # Shifted): exactly what the materialized copy gives, as y (states, both read-outs) and as q (the backward's
+    # reverse logits), in both scan directions
+    N, S, M, D, chunk, E = 2, 100, 5, 6, 64, 128
+    H = 2 * group
+    lazy = shifted(torch.randn(N, S, 2, D, device=DEVICE), shift, E, group)
+    dense = lazy.materialize()
+    assert dense.shape == lazy.shape == (N, E, H, D)
+    x, p = torch.rand(N, E, H, M, device=DEVICE), torch.rand(N, E, H, M, device=DEVICE)
+    gc = chunk_cumsum(-torch.rand(N, E, H, M, device=DEVICE), chunk)
+    q = torch.randn(N, E, H, D, device=DEVICE)
+    exact = dict(rtol=0, atol=0)
+    for reverse in (False, True):
+        h, ht = slot_states(x, gc, lazy, None, chunk, "ieee", reverse=reverse)
+        h_ref, ht_ref = slot_states(x, gc, dense, None, chunk, "ieee", reverse=reverse)
+        torch.testing.assert_close((h, ht), (h_ref, ht_ref), **exact)
+        for got, want in [(slot_logits(q, x, gc, lazy, h, chunk, "ieee", reverse=reverse),
+                           slot_logits(q, x, gc, dense, h, chunk, "ieee", reverse=reverse)),
+                          (slot_logits(lazy, x, gc, q, h, chunk, "ieee", reverse=reverse),
+                           slot_logits(dense, x, gc, q, h, chunk, "ieee", reverse=reverse)),
+                          (slot_read(p, x, gc, lazy, h, chunk, "ieee", reverse=reverse),
+                           slot_read(p, x, gc, dense, h, chunk, "ieee", reverse=reverse))]:
+            torch.testing.assert_close(got, want, **exact)
 
 
 @pytest.mark.gpu

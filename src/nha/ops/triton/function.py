@@ -5,7 +5,8 @@ N sequences, S rows (the extended layout of chunk.py's `_extend`), E scan steps 
 HQ query heads, H key/value heads, G = HQ // H, K/V head dims, M slots.
 
 Forward: window path (banded attention, lse) -> scan gates (`slot_gates`: shift by w, masks, GQA) -> slot pass 1
-(logits z) -> merge (p, a) -> slot pass 2 with the output `o = a * o_win + S^T p` in its epilogue.
+(logits z) -> merge (p, a) -> slot pass 2 with the output `o = a * o_win + S^T p` in its epilogue. The slot kernels
+read k and v shifted by w and per query head in place (shift.py's `Shifted`): no copies, nothing more saved.
 Backward, in reverse: pass 2 (dp, dv, its gate terms) -> merge and output together (`merge_backward`: dz, the window
 path's do and delta) -> pass 1 (dq, dk, its gate terms) -> window path -> one pass for the gates' gradient and one per
 q/k/v that adds the two paths' gradients, shifts them back and casts them.
@@ -90,8 +91,7 @@ class NHAFunction(torch.autograd.Function):
         z, ht_k = logits_forward(q_in, s_in, gc, k_in, h0_k, C, prec)
         p, a = merge_forward(z, lse_win, plan.live_i8, plan.scale)
         o, ht_v = read_forward(p, s_in, gc, v_in, h0_v, C, prec, a=a, o_win=o_win, dtype=q.dtype)
-        ctx.save_for_backward(qw, kw, v, o_win, lse_win, g, q_in, k_in, v_in, g_in, s_in, gc, z, p, a, h0_k, h0_v,
-                              ht_k, ht_v)
+        ctx.save_for_backward(qw, kw, v, o_win, lse_win, g, q_in, k, g_in, s_in, gc, z, p, a, h0_k, h0_v, ht_k, ht_v)
         return o[:, :S], ht_k, ht_v
 
     @staticmethod
@@ -118,9 +118,10 @@ def _window_only_backward(do, qw, kw, v, o_win, lse_win, plan: Plan, shared):
 
 def _backward(do, dht_k, dht_v, saved, plan: Plan, shared):
     """`(dq, dk, dv, dg, dq_win, dk_win, dh0_k, dh0_v)` of the full operator."""
-    qw, kw, v, o_win, lse_win, g, q_in, k_in, v_in, g_in, s_in, gc, z, p, a, h0_k, h0_v, ht_k, ht_v = saved
+    qw, kw, v, o_win, lse_win, g, q_in, k, g_in, s_in, gc, z, p, a, h0_k, h0_v, ht_k, ht_v = saved
     N, S, HQ = qw.shape[0], qw.shape[1], q_in.shape[2]
     E, C, G, prec = plan.length, plan.chunk, plan.group, plan.prec
+    k_in, v_in = shifted(k, plan.shift, E, G), shifted(v, plan.shift, E, G)
     do = q_in.new_zeros(N, S, HQ, v.shape[-1]) if do is None else do.contiguous()
     dht_k = None if dht_k is None else dht_k.float().contiguous()
     dht_v = None if dht_v is None else dht_v.float().contiguous()

@@ -6,6 +6,7 @@ heads, D head dim, BR/BD row/column blocks.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -15,16 +16,42 @@ import triton.language as tl
 from nha.ops.triton.common import block, new_output
 
 
-def shifted(x: torch.Tensor, by: int, length: int, group: int) -> torch.Tensor:
-    """`[N, S, H, D]` -> `[N, length, H * group, D]`: rows moved `by` later (zeros in front and at the end), heads
-    repeated `group` times (GQA), in one contiguous copy."""
-    N, S, H, D = x.shape
-    out = x.new_zeros(N, length, H * group, D)
-    n = max(0, min(S, length - by))
-    if n > 0:
-        rows = x[:, :n]
-        out[:, by:by + n] = rows if group == 1 else rows.repeat_interleave(group, dim=2)
-    return out
+@dataclass(frozen=True)
+class Shifted:
+    """A key or value input as the slot scan reads it, without a copy: scan step t of scan head h reads row
+    `t - shift` of head `h // group` of x `[N, S, H, D]`, and zeros where that row is outside `[0, S)`.
+
+    The slot kernels take it wherever they take a `[N, E, H * group, D]` tensor (`source_rows` in slot_chunk.py);
+    `materialize` is the same tensor as a copy (the reference the kernels are tested against)."""
+
+    x: torch.Tensor
+    shift: int
+    group: int
+    length: int
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.x.dtype
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        N, _, H, D = self.x.shape
+        return N, self.length, H * self.group, D
+
+    def materialize(self) -> torch.Tensor:
+        N, S, H, D = self.x.shape
+        out = self.x.new_zeros(self.shape)
+        n = max(0, min(S, self.length - self.shift))
+        if n > 0:
+            rows = self.x[:, :n]
+            out[:, self.shift:self.shift + n] = rows if self.group == 1 else rows.repeat_interleave(self.group, dim=2)
+        return out
+
+
+def shifted(x: torch.Tensor, by: int, length: int, group: int) -> Shifted:
+    """`[N, S, H, D]` -> `[N, length, H * group, D]` as the scan reads it: rows moved `by` later (zeros in front and
+    at the end), heads repeated `group` times (GQA); x must be contiguous."""
+    return Shifted(x, by, group, length)
 
 
 @triton.jit

@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 
 from nha.ops.triton.common import block, kernel_precision, new_output
+from nha.ops.triton.shift import Shifted
 
 
 @triton.jit
@@ -31,9 +32,17 @@ def _time(t, E, REVERSE: tl.constexpr):
 
 
 @triton.jit
+def _source(t, i_n, i_h, SRC_ROWS, SRC_HEADS, SHIFT, GROUP):
+    # `(row * heads + head)` offsets and existence mask of scan times t (storage order) in a D-side input the scan
+    # reads SHIFT rows late, one head per GROUP scan heads (shift.py's Shifted; a plain input: its E, H, 0 and 1)
+    r = t - SHIFT
+    return (i_n * SRC_ROWS + r.to(tl.int64)) * SRC_HEADS + i_h // GROUP, (r >= 0) & (r < SRC_ROWS)
+
+
+@triton.jit
 def chunk_sums_kernel(
     x, gc, y, h,
-    E, H, M, D,
+    E, H, M, D, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP,
     BT: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, REVERSE: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
     # what one chunk adds to the state, decayed to the chunk end: sum_j exp(G_last - G_j) x_j (x) y_j `[M, D]`
@@ -51,7 +60,8 @@ def chunk_sums_kernel(
     b_gc = tl.load(gc + (rows[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0)
     last = (i_n * E + i_t * BT + BT - 1).to(tl.int64)
     b_glast = tl.load(gc + (last * H + i_h) * M + o_m, mask=m_m, other=0.0)
-    b_y = tl.load(y + (rows_in[:, None] * H + i_h) * D + o_d[None, :], mask=m_d[None, :], other=0.0)
+    y_rows, y_ok = _source(_time(i_t * BT + o_t, E, REVERSE), i_n, i_h, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP)
+    b_y = tl.load(y + y_rows[:, None] * D + o_d[None, :], mask=y_ok[:, None] & m_d[None, :], other=0.0)
     b_xw = b_x * tl.exp(b_glast[None, :] - b_gc)  # every factor <= 1
     b_s = _mm(tl.trans(b_xw), b_y, DOT_PREC)
     p_h = h + ((i_n * H + i_h) * NT + i_t) * M * D + o_m[:, None] * D + o_d[None, :]
@@ -213,8 +223,8 @@ def read_weights_kernel(
         b_xw = _earlier_block(x, gc, b_gn, i_n, i_h, i_t, i_j, o_i, o_m, m_m, E, H, M, BT, BC, REVERSE)
         tl.store(p_w[:, None] + i_j * BC + o_i[None, :], _mm(b_pn, tl.trans(b_xw), DOT_PREC))
     # zeros after the diagonal block
-    later = o_t >= (i_s + 1) * BC
-    tl.store(p_w[:, None] + o_t[None, :], tl.zeros([BC, BT], dtype=tl.float32), mask=(o_i < BC)[:, None] & later[None, :])
+    later = (o_i < BC)[:, None] & (o_t >= (i_s + 1) * BC)[None, :]
+    tl.store(p_w[:, None] + o_t[None, :], tl.zeros([BC, BT], dtype=tl.float32), mask=later)
     # the diagonal sub-chunk: its diagonal (decay 1) as a rowsum, its pairs j < t in log2(BC) split-decay products
     b_x = tl.load(x + (rows_in[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0).to(tl.float32)
     b_d = tl.where(o_i[:, None] == o_i[None, :], tl.sum(b_p * b_x, axis=1)[:, None], 0.0)
@@ -228,7 +238,7 @@ def read_weights_kernel(
 @triton.jit
 def slot_read_kernel(
     p, gc, y, h, w, o, a, o_win,
-    E, H, M, D, E_WIN,
+    E, H, M, D, E_WIN, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP,
     BT: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr,
     REVERSE: tl.constexpr, DOT_PREC: tl.constexpr, WIN: tl.constexpr,
 ):
@@ -250,7 +260,8 @@ def slot_read_kernel(
     b_h = tl.load(p_h, mask=m_m[:, None] & m_d[None, :], other=0.0)
     b_o = _mm(b_p * tl.exp(b_gc), b_h, DOT_PREC)
     b_w = tl.load(w + (rows[:, None] * H + i_h) * BT + o_t[None, :])
-    b_y = tl.load(y + (rows_in[:, None] * H + i_h) * D + o_d[None, :], mask=m_d[None, :], other=0.0)
+    y_rows, y_ok = _source(_time(i_t * BT + o_t, E, REVERSE), i_n, i_h, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP)
+    b_y = tl.load(y + y_rows[:, None] * D + o_d[None, :], mask=y_ok[:, None] & m_d[None, :], other=0.0)
     b_o += _mm(b_w, b_y, DOT_PREC)
     if WIN:
         t = i_t * BT + o_t
@@ -264,7 +275,7 @@ def slot_read_kernel(
 @triton.jit
 def logits_chunk_kernel(
     q, gc, y, h, z, a_qy,
-    E, H, M, D,
+    E, H, M, D, Q_ROWS, Q_HEADS, Q_SHIFT, Q_GROUP, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP,
     BT: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, ND: tl.constexpr,
     REVERSE: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
@@ -278,16 +289,19 @@ def logits_chunk_kernel(
     m_m = o_m < M
     rows = i_n * E + (i_t * BT + o_t).to(tl.int64)
     rows_in = i_n * E + _time(i_t * BT + o_t, E, REVERSE).to(tl.int64)
+    t = _time(i_t * BT + o_t, E, REVERSE)
+    q_rows, q_ok = _source(t, i_n, i_h, Q_ROWS, Q_HEADS, Q_SHIFT, Q_GROUP)
+    y_rows, y_ok = _source(t, i_n, i_h, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP)
     b_qh = tl.zeros([BT, BM], dtype=tl.float32)
     b_a = tl.zeros([BT, BT], dtype=tl.float32)
     for i_d in tl.static_range(0, ND):
         o_d = i_d * BD + tl.arange(0, BD)
         m_d = o_d < D
-        b_q = tl.load(q + (rows_in[:, None] * H + i_h) * D + o_d[None, :], mask=m_d[None, :], other=0.0)
+        b_q = tl.load(q + q_rows[:, None] * D + o_d[None, :], mask=q_ok[:, None] & m_d[None, :], other=0.0)
         p_h = h + ((i_n * H + i_h) * NT + i_t) * M * D + o_m[:, None] * D + o_d[None, :]
         b_h = tl.load(p_h, mask=m_m[:, None] & m_d[None, :], other=0.0)
         b_qh += _mm(b_q, tl.trans(b_h), DOT_PREC)
-        b_y = tl.load(y + (rows_in[:, None] * H + i_h) * D + o_d[None, :], mask=m_d[None, :], other=0.0)
+        b_y = tl.load(y + y_rows[:, None] * D + o_d[None, :], mask=y_ok[:, None] & m_d[None, :], other=0.0)
         b_a += _mm(b_q, tl.trans(b_y), DOT_PREC)
     b_gc = tl.load(gc + (rows[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0)
     tl.store(z + (rows_in[:, None] * H + i_h) * M + o_m[None, :], b_qh * tl.exp(b_gc), mask=m_m[None, :])
@@ -348,6 +362,14 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32x3"
 
 
+def source_rows(y, E: int, H: int) -> tuple:
+    """`(tensor, rows, heads, shift, group)` of a D-side input for the kernels' `_source`: a `Shifted` (shift.py)
+    as it says, a plain `[N, E, H, D]` tensor as itself (rows E, heads H, shift 0, group 1)."""
+    if isinstance(y, Shifted):
+        return y.x, y.x.shape[1], y.x.shape[2], y.shift, y.group
+    return y, E, H, 0, 1
+
+
 def slot_states(x, gc, y, h0, chunk: int, prec: str, reverse: bool = False, block_d: int = 0,
                 num_warps: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     """States at every chunk start `[N, H, NT, M, D]` and the final state `[N, H, M, D]` (float32).
@@ -364,7 +386,8 @@ def slot_states(x, gc, y, h0, chunk: int, prec: str, reverse: bool = False, bloc
     BM, BD = _tiles(M, D, block_d)
     h = new_output(N, H, E // chunk, M, D, device=x.device)
     ht = new_output(N, H, M, D, device=x.device)
-    chunk_sums_kernel[(triton.cdiv(D, BD), E // chunk, N * H)](x, gc, y, h, E, H, M, D, BT=chunk, BM=BM, BD=BD,
+    y, *y_map = source_rows(y, E, H)
+    chunk_sums_kernel[(triton.cdiv(D, BD), E // chunk, N * H)](x, gc, y, h, E, H, M, D, *y_map, BT=chunk, BM=BM, BD=BD,
                                                               REVERSE=reverse, DOT_PREC=kernel_precision(prec),
                                                               num_warps=num_warps)
     half = y.dtype == torch.bfloat16 and not reverse and prec != "ieee"
@@ -394,8 +417,9 @@ def slot_read(p, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub:
     o = new_output(N, E, H, D, dtype=dtype, device=x.device)
     win = o_win is not None
     grid = (triton.cdiv(D, BD), E // chunk, N * H)
+    y, *y_map = source_rows(y, E, H)
     slot_read_kernel[grid](p, gc, y, h, w, o, a if win else o, o_win if win else o, E, H, M, D,
-                           o_win.shape[1] if win else 0, BT=chunk, BM=BM, BD=BD, REVERSE=reverse,
+                           o_win.shape[1] if win else 0, *y_map, BT=chunk, BM=BM, BD=BD, REVERSE=reverse,
                            DOT_PREC=kernel_precision(prec), WIN=win, num_warps=num_warps)
     return o
 
@@ -414,7 +438,8 @@ def slot_logits(q, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, su
     BM, BD = _tiles(M, D, block_d)
     z = new_output(N, E, H, M, device=x.device)
     a_qy = new_output(N, E, H, chunk, device=x.device)
-    logits_chunk_kernel[(E // chunk, N * H)](q, gc, y, h, z, a_qy, E, H, M, D, BT=chunk, BM=BM, BD=BD,
+    (q, *q_map), (y, *y_map) = source_rows(q, E, H), source_rows(y, E, H)
+    logits_chunk_kernel[(E // chunk, N * H)](q, gc, y, h, z, a_qy, E, H, M, D, *q_map, *y_map, BT=chunk, BM=BM, BD=BD,
                                              ND=triton.cdiv(D, BD), REVERSE=reverse,
                                              DOT_PREC=kernel_precision(prec), num_warps=num_warps)
     logits_intra_kernel[(E // sub, N * H)](x, gc, a_qy, z, E, H, M, BT=chunk, BC=sub, BM=BM, LEVELS=_levels(sub),

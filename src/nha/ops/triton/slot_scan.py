@@ -3,7 +3,8 @@
 N sequences, E time (a multiple of BT), H heads, M slots, K/V head dims, D = K or V, BT chunk.
 
 Both passes scan `S_t = diag(a_t) S_{t-1} + s_t (x) y_t` with `a = exp(g)`, `S_0 = h0`, `G_t = sum_{i<=t} g_i`:
-  pass 1 (logits)  z_t = S_t q_t,    y = k;   pass 2 (read)  o_t = S_t^T p_t,   y = v.
+  pass 1 (logits)  z_t = S_t q_t,    y = k;   pass 2 (read)  o_t = S_t^T p_t,   y = v
+(k and v as `[N, E, H, D]` tensors or shift.py's `Shifted`, read in place).
 Backward, for a read-out with row input r_t `[M]` and column input c_t `[D]` (pass 1: r = dz, c = q; pass 2:
 r = p, c = do), let `R_t = sum_{t' >= t} exp(G_t' - G_t) r_t' (x) c_t' + exp(G_E - G_t) dS_E`: R is the same scan run
 backwards in time, i.e. forwards on time-flipped inputs with gates `g'_u = g_{E-u}`, `g'_0 = 0`. Then

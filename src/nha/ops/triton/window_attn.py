@@ -8,6 +8,8 @@ The backward takes the gradient of lse too: dS = P * (dP - (rowsum(dO * O) - dls
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
@@ -175,9 +177,12 @@ def window_forward(q, k, v, valid_i8, window: int, scale: float) -> tuple[torch.
     return o, lse
 
 
-def window_backward(q, k, v, valid_i8, lse, delta, do, window: int, scale: float):
+def window_backward(q, k, v, valid_i8, lse, delta, do, window: int, scale: float,
+                    dkdv_tiles: Optional[dict] = None, dq_tiles: Optional[dict] = None):
     """`(dq, dk, dv)` float32 of `window_forward`, given `do [N, E, HQ, V]` (in q's dtype) and
-    `delta = rowsum(do * o) - dlse` `[N, E, HQ]` float32 (the caller folds the lse gradient in)."""
+    `delta = rowsum(do * o) - dlse` `[N, E, HQ]` float32 (the caller folds the lse gradient in).
+
+    `dkdv_tiles` / `dq_tiles` override either kernel's launch (BM, BN, num_warps; for tuning)."""
     N, E, HQ, K = q.shape
     H, V = k.shape[2], v.shape[3]
     cfg, prec = _config(K, V, q.dtype, not q.is_cuda), _precision(q.dtype)
@@ -185,8 +190,9 @@ def window_backward(q, k, v, valid_i8, lse, delta, do, window: int, scale: float
     dk = new_output(N, E, H, K, device=q.device)
     dv = new_output(N, E, H, V, device=q.device)
     args = (E, HQ, H, K, V, window, scale)
-    window_bwd_dkdv_kernel[(triton.cdiv(E, cfg["BN"]), N * H)](q, k, v, valid_i8, lse, delta, do, dk, dv, *args,
-                                                              DOT_PREC=prec, **cfg)
-    window_bwd_dq_kernel[(triton.cdiv(E, cfg["BM"]), N * HQ)](q, k, v, valid_i8, lse, delta, do, dq, *args,
-                                                             DOT_PREC=prec, **cfg)
+    kv_cfg, q_cfg = {**cfg, **(dkdv_tiles or {})}, {**cfg, **(dq_tiles or {})}
+    window_bwd_dkdv_kernel[(triton.cdiv(E, kv_cfg["BN"]), N * H)](q, k, v, valid_i8, lse, delta, do, dk, dv, *args,
+                                                                 DOT_PREC=prec, **kv_cfg)
+    window_bwd_dq_kernel[(triton.cdiv(E, q_cfg["BM"]), N * HQ)](q, k, v, valid_i8, lse, delta, do, dq, *args,
+                                                               DOT_PREC=prec, **q_cfg)
     return dq, dk, dv
