@@ -113,13 +113,13 @@ def _gate_terms(a, b, s, ds, i_n, i_h, i_t, E, H, M, BT: tl.constexpr, BM: tl.co
 
 @triton.jit
 def gate_chunk_totals_kernel(a, b, s, ds, tot, E, H, M, BT: tl.constexpr, BM: tl.constexpr):
-    # tot `[N, NT, H, M]`: every chunk's sum of dG
+    # tot `[N, H, M, NT]`: every chunk's sum of dG (chunks innermost: their reverse cumsum is then PyTorch's fast one)
     i_t, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
     b_dg, _, m_m = _gate_terms(a, b, s, ds, i_n, i_h, i_t, E, H, M, BT, BM)
     NT = E // BT
     o_m = tl.arange(0, BM)
-    tl.store(tot + ((i_n * NT + i_t) * H + i_h) * M + o_m, tl.sum(b_dg, axis=0), mask=m_m)
+    tl.store(tot + ((i_n * H + i_h) * M + o_m) * NT + i_t, tl.sum(b_dg, axis=0), mask=m_m)
 
 
 @triton.jit
@@ -131,7 +131,7 @@ def gate_grad_kernel(a, b, s, ds, later, dg, E, H, M, BT: tl.constexpr, BM: tl.c
     b_dg, p, m_m = _gate_terms(a, b, s, ds, i_n, i_h, i_t, E, H, M, BT, BM)
     NT = E // BT
     o_m = tl.arange(0, BM)
-    b_later = tl.load(later + ((i_n * NT + i_t) * H + i_h) * M + o_m, mask=m_m, other=0.0)
+    b_later = tl.load(later + ((i_n * H + i_h) * M + o_m) * NT + i_t, mask=m_m, other=0.0)
     tl.store(dg + p, tl.cumsum(b_dg, axis=0, reverse=True) + b_later[None, :], mask=m_m[None, :])
 
 
@@ -158,11 +158,12 @@ def gate_grad(a: torch.Tensor, b: torch.Tensor, s: torch.Tensor, ds: torch.Tenso
     NT = E // chunk
     a, b, s, ds = (t.float().contiguous() for t in (a, b, s, ds))
     grid, BM = _grid(a, chunk), block(M)
-    tot = new_output(N, NT, H, M, device=a.device)
+    tot = new_output(N, H, M, NT, device=a.device)
     gate_chunk_totals_kernel[grid](a, b, s, ds, tot, E, H, M, BT=chunk, BM=BM)
-    later = torch.flip(torch.cumsum(torch.flip(tot, dims=[1]), dim=1), dims=[1]) - tot
+    # a scan along the innermost dim (a scan along dim 1 of [N, NT, H, M] took ~0.18 ms at 64k tokens on an H200)
+    later = torch.flip(torch.cumsum(torch.flip(tot, dims=[-1]), dim=-1), dims=[-1]) - tot
     if final_term is not None:
-        later = later + final_term[:, None]
+        later = later + final_term[..., None]
     dg = new_output(N, E, H, M, device=a.device)
     gate_grad_kernel[grid](a, b, s, ds, later.contiguous(), dg, E, H, M, BT=chunk, BM=BM)
     return dg
