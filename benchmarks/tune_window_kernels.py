@@ -1,8 +1,8 @@
-"""Launch-parameter sweep of the window path's backward kernels (window_attn.py) at one large shape, on a GPU.
+"""Launch-parameter sweep of the window path's kernels (window_attn.py) at one large shape, on a GPU.
 
 N sequences, E time, H heads, D head dim, w window. Times `window_backward` with triton.testing.do_bench for a grid of
 query/key blocks and warps for one of its two kernels at a time (dk/dv per key block, dq per query block; the other
-at its default), so the launch defaults in window_attn.py are measured choices; the forward is timed once for scale.
+at its default), and the forward's tiles, so the launch defaults in window_attn.py are measured choices.
 
     PYTHONPATH=src python benchmarks/tune_window_kernels.py [--tokens 65536] [--heads 16] [--window 64 512]
 """
@@ -33,7 +33,13 @@ def main() -> None:
     for w in args.window:
         o, lse = window_forward(q, k, v, valid, w, scale)
         delta = (do.float() * o).sum(-1)
-        print(f"w={w}: forward {ms(lambda: window_forward(q, k, v, valid, w, scale)):.3f} ms")
+        for BM, BN, warps in [(64, 64, 4), (64, 32, 4), (64, 64, 8), (128, 64, 8), (128, 32, 8), (32, 32, 4)]:
+            tiles = dict(BM=BM, BN=BN, num_warps=warps)
+            try:
+                print(f"w={w} {tiles}: forward {ms(lambda: window_forward(q, k, v, valid, w, scale, tiles)):.3f} ms",
+                      flush=True)
+            except Exception as e:  # an out-of-resources tile is a result too
+                print(f"w={w} {tiles}: forward failed {type(e).__name__}: {str(e)[:100]}")
         for BM, BN, warps in [(64, 64, 4), (64, 64, 8), (32, 64, 4), (32, 64, 8), (16, 64, 4), (64, 32, 4),
                               (32, 128, 8), (64, 128, 8)]:
             tiles = dict(BM=BM, BN=BN, num_warps=warps)
