@@ -8,8 +8,9 @@ Forward: window path (banded attention, lse) -> scan gates (`slot_gates`: shift 
 (logits z) -> merge (p, a) -> slot pass 2 with the output `o = a * o_win + S^T p` in its epilogue. The slot kernels
 read k and v shifted by w and per query head in place (shift.py's `Shifted`): no copies, nothing more saved.
 Backward, in reverse: pass 2 (dp, dv, its gate terms) -> merge and output together (`merge_backward`: dz, the window
-path's do and delta) -> pass 1 (dq, dk, its gate terms) -> window path -> one pass for the gates' gradient and one per
-q/k/v that adds the two paths' gradients, shifts them back and casts them.
+path's do and delta) -> window path -> pass 1 (dq, in q's dtype with the window path's dq added in its epilogue; dk,
+its gate terms) -> one pass for the gates' gradient and one per k/v that adds the two paths' gradients, shifts them
+back and casts them.
 """
 from __future__ import annotations
 
@@ -128,13 +129,15 @@ def _backward(do, dht_k, dht_v, saved, plan: Plan, shared):
     dp, ds2, dg2, dv_in, dh0_v = read_backward(pad_time(do, E).contiguous(), dht_v, p, s_in, g_in, v_in, h0_v, gc,
                                                ht_v, C, prec)
     dz, delta, do_win = merge_backward(p, dp, a, do, o_win, plan.live_i8, plan.scale)
-    dq_in, ds1, dg1, dk_in, dh0_k = logits_backward(dz, dht_k, q_in, s_in, g_in, k_in, h0_k, gc, z, ht_k, C, prec)
-    dg = slot_gates_grad(g, plan.valid_i8, plan.ends, plan.shift, s_in, dg1, dg2, ds1, ds2)
     dq_w = dk_w = dv_w = None
     if o_win is not None:
         dq_w, dk_w, dv_w = window_backward(qw, kw, v, plan.valid_i8, lse_win, delta, do_win, plan.window, plan.scale)
-    # each input's gradient: the slot path's moved back to the layer's rows, plus the window path's when it shares it
-    dq = unshift(dq_in, 0, S, 1, other=dq_w if shared[0] else None, dtype=q_in.dtype)
+    # dq comes out of its slot read-out in q's dtype with the window path's share added (when q is shared)
+    dq_in, ds1, dg1, dk_in, dh0_k = logits_backward(dz, dht_k, q_in, s_in, g_in, k_in, h0_k, gc, z, ht_k, C, prec,
+                                                    dq_other=dq_w if shared[0] else None, dq_dtype=q_in.dtype)
+    dg = slot_gates_grad(g, plan.valid_i8, plan.ends, plan.shift, s_in, dg1, dg2, ds1, ds2)
+    # k and v: the slot path's gradients moved back to the layer's rows, plus the window path's when it shares them
+    dq = dq_in[:, :S]
     dk = unshift(dk_in, plan.shift, S, G, other=dk_w if shared[1] else None, dtype=k_in.dtype)
     dv = unshift(dv_in, plan.shift, S, G, other=dv_w, dtype=v.dtype)
     dq_win = None if shared[0] or dq_w is None else dq_w.to(qw.dtype)

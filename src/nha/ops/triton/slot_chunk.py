@@ -209,11 +209,11 @@ def read_weights_kernel(
     DOT_PREC: tl.constexpr,
 ):
     # the in-chunk part of o_t = S_t^T p_t as weights on the chunk's y rows, for one sub-chunk of BC query rows:
-    # W[t, j] = sum_m p_tm x_jm exp(G_tm - G_jm) for the chunk's rows j <= t, 0 for j > t `[BC, BT]` float32
+    # W[t, j] = sum_m p_tm x_jm exp(G_tm - G_jm) for the chunk's rows j <= t `[BC, BT]` float32 (the blocks after
+    # the diagonal one are left unwritten: slot_read_kernel masks j > t)
     i_n, i_h, i_t, i_s, first, rows, rows_in, b_gc, b_gn = _sub_chunk(x, gc, E, H, M, BT, BC, BM, REVERSE)
     o_m = tl.arange(0, BM)
     o_i = tl.arange(0, BC)
-    o_t = tl.arange(0, BT)
     m_m = o_m < M
     b_p = tl.load(p + (rows_in[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0).to(tl.float32)
     p_w = w + (rows * H + i_h) * BT
@@ -222,9 +222,6 @@ def read_weights_kernel(
     for i_j in range(0, i_s):
         b_xw = _earlier_block(x, gc, b_gn, i_n, i_h, i_t, i_j, o_i, o_m, m_m, E, H, M, BT, BC, REVERSE)
         tl.store(p_w[:, None] + i_j * BC + o_i[None, :], _mm(b_pn, tl.trans(b_xw), DOT_PREC))
-    # zeros after the diagonal block
-    later = (o_i < BC)[:, None] & (o_t >= (i_s + 1) * BC)[None, :]
-    tl.store(p_w[:, None] + o_t[None, :], tl.zeros([BC, BT], dtype=tl.float32), mask=later)
     # the diagonal sub-chunk: its diagonal (decay 1) as a rowsum, its pairs j < t in log2(BC) split-decay products
     b_x = tl.load(x + (rows_in[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0).to(tl.float32)
     b_d = tl.where(o_i[:, None] == o_i[None, :], tl.sum(b_p * b_x, axis=1)[:, None], 0.0)
@@ -240,11 +237,11 @@ def slot_read_kernel(
     p, gc, y, h, w, o, a, o_win,
     E, H, M, D, E_WIN, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP,
     BT: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr,
-    REVERSE: tl.constexpr, DOT_PREC: tl.constexpr, WIN: tl.constexpr,
+    REVERSE: tl.constexpr, DOT_PREC: tl.constexpr, WIN: tl.constexpr, SCALED: tl.constexpr,
 ):
     # o_t = S_t^T p_t for one chunk of BT rows and one D block: the chunk-start state's part plus the in-chunk part
-    # from read_weights_kernel's W; with WIN, plus a_t * o_win_t (NHA's output, the window path's rows E_WIN.. being
-    # empty), stored in o's dtype
+    # from read_weights_kernel's W (its j <= t part); with WIN, plus o_win_t (rows E_WIN.. being empty), scaled by
+    # a_t if SCALED (NHA's output), stored in o's dtype
     i_d, i_t, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
     NT = E // BT
@@ -259,7 +256,7 @@ def slot_read_kernel(
     p_h = h + ((i_n * H + i_h) * NT + i_t) * M * D + o_m[:, None] * D + o_d[None, :]
     b_h = tl.load(p_h, mask=m_m[:, None] & m_d[None, :], other=0.0)
     b_o = _mm(b_p * tl.exp(b_gc), b_h, DOT_PREC)
-    b_w = tl.load(w + (rows[:, None] * H + i_h) * BT + o_t[None, :])
+    b_w = tl.where(o_t[None, :] <= o_t[:, None], tl.load(w + (rows[:, None] * H + i_h) * BT + o_t[None, :]), 0.0)
     y_rows, y_ok = _source(_time(i_t * BT + o_t, E, REVERSE), i_n, i_h, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP)
     b_y = tl.load(y + y_rows[:, None] * D + o_d[None, :], mask=y_ok[:, None] & m_d[None, :], other=0.0)
     b_o += _mm(b_w, b_y, DOT_PREC)
@@ -268,7 +265,9 @@ def slot_read_kernel(
         m_w = (t < E_WIN)[:, None] & m_d[None, :]
         b_ow = tl.load(o_win + ((i_n * E_WIN + t.to(tl.int64))[:, None] * H + i_h) * D + o_d[None, :], mask=m_w,
                        other=0.0)
-        b_o += tl.load(a + rows * H + i_h)[:, None] * b_ow
+        if SCALED:
+            b_ow *= tl.load(a + rows * H + i_h)[:, None]
+        b_o += b_ow
     tl.store(o + (rows_in[:, None] * H + i_h) * D + o_d[None, :], b_o.to(o.dtype.element_ty), mask=m_d[None, :])
 
 
@@ -403,7 +402,8 @@ def slot_read(p, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub:
               dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """`o_t = S_t^T p_t`: p `[N, E, H, M]` -> `[N, E, H, D]` in `dtype` (p, x, y and o back to front if `reverse`).
 
-    With `a` `[N, E, H]` and `o_win` `[N, E_win, H, D]` (float32, E_win <= E), adds `a_t * o_win_t` (NHA's output).
+    With `o_win` `[N, E_win, H, D]` (float32, E_win <= E), adds `o_win_t`, or `a_t * o_win_t` with `a` `[N, E, H]`
+    (NHA's output; the backward's dq plus the window path's)
     Two kernels, as fla's chunked GLA: the in-chunk weights W `[N, E, H, chunk]` per sub-chunk of `sub` rows (no D in
     them), then per chunk and D block of `block_d` the products with the chunk-start state and with the chunk's y."""
     # measured on an H200 (64k tokens, 16 heads, M = 64, D = 128; gpu_session7_h200.log): 2 warps for the in-chunk
@@ -418,9 +418,9 @@ def slot_read(p, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub:
     win = o_win is not None
     grid = (triton.cdiv(D, BD), E // chunk, N * H)
     y, *y_map = source_rows(y, E, H)
-    slot_read_kernel[grid](p, gc, y, h, w, o, a if win else o, o_win if win else o, E, H, M, D,
+    slot_read_kernel[grid](p, gc, y, h, w, o, a if a is not None else o, o_win if win else o, E, H, M, D,
                            o_win.shape[1] if win else 0, *y_map, BT=chunk, BM=BM, BD=BD, REVERSE=reverse,
-                           DOT_PREC=kernel_precision(prec), WIN=win, num_warps=num_warps)
+                           DOT_PREC=kernel_precision(prec), WIN=win, SCALED=a is not None, num_warps=num_warps)
     return o
 
 

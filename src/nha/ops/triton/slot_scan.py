@@ -53,11 +53,13 @@ def logits_forward(q, s, gc, k, h0, chunk: int, prec: str):
     return slot_logits(q, s, gc, k, h, chunk, prec), ht
 
 
-def logits_backward(dz, dht, q, s, g, k, h0, gc, z, ht, chunk: int, prec: str):
-    """`(dq, ds, dg, dk, dh0)` of `logits_forward` (float32; dq `[N, E, H, K]`, dh0 None without h0); the forward
+def logits_backward(dz, dht, q, s, g, k, h0, gc, z, ht, chunk: int, prec: str, dq_other=None,
+                    dq_dtype: torch.dtype = torch.float32):
+    """`(dq, ds, dg, dk, dh0)` of `logits_forward` (float32 but dq, which is in `dq_dtype`, plus `dq_other`
+    `[N, E_o, H, K]` float32 in its first E_o rows when given; dq `[N, E, H, K]`; dh0 None without h0); the forward
     states are recomputed. dg is the direct part only: s's dependence on g is the caller's."""
     h, _ = slot_states(s, gc, k, h0, chunk, prec)
-    dq = slot_read(dz, s, gc, k, h, chunk, prec)
+    dq = slot_read(dz, s, gc, k, h, chunk, prec, o_win=dq_other, dtype=dq_dtype)
     ds, dk, r0 = _reverse_scan(dz, q, g, s, k, dht, chunk, prec)
     dg = gate_grad(dz, z, s, ds, chunk, _final_term(dht, ht))
     return dq, ds, dg, dk, _initial_state_grad(h0, gc, r0)
