@@ -159,15 +159,14 @@ def _config(K: int, V: int, dtype: torch.dtype, interpret: bool) -> dict:
     return dict(BM=rows, BN=rows, BK=BK, BV=BV)
 
 
-def _backward_configs(K: int, V: int, dtype: torch.dtype, interpret: bool, window: int) -> tuple[dict, dict]:
-    # (dk/dv kernel, dq kernel). Where the forward takes 64-row blocks, the dk/dv kernel walks its queries 16 rows at
-    # a time for a window of <= 64 and 32 beyond, and the dq kernel its keys 32 at a time. On an H200 (64k tokens, 16
-    # heads, D = 128, bf16; gpu_session7_h200.log) the backward took, w = 64: 2.51 ms at 64/64 -> 1.91 (dk/dv) and
-    # 2.17 (dq) with one kernel changed; w = 512: 5.22 -> 4.75 (dk/dv at 32) and 4.62 (dq)
+def _backward_configs(K: int, V: int, dtype: torch.dtype, interpret: bool) -> tuple[dict, dict]:
+    # (dk/dv kernel, dq kernel). Where the forward takes 64-row blocks, the dq kernel walks its keys 32 at a time: on
+    # an H200 (64k tokens, 16 heads, D = 128, bf16; gpu_session7_h200.log) the backward took 2.51 -> 2.17 ms at
+    # w = 64 and 5.22 -> 4.62 at w = 512. The dk/dv kernel keeps 64/64: 16- and 32-row query blocks timed faster
+    # (1.91 / 4.75 ms), but the 16-row one gave wrong dk on the GPU for w <= 64 (bf16, relative error 3e-2 to 1e-1
+    # against 64/64, while the interpreter matches exactly), and the 32-row one failed an fp16 grid case (w = 512)
     cfg = _config(K, V, dtype, interpret)
-    if cfg["BM"] != 64:
-        return cfg, cfg
-    return {**cfg, "BM": 16 if window <= 64 else 32}, {**cfg, "BN": 32}
+    return cfg, ({**cfg, "BN": 32} if cfg["BM"] == 64 else cfg)
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -198,7 +197,7 @@ def window_backward(q, k, v, valid_i8, lse, delta, do, window: int, scale: float
     `dkdv_tiles` / `dq_tiles` override either kernel's launch (BM, BN, num_warps; for tuning)."""
     N, E, HQ, K = q.shape
     H, V = k.shape[2], v.shape[3]
-    kv_cfg, q_cfg = _backward_configs(K, V, q.dtype, not q.is_cuda, window)
+    kv_cfg, q_cfg = _backward_configs(K, V, q.dtype, not q.is_cuda)
     kv_cfg, q_cfg, prec = {**kv_cfg, **(dkdv_tiles or {})}, {**q_cfg, **(dq_tiles or {})}, _precision(q.dtype)
     dq = new_output(N, E, HQ, K, device=q.device)
     dk = new_output(N, E, H, K, device=q.device)
