@@ -1,6 +1,5 @@
 """The Triton building blocks of the slot path, each against a PyTorch formula: the gate kernels (gates.py), the
-chunk-start states, the slot read-outs against the recurrence and their half-precision products (slot_chunk.py),
-the in-place shifted inputs and the slot gradients folded into the window's dk/dv kernel (shift.py, window_attn.py);
+chunk-start states, the slot read-outs against the recurrence and their half-precision products (slot_chunk.py);
 and the decoding step's launch cache (common.CompiledLaunch) against a stand-in kernel.
 
 N sequences, E time, H heads, M slots, D head dim.
@@ -16,7 +15,6 @@ from nha.ops.triton.common import CompiledLaunch, chunk_cumsum
 from nha.ops.triton.gates import gate_grad, reverse_chunk_cumsum, slot_gates, slot_gates_grad
 from nha.ops.triton.shift import shifted, unshift
 from nha.ops.triton.slot_chunk import slot_logits, slot_read, slot_states
-from nha.ops.triton.window_attn import window_backward, window_backward_dkdv, window_forward
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -157,31 +155,6 @@ def test_kernels_read_shifted_inputs_in_place(shift, group):
                           (slot_read(p, x, gc, lazy, h, chunk, "ieee", reverse=reverse),
                            slot_read(p, x, gc, dense, h, chunk, "ieee", reverse=reverse))]:
             torch.testing.assert_close(got, want, **exact)
-
-
-@pytest.mark.parametrize("shift,group", [(0, 1), (5, 2), (40, 1)])
-def test_window_dkdv_adds_the_slot_gradients_as_unshift_does(shift, group):
-    # the window path's dk/dv kernel with the slot path's dk/dv (scan rows, per query head) folded into its epilogue:
-    # the window's own gradients plus unshift's, cast to the output dtype, whether or not dk takes part
-    N, S, H, D, E_s, w = 2, 37, 2, 8, 64, 5
-    HQ = H * group
-    q = torch.randn(N, S, HQ, D, device=DEVICE)
-    k, v = torch.randn(N, S, H, D, device=DEVICE), torch.randn(N, S, H, D, device=DEVICE)
-    do = torch.randn(N, S, HQ, D, device=DEVICE)
-    valid = (torch.rand(N, S, device=DEVICE) > 0.1).to(torch.int8)
-    o, lse = window_forward(q, k, v, valid, w, 0.3)
-    delta = (do * o).sum(-1)
-    args = (q, k, v, valid, lse, delta, do, w, 0.3)
-    _, dk_w, dv_w = window_backward(*args)
-    slot_dk, slot_dv = torch.randn(N, E_s, HQ, D, device=DEVICE), torch.randn(N, E_s, HQ, D, device=DEVICE)
-    dk, dv = window_backward_dkdv(*args, slot_dk=slot_dk, slot_dv=slot_dv, shift=shift, dtype=torch.float64)
-    assert dk.dtype == dv.dtype == torch.float64
-    close = dict(rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(dk, unshift(slot_dk, shift, S, group, other=dk_w, dtype=torch.float64), **close)
-    torch.testing.assert_close(dv, unshift(slot_dv, shift, S, group, other=dv_w, dtype=torch.float64), **close)
-    dk_alone, dv = window_backward_dkdv(*args, slot_dv=slot_dv, shift=shift, dtype=torch.float64)
-    torch.testing.assert_close(dk_alone, dk_w, rtol=0, atol=0)
-    assert dk_alone.dtype == torch.float32
 
 
 @pytest.mark.gpu

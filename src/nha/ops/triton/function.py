@@ -8,9 +8,9 @@ Forward: window path (banded attention, lse) -> scan gates (`slot_gates`: shift 
 (logits z) -> merge (p, a) -> slot pass 2 with the output `o = a * o_win + S^T p` in its epilogue. The slot kernels
 read k and v shifted by w and per query head in place (shift.py's `Shifted`): no copies, nothing more saved.
 Backward, in reverse: pass 2 (dp, dv, its gate terms) -> merge and output together (`merge_backward`: dz, the window
-path's do and delta) -> the window path's dq -> pass 1 (dq, in q's dtype with the window path's dq added in its
-epilogue; dk, its gate terms) -> one pass for the gates' gradient -> the window path's dk/dv, whose epilogue adds the
-slot path's dk/dv shifted back and casts them (without a window path, an unshift pass does).
+path's do and delta) -> window path -> pass 1 (dq, in q's dtype with the window path's dq added in its epilogue; dk,
+its gate terms) -> one pass for the gates' gradient and one per k/v that adds the two paths' gradients, shifts them
+back and casts them.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from nha.ops.triton.gates import slot_gates, slot_gates_grad
 from nha.ops.triton.merge import merge_backward, merge_forward
 from nha.ops.triton.shift import shifted, unshift
 from nha.ops.triton.slot_scan import logits_backward, logits_forward, read_backward, read_forward
-from nha.ops.triton.window_attn import window_backward, window_backward_dkdv, window_backward_dq, window_forward
+from nha.ops.triton.window_attn import window_backward, window_forward
 
 
 @dataclass
@@ -129,22 +129,17 @@ def _backward(do, dht_k, dht_v, saved, plan: Plan, shared):
     dp, ds2, dg2, dv_in, dh0_v = read_backward(pad_time(do, E).contiguous(), dht_v, p, s_in, g_in, v_in, h0_v, gc,
                                                ht_v, C, prec)
     dz, delta, do_win = merge_backward(p, dp, a, do, o_win, plan.live_i8, plan.scale)
-    win = o_win is not None
-    window_args = (qw, kw, v, plan.valid_i8, lse_win, delta, do_win, plan.window, plan.scale)
-    dq_w = window_backward_dq(*window_args) if win else None
+    dq_w = dk_w = dv_w = None
+    if o_win is not None:
+        dq_w, dk_w, dv_w = window_backward(qw, kw, v, plan.valid_i8, lse_win, delta, do_win, plan.window, plan.scale)
     # dq comes out of its slot read-out in q's dtype with the window path's share added (when q is shared)
     dq_in, ds1, dg1, dk_in, dh0_k = logits_backward(dz, dht_k, q_in, s_in, g_in, k_in, h0_k, gc, z, ht_k, C, prec,
                                                     dq_other=dq_w if shared[0] else None, dq_dtype=q_in.dtype)
     dg = slot_gates_grad(g, plan.valid_i8, plan.ends, plan.shift, s_in, dg1, dg2, ds1, ds2)
+    # k and v: the slot path's gradients moved back to the layer's rows, plus the window path's when it shares them
     dq = dq_in[:, :S]
-    # k and v: the slot path's gradients moved back to the layer's rows (shift by w, the group's query heads summed)
-    # and cast; with a window path that shares them, added in its dk/dv kernel's epilogue instead of an unshift pass
-    if win:
-        dk_w, dv = window_backward_dkdv(*window_args, slot_dk=dk_in if shared[1] else None, slot_dv=dv_in,
-                                        shift=plan.shift, dtype=v.dtype)
-    else:
-        dk_w, dv = None, unshift(dv_in, plan.shift, S, G, dtype=v.dtype)
-    dk = dk_w if win and shared[1] else unshift(dk_in, plan.shift, S, G, dtype=k_in.dtype)
+    dk = unshift(dk_in, plan.shift, S, G, other=dk_w if shared[1] else None, dtype=k_in.dtype)
+    dv = unshift(dv_in, plan.shift, S, G, other=dv_w, dtype=v.dtype)
     dq_win = None if shared[0] or dq_w is None else dq_w.to(qw.dtype)
     dk_win = None if shared[1] or dk_w is None else dk_w.to(kw.dtype)
     return dq, dk, dv, dg, dq_win, dk_win, _group_sum(dh0_k, G), _group_sum(dh0_v, G)

@@ -68,27 +68,12 @@ def window_fwd_kernel(
 
 
 @triton.jit
-def _slot_grad(x, i_n, i_h, cols, m_cols, o_d, D, E_S, HQ, G, SHIFT, BN: tl.constexpr, BD: tl.constexpr):
-    # `[BN, BD]` sum_g x[n, col + SHIFT, i_h * G + g] (0 past the scan's E_S rows): the slot path's gradient of these
-    # key/value rows, as shift.unshift maps it
-    src = cols + SHIFT
-    m = (m_cols & (src < E_S))[:, None] & (o_d[None, :] < D)
-    p_x = x + ((i_n * E_S + src.to(tl.int64))[:, None] * HQ + i_h * G) * D + o_d[None, :]
-    b = tl.zeros([BN, BD], dtype=tl.float32)
-    for i_g in range(0, G):
-        b += tl.load(p_x + i_g * D, mask=m, other=0.0)
-    return b
-
-
-@triton.jit
 def window_bwd_dkdv_kernel(
-    q, k, v, valid, lse, delta, do, dk, dv, slot_dk, slot_dv,
-    E, HQ, H, K, V, WINDOW, scale, E_S, SHIFT,
+    q, k, v, valid, lse, delta, do, dk, dv,
+    E, HQ, H, K, V, WINDOW, scale,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DOT_PREC: tl.constexpr,
-    ADD_DK: tl.constexpr, ADD_DV: tl.constexpr,
 ):
-    # one key block of one key/value head; the G query heads of its group and the queries in the band. With
-    # ADD_DK / ADD_DV, the slot path's gradient of the same rows is added (`_slot_grad`), stored in dk's / dv's dtype
+    # one key block of one key/value head; the G query heads of its group and the queries in the band
     i_j, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
     G = HQ // H
@@ -123,13 +108,8 @@ def window_bwd_dkdv_kernel(
             b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PREC)
             b_ds = b_p * (b_dp - b_delta[:, None])
             b_dk += tl.dot(tl.trans(b_ds).to(b_q.dtype), b_q, input_precision=DOT_PREC)
-    b_dk *= scale
-    if ADD_DK:
-        b_dk += _slot_grad(slot_dk, i_n, i_h, cols, m_cols, o_k, K, E_S, HQ, G, SHIFT, BN, BK)
-    if ADD_DV:
-        b_dv += _slot_grad(slot_dv, i_n, i_h, cols, m_cols, o_v, V, E_S, HQ, G, SHIFT, BN, BV)
-    tl.store(dk + (p_cols[:, None] * H + i_h) * K + o_k[None, :], b_dk.to(dk.dtype.element_ty), mask=m_kk)
-    tl.store(dv + (p_cols[:, None] * H + i_h) * V + o_v[None, :], b_dv.to(dv.dtype.element_ty), mask=m_vv)
+    tl.store(dk + (p_cols[:, None] * H + i_h) * K + o_k[None, :], b_dk * scale, mask=m_kk)
+    tl.store(dv + (p_cols[:, None] * H + i_h) * V + o_v[None, :], b_dv, mask=m_vv)
 
 
 @triton.jit
@@ -212,43 +192,19 @@ def window_forward(q, k, v, valid_i8, window: int, scale: float,
 def window_backward(q, k, v, valid_i8, lse, delta, do, window: int, scale: float,
                     dkdv_tiles: Optional[dict] = None, dq_tiles: Optional[dict] = None):
     """`(dq, dk, dv)` float32 of `window_forward`, given `do [N, E, HQ, V]` (in q's dtype) and
-    `delta = rowsum(do * o) - dlse` `[N, E, HQ]` float32 (the caller folds the lse gradient in): `window_backward_dq`
-    and `window_backward_dkdv`. `dkdv_tiles` / `dq_tiles` override either kernel's launch (BM, BN, num_warps; for
-    tuning)."""
-    dq = window_backward_dq(q, k, v, valid_i8, lse, delta, do, window, scale, tiles=dq_tiles)
-    dk, dv = window_backward_dkdv(q, k, v, valid_i8, lse, delta, do, window, scale, tiles=dkdv_tiles)
-    return dq, dk, dv
+    `delta = rowsum(do * o) - dlse` `[N, E, HQ]` float32 (the caller folds the lse gradient in).
 
-
-def window_backward_dq(q, k, v, valid_i8, lse, delta, do, window: int, scale: float,
-                       tiles: Optional[dict] = None) -> torch.Tensor:
-    """dq `[N, E, HQ, K]` float32 of `window_forward` (arguments as `window_backward`)."""
+    `dkdv_tiles` / `dq_tiles` override either kernel's launch (BM, BN, num_warps; for tuning)."""
     N, E, HQ, K = q.shape
     H, V = k.shape[2], v.shape[3]
-    cfg = {**_backward_configs(K, V, q.dtype, not q.is_cuda)[1], **(tiles or {})}
+    kv_cfg, q_cfg = _backward_configs(K, V, q.dtype, not q.is_cuda)
+    kv_cfg, q_cfg, prec = {**kv_cfg, **(dkdv_tiles or {})}, {**q_cfg, **(dq_tiles or {})}, _precision(q.dtype)
     dq = new_output(N, E, HQ, K, device=q.device)
-    window_bwd_dq_kernel[(triton.cdiv(E, cfg["BM"]), N * HQ)](q, k, v, valid_i8, lse, delta, do, dq, E, HQ, H, K, V,
-                                                             window, scale, DOT_PREC=_precision(q.dtype), **cfg)
-    return dq
-
-
-def window_backward_dkdv(q, k, v, valid_i8, lse, delta, do, window: int, scale: float,
-                         slot_dk: Optional[torch.Tensor] = None, slot_dv: Optional[torch.Tensor] = None,
-                         shift: int = 0, dtype: torch.dtype = torch.float32,
-                         tiles: Optional[dict] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(dk [N, E, H, K], dv [N, E, H, V])` of `window_forward` (arguments as `window_backward`), float32.
-
-    `slot_dk` / `slot_dv` `[N, E_s, HQ, K or V]` float32, contiguous: the slot path's gradients of the same k / v in
-    the scan's rows; each is added as `shift.unshift` maps it (row r + shift, the group's query heads summed), and
-    that output comes out in `dtype` (one pass instead of a float32 output and an unshift)."""
-    N, E, HQ, K = q.shape
-    H, V = k.shape[2], v.shape[3]
-    cfg = {**_backward_configs(K, V, q.dtype, not q.is_cuda)[0], **(tiles or {})}
-    dk = new_output(N, E, H, K, dtype=dtype if slot_dk is not None else torch.float32, device=q.device)
-    dv = new_output(N, E, H, V, dtype=dtype if slot_dv is not None else torch.float32, device=q.device)
-    rows = next((t.shape[1] for t in (slot_dk, slot_dv) if t is not None), 0)
-    window_bwd_dkdv_kernel[(triton.cdiv(E, cfg["BN"]), N * H)](
-        q, k, v, valid_i8, lse, delta, do, dk, dv, slot_dk if slot_dk is not None else dk,
-        slot_dv if slot_dv is not None else dv, E, HQ, H, K, V, window, scale, rows, shift,
-        DOT_PREC=_precision(q.dtype), ADD_DK=slot_dk is not None, ADD_DV=slot_dv is not None, **cfg)
-    return dk, dv
+    dk = new_output(N, E, H, K, device=q.device)
+    dv = new_output(N, E, H, V, device=q.device)
+    args = (E, HQ, H, K, V, window, scale)
+    window_bwd_dkdv_kernel[(triton.cdiv(E, kv_cfg["BN"]), N * H)](q, k, v, valid_i8, lse, delta, do, dk, dv, *args,
+                                                                 DOT_PREC=prec, **kv_cfg)
+    window_bwd_dq_kernel[(triton.cdiv(E, q_cfg["BM"]), N * HQ)](q, k, v, valid_i8, lse, delta, do, dq, *args,
+                                                               DOT_PREC=prec, **q_cfg)
+    return dq, dk, dv
