@@ -50,8 +50,8 @@ class Shifted:
 
 def shifted(x: torch.Tensor, by: int, length: int, group: int) -> Shifted:
     """`[N, S, H, D]` -> `[N, length, H * group, D]` as the scan reads it: rows moved `by` later (zeros in front and
-    at the end), heads repeated `group` times (GQA); x must be contiguous."""
-    return Shifted(x, by, group, length)
+    at the end), heads repeated `group` times (GQA); nothing is copied unless x is not contiguous."""
+    return Shifted(x.contiguous(), by, group, length)
 
 
 @triton.jit
