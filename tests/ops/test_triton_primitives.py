@@ -130,12 +130,12 @@ def test_slot_read_outs_are_the_recurrence(sub, steep):
     torch.testing.assert_close(o, back(o_ref), **close)
 
 
-@pytest.mark.parametrize("shift,group", [(0, 1), (5, 2), (70, 1), (200, 2)])
+@pytest.mark.parametrize("shift,group", [(0, 1), (5, 2), (200, 1)])
 def test_kernels_read_shifted_inputs_in_place(shift, group):
     # keys/values as the scan reads them, rows `shift` late, one head per `group` and zeros outside the input (a
     # Shifted): exactly what the materialized copy gives, as y (states, both read-outs) and as q (the backward's
-    # reverse logits), in both scan directions
-    N, S, M, D, chunk, E = 2, 100, 5, 6, 64, 128
+    # reverse logits), in both scan directions; shift 5 leaves rows empty at both ends, 200 every row
+    N, S, M, D, chunk, E = 1, 100, 5, 6, 64, 128
     H = 2 * group
     lazy = shifted(torch.randn(N, S, 2, D, device=DEVICE), shift, E, group)
     dense = lazy.materialize()
