@@ -55,12 +55,13 @@ def chunk_sums_kernel(
     o_t = tl.arange(0, BT)
     m_m, m_d = o_m < M, o_d < D
     rows = i_n * E + (i_t * BT + o_t).to(tl.int64)
-    rows_in = i_n * E + _time(i_t * BT + o_t, E, REVERSE).to(tl.int64)
+    t = _time(i_t * BT + o_t, E, REVERSE)
+    rows_in = i_n * E + t.to(tl.int64)
     b_x = tl.load(x + (rows_in[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0).to(tl.float32)
     b_gc = tl.load(gc + (rows[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0)
     last = (i_n * E + i_t * BT + BT - 1).to(tl.int64)
     b_glast = tl.load(gc + (last * H + i_h) * M + o_m, mask=m_m, other=0.0)
-    y_rows, y_ok = _source(_time(i_t * BT + o_t, E, REVERSE), i_n, i_h, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP)
+    y_rows, y_ok = _source(t, i_n, i_h, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP)
     b_y = tl.load(y + y_rows[:, None] * D + o_d[None, :], mask=y_ok[:, None] & m_d[None, :], other=0.0)
     b_xw = b_x * tl.exp(b_glast[None, :] - b_gc)  # every factor <= 1
     b_s = _mm(tl.trans(b_xw), b_y, DOT_PREC)
@@ -250,21 +251,22 @@ def slot_read_kernel(
     o_t = tl.arange(0, BT)
     m_m, m_d = o_m < M, o_d < D
     rows = i_n * E + (i_t * BT + o_t).to(tl.int64)
-    rows_in = i_n * E + _time(i_t * BT + o_t, E, REVERSE).to(tl.int64)
+    t = _time(i_t * BT + o_t, E, REVERSE)
+    rows_in = i_n * E + t.to(tl.int64)
     b_p = tl.load(p + (rows_in[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0).to(tl.float32)
     b_gc = tl.load(gc + (rows[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0)
     p_h = h + ((i_n * H + i_h) * NT + i_t) * M * D + o_m[:, None] * D + o_d[None, :]
     b_h = tl.load(p_h, mask=m_m[:, None] & m_d[None, :], other=0.0)
     b_o = _mm(b_p * tl.exp(b_gc), b_h, DOT_PREC)
     b_w = tl.where(o_t[None, :] <= o_t[:, None], tl.load(w + (rows[:, None] * H + i_h) * BT + o_t[None, :]), 0.0)
-    y_rows, y_ok = _source(_time(i_t * BT + o_t, E, REVERSE), i_n, i_h, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP)
+    y_rows, y_ok = _source(t, i_n, i_h, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP)
     b_y = tl.load(y + y_rows[:, None] * D + o_d[None, :], mask=y_ok[:, None] & m_d[None, :], other=0.0)
     b_o += _mm(b_w, b_y, DOT_PREC)
     if WIN:
-        t = i_t * BT + o_t
-        m_w = (t < E_WIN)[:, None] & m_d[None, :]
-        b_ow = tl.load(o_win + ((i_n * E_WIN + t.to(tl.int64))[:, None] * H + i_h) * D + o_d[None, :], mask=m_w,
-                       other=0.0)
+        t_scan = i_t * BT + o_t
+        m_w = (t_scan < E_WIN)[:, None] & m_d[None, :]
+        b_ow = tl.load(o_win + ((i_n * E_WIN + t_scan.to(tl.int64))[:, None] * H + i_h) * D + o_d[None, :],
+                       mask=m_w, other=0.0)
         if SCALED:
             b_ow *= tl.load(a + rows * H + i_h)[:, None]
         b_o += b_ow
@@ -287,8 +289,8 @@ def logits_chunk_kernel(
     o_t = tl.arange(0, BT)
     m_m = o_m < M
     rows = i_n * E + (i_t * BT + o_t).to(tl.int64)
-    rows_in = i_n * E + _time(i_t * BT + o_t, E, REVERSE).to(tl.int64)
     t = _time(i_t * BT + o_t, E, REVERSE)
+    rows_in = i_n * E + t.to(tl.int64)
     q_rows, q_ok = _source(t, i_n, i_h, Q_ROWS, Q_HEADS, Q_SHIFT, Q_GROUP)
     y_rows, y_ok = _source(t, i_n, i_h, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP)
     b_qh = tl.zeros([BT, BM], dtype=tl.float32)
@@ -403,7 +405,7 @@ def slot_read(p, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub:
     """`o_t = S_t^T p_t`: p `[N, E, H, M]` -> `[N, E, H, D]` in `dtype` (p, x, y and o back to front if `reverse`).
 
     With `o_win` `[N, E_win, H, D]` (float32, E_win <= E), adds `o_win_t`, or `a_t * o_win_t` with `a` `[N, E, H]`
-    (NHA's output; the backward's dq plus the window path's)
+    (NHA's output; the backward's dq plus the window path's).
     Two kernels, as fla's chunked GLA: the in-chunk weights W `[N, E, H, chunk]` per sub-chunk of `sub` rows (no D in
     them), then per chunk and D block of `block_d` the products with the chunk-start state and with the chunk's y."""
     # measured on an H200 (64k tokens, 16 heads, M = 64, D = 128; gpu_session7_h200.log): 2 warps for the in-chunk
