@@ -218,12 +218,8 @@ def read_weights_kernel(
     m_m = o_m < M
     b_p = tl.load(p + (rows_in[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0).to(tl.float32)
     p_w = w + (rows * H + i_h) * BT
-    # earlier sub-chunks of this chunk one block of columns at a time, decays split at this sub-chunk's first row
-    b_pn = b_p * tl.exp(b_gc - b_gn[None, :])
-    for i_j in range(0, i_s):
-        b_xw = _earlier_block(x, gc, b_gn, i_n, i_h, i_t, i_j, o_i, o_m, m_m, E, H, M, BT, BC, REVERSE)
-        tl.store(p_w[:, None] + i_j * BC + o_i[None, :], _mm(b_pn, tl.trans(b_xw), DOT_PREC))
-    # the diagonal sub-chunk: its diagonal (decay 1) as a rowsum, its pairs j < t in log2(BC) split-decay products
+    # the diagonal sub-chunk first, so p and its decays are not live beside the decayed copy the loop below reads:
+    # its diagonal (decay 1) as a rowsum, its pairs j < t in log2(BC) split-decay products
     b_x = tl.load(x + (rows_in[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0).to(tl.float32)
     b_d = tl.where(o_i[:, None] == o_i[None, :], tl.sum(b_p * b_x, axis=1)[:, None], 0.0)
     for level in tl.static_range(0, LEVELS):
@@ -231,6 +227,11 @@ def read_weights_kernel(
                                              REVERSE)
         b_d += tl.where(pairs, _mm(b_p * dec_t, tl.trans(xdec_j), DOT_PREC), 0.0)
     tl.store(p_w[:, None] + i_s * BC + o_i[None, :], b_d)
+    # then the earlier sub-chunks one block of columns at a time, decays split at this sub-chunk's first row
+    b_pn = b_p * tl.exp(b_gc - b_gn[None, :])
+    for i_j in range(0, i_s):
+        b_xw = _earlier_block(x, gc, b_gn, i_n, i_h, i_t, i_j, o_i, o_m, m_m, E, H, M, BT, BC, REVERSE)
+        tl.store(p_w[:, None] + i_j * BC + o_i[None, :], _mm(b_pn, tl.trans(b_xw), DOT_PREC))
 
 
 @triton.jit
