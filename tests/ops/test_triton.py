@@ -6,6 +6,8 @@ B batch, T time, HQ query heads, H key/value heads, K/V head dims, M slots, w wi
 """
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -93,6 +95,18 @@ def test_matches_reference_fp32(B, T, HQ, H, K, V, M, w, cu, seen, shared):
         state = random_state(len(seen), H, M, K, V, w, seen).map(lambda t: t.to(DEVICE))
         state = state.map(lambda t: t.detach().requires_grad_() if t.is_floating_point() else t)
     _against_float64(x, w, state, None if cu is None else torch.tensor(cu, device=DEVICE))
+
+
+def test_recomputed_states_give_the_same_gradients():
+    # save_states=False recomputes both scans' chunk-start states in the backward: every output, state and gradient
+    # must equal the saved-state run's bit for bit (two chunks, GQA, an initial state)
+    x = make_inputs(2, 70, 2, 1, 16, 16, 4, device=DEVICE, gate_scale=3.0, requires_grad=True, seed=2)
+    state = random_state(2, 1, 4, 16, 16, 6, [3, 20]).map(lambda t: t.to(DEVICE))
+    state = state.map(lambda t: t.detach().requires_grad_() if t.is_floating_point() else t)
+    recompute = functools.partial(triton_nha, save_states=False)
+    (oa, fa, ga), (ob, fb, gb) = run_with_grads(triton_nha, x, 6, state), run_with_grads(recompute, x, 6, state)
+    assert torch.equal(oa, ob) and all(torch.equal(a, b) for a, b in zip(fa.tensors(), fb.tensors()))
+    assert ga.keys() == gb.keys() and all(torch.equal(ga[n], gb[n]) for n in ga), "gradients differ"
 
 
 def test_steep_gates_stay_finite():

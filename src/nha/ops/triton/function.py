@@ -10,7 +10,8 @@ read k and v shifted by w and per query head in place (shift.py's `Shifted`): no
 Backward, in reverse: pass 2 (dp, dv, its gate terms) -> merge and output together (`merge_backward`: dz, the window
 path's do and delta) -> window path -> pass 1 (dq, in q's dtype with the window path's dq added in its epilogue; dk,
 its gate terms) -> one pass for the gates' gradient and one per k/v that adds the two paths' gradients, shifts them
-back and casts them.
+back and casts them. Both passes' chunk-start states are saved by the forward (`Plan.save_states`; else the
+backward recomputes them).
 """
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ class Plan:
     valid_i8: `[N, S]` int8 real rows; live_i8: `[N, S]` int8 rows whose slots take part in the softmax;
     ends: `[N]` int64 end of each sequence's rows; window: rows of the window path (0: none); shift: the scan's delay
     (w, or past the end for an unbounded window); use_slots: whether the slot path runs at all; group: G;
-    length: E; chunk: the scan's chunk; scale: logit scale; prec: slot-scan product precision (slot_chunk.py).
+    length: E; chunk: the scan's chunk; scale: logit scale; prec: slot-scan product precision (slot_chunk.py);
+    save_states: keep both passes' chunk-start states for the backward instead of recomputing them.
     """
 
     valid_i8: torch.Tensor
@@ -48,6 +50,7 @@ class Plan:
     chunk: int
     scale: float
     prec: str
+    save_states: bool = True
 
 
 def _group_sum(x: Optional[torch.Tensor], group: int) -> Optional[torch.Tensor]:
@@ -89,10 +92,12 @@ class NHAFunction(torch.autograd.Function):
         k_in, v_in = shifted(k, plan.shift, E, G), shifted(v, plan.shift, E, G)
         q_in = pad_time(q, E).contiguous()
         h0_k, h0_v = _expand(h0_k, G), _expand(h0_v, G)
-        z, ht_k = logits_forward(q_in, s_in, gc, k_in, h0_k, C, prec)
+        z, ht_k, h_k = logits_forward(q_in, s_in, gc, k_in, h0_k, C, prec)
         p, a = merge_forward(z, lse_win, plan.live_i8, plan.scale)
-        o, ht_v = read_forward(p, s_in, gc, v_in, h0_v, C, prec, a=a, o_win=o_win, dtype=q.dtype)
-        ctx.save_for_backward(qw, kw, v, o_win, lse_win, g, q_in, k, g_in, s_in, gc, z, p, a, h0_k, h0_v, ht_k, ht_v)
+        o, ht_v, h_v = read_forward(p, s_in, gc, v_in, h0_v, C, prec, a=a, o_win=o_win, dtype=q.dtype)
+        h_k, h_v = (h_k, h_v) if plan.save_states else (None, None)
+        ctx.save_for_backward(qw, kw, v, o_win, lse_win, g, q_in, k, g_in, s_in, gc, z, p, a, h0_k, h0_v, ht_k, ht_v,
+                              h_k, h_v)
         return o[:, :S], ht_k, ht_v
 
     @staticmethod
@@ -119,7 +124,7 @@ def _window_only_backward(do, qw, kw, v, o_win, lse_win, plan: Plan, shared):
 
 def _backward(do, dht_k, dht_v, saved, plan: Plan, shared):
     """`(dq, dk, dv, dg, dq_win, dk_win, dh0_k, dh0_v)` of the full operator."""
-    qw, kw, v, o_win, lse_win, g, q_in, k, g_in, s_in, gc, z, p, a, h0_k, h0_v, ht_k, ht_v = saved
+    qw, kw, v, o_win, lse_win, g, q_in, k, g_in, s_in, gc, z, p, a, h0_k, h0_v, ht_k, ht_v, h_k, h_v = saved
     N, S, HQ = qw.shape[0], qw.shape[1], q_in.shape[2]
     E, C, G, prec = plan.length, plan.chunk, plan.group, plan.prec
     k_in, v_in = shifted(k, plan.shift, E, G), shifted(v, plan.shift, E, G)
@@ -127,14 +132,14 @@ def _backward(do, dht_k, dht_v, saved, plan: Plan, shared):
     dht_k = None if dht_k is None else dht_k.float().contiguous()
     dht_v = None if dht_v is None else dht_v.float().contiguous()
     dp, ds2, dg2, dv_in, dh0_v = read_backward(pad_time(do, E).contiguous(), dht_v, p, s_in, g_in, v_in, h0_v, gc,
-                                               ht_v, C, prec)
+                                               ht_v, C, prec, h=h_v)
     dz, delta, do_win = merge_backward(p, dp, a, do, o_win, plan.live_i8, plan.scale)
     dq_w = dk_w = dv_w = None
     if o_win is not None:
         dq_w, dk_w, dv_w = window_backward(qw, kw, v, plan.valid_i8, lse_win, delta, do_win, plan.window, plan.scale)
     # dq comes out of its slot read-out in q's dtype with the window path's share added (when q is shared)
     dq_in, ds1, dg1, dk_in, dh0_k = logits_backward(dz, dht_k, q_in, s_in, g_in, k_in, h0_k, gc, z, ht_k, C, prec,
-                                                    dq_other=dq_w if shared[0] else None, dq_dtype=q_in.dtype)
+                                                    dq_other=dq_w if shared[0] else None, dq_dtype=q_in.dtype, h=h_k)
     dg = slot_gates_grad(g, plan.valid_i8, plan.ends, plan.shift, s_in, dg1, dg2, ds1, ds2)
     # k and v: the slot path's gradients moved back to the layer's rows, plus the window path's when it shares them
     dq = dq_in[:, :S]

@@ -51,6 +51,7 @@ def triton_nha(
     output_final_state: bool = False,
     cu_seqlens: Optional[torch.Tensor] = None,
     check_gates: bool = True,
+    save_states: bool = True,
 ) -> tuple[torch.Tensor, Optional[NHAState]]:
     """Native Hybrid Attention with Triton kernels; same arguments, results and gradients as `chunk_nha`.
 
@@ -66,6 +67,8 @@ def triton_nha(
         initial_state: `NHAState` with one entry per sequence; output_final_state: return the final `NHAState`.
         cu_seqlens: `[N + 1]` offsets of N sequences packed in a `B == 1` batch.
         check_gates: check that g holds no NaN and nothing > 0 (on CUDA that reads g back: a host sync).
+        save_states: with gradients, keep the slot scans' chunk-start states (`[N, HQ, T / 64, M, K + V]`, bf16 for
+            half inputs) for the backward instead of recomputing them: faster, for more saved memory.
 
     Returns:
         `o` `[B, T, HQ, V]` in the input dtype, and the final `NHAState` (or None).
@@ -113,6 +116,7 @@ def triton_nha(
         # without gradients, one tf32 product instead of three (the forward's outputs stay well inside half
         # precision; the gradients, the gate's above all, need the tf32x3 products)
         prec="tf32" if not grads and q.dtype != torch.float32 else dot_precision(q.dtype),
+        save_states=save_states and grads,
     )
     h0_k, h0_v = (None, None) if initial_state is None else (ext.slot_k, ext.slot_v)
     # the window path shares q (and k, unless the state's window rows hold separate window keys): one gradient each

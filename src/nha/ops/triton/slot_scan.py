@@ -46,19 +46,22 @@ def _initial_state_grad(h0, gc, r0):
 
 
 def logits_forward(q, s, gc, k, h0, chunk: int, prec: str):
-    """Pass 1: `z = S_t q_t` over states built from (s, g, k) -> z `[N, E, H, M]`, `S_E` `[N, H, M, K]` (float32).
+    """Pass 1: `z = S_t q_t` over states built from (s, g, k) -> z `[N, E, H, M]`, `S_E` `[N, H, M, K]` (float32)
+    and the chunk-start states `[N, H, NT, M, K]` (for the backward to keep or drop).
 
     `gc`: the chunk cumsums of g (computed once for both passes)."""
     h, ht = slot_states(s, gc, k, h0, chunk, prec)
-    return slot_logits(q, s, gc, k, h, chunk, prec), ht
+    return slot_logits(q, s, gc, k, h, chunk, prec), ht, h
 
 
 def logits_backward(dz, dht, q, s, g, k, h0, gc, z, ht, chunk: int, prec: str, dq_other=None,
-                    dq_dtype: torch.dtype = torch.float32):
+                    dq_dtype: torch.dtype = torch.float32, h=None):
     """`(dq, ds, dg, dk, dh0)` of `logits_forward` (float32 but dq, which is in `dq_dtype`, plus `dq_other`
-    `[N, E_o, H, K]` float32 in its first E_o rows when given; dq `[N, E, H, K]`; dh0 None without h0); the forward
-    states are recomputed. dg is the direct part only: s's dependence on g is the caller's."""
-    h, _ = slot_states(s, gc, k, h0, chunk, prec)
+    `[N, E_o, H, K]` float32 in its first E_o rows when given; dq `[N, E, H, K]`; dh0 None without h0). `h`: the
+    forward's chunk-start states, recomputed when None. dg is the direct part only: s's dependence on g is the
+    caller's."""
+    if h is None:
+        h, _ = slot_states(s, gc, k, h0, chunk, prec)
     dq = slot_read(dz, s, gc, k, h, chunk, prec, o_win=dq_other, dtype=dq_dtype)
     ds, dk, r0 = _reverse_scan(dz, q, g, s, k, dht, chunk, prec)
     dg = gate_grad(dz, z, s, ds, chunk, _final_term(dht, ht))
@@ -67,15 +70,16 @@ def logits_backward(dz, dht, q, s, g, k, h0, gc, z, ht, chunk: int, prec: str, d
 
 def read_forward(p, s, gc, v, h0, chunk: int, prec: str, a=None, o_win=None, dtype: torch.dtype = torch.float32):
     """Pass 2: `o = S_t^T p_t` over states built from (s, g, v) -> o `[N, E, H, V]` in `dtype` (plus `a * o_win`
-    when given: NHA's output) and `S_E` `[N, H, M, V]` float32."""
+    when given: NHA's output), `S_E` `[N, H, M, V]` float32 and the chunk-start states `[N, H, NT, M, V]`."""
     h, ht = slot_states(s, gc, v, h0, chunk, prec)
-    return slot_read(p, s, gc, v, h, chunk, prec, a=a, o_win=o_win, dtype=dtype), ht
+    return slot_read(p, s, gc, v, h, chunk, prec, a=a, o_win=o_win, dtype=dtype), ht, h
 
 
-def read_backward(do, dht, p, s, g, v, h0, gc, ht, chunk: int, prec: str):
+def read_backward(do, dht, p, s, g, v, h0, gc, ht, chunk: int, prec: str, h=None):
     """`(dp, ds, dg, dv, dh0)` of `read_forward`'s slot read-out, given its output gradient do `[N, E, H, V]` (any
     float dtype); as `logits_backward`."""
-    h, _ = slot_states(s, gc, v, h0, chunk, prec)
+    if h is None:
+        h, _ = slot_states(s, gc, v, h0, chunk, prec)
     dp = slot_logits(do, s, gc, v, h, chunk, prec)
     ds, dv, r0 = _reverse_scan(p, do, g, s, v, dht, chunk, prec)
     dg = gate_grad(p, dp, s, ds, chunk, _final_term(dht, ht))
