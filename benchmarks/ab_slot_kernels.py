@@ -21,7 +21,7 @@ import triton
 
 from nha.ops.triton import slot_chunk, triton_nha
 from nha.ops.triton.common import chunk_cumsum
-from nha.ops.triton.gates import gate_grad, reverse_chunk_cumsum
+from nha.ops.triton.gates import reverse_chunk_cumsum, slot_gates_grad
 
 CHUNK = 64
 
@@ -59,8 +59,10 @@ def main() -> None:
         read_outs = 2 * sum(v for k, v in t.items() if k != "states")
         print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in t.items()) + f" | read-outs x2 {read_outs:.2f} ms",
               flush=True)
+    valid, ends = torch.ones(N, E, device="cuda", dtype=torch.int8), torch.full((N,), E, device="cuda")
+    grad = lambda: slot_gates_grad(g, valid, ends, 64, CHUNK, s, (r, p_), (p_, r), r, r)  # noqa: E731
     print(f"gates: reverse_chunk_cumsum {ms(lambda: reverse_chunk_cumsum(g, CHUNK)):.3f} ms, "
-          f"gate_grad {ms(lambda: gate_grad(p_, s, s, p_, CHUNK)):.3f} ms")
+          f"slot_gates_grad (both passes) {ms(grad):.3f} ms")
     end_to_end(E, H, M, D, ms)
 
 

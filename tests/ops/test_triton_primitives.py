@@ -12,11 +12,17 @@ import torch.nn.functional as F
 
 from nha.ops.triton import common
 from nha.ops.triton.common import CompiledLaunch, chunk_cumsum
-from nha.ops.triton.gates import gate_grad, reverse_chunk_cumsum, slot_gates, slot_gates_grad
+from nha.ops.triton.gates import reverse_chunk_cumsum, slot_gates, slot_gates_grad
 from nha.ops.triton.shift import shifted, unshift
 from nha.ops.triton.slot_chunk import slot_logits, slot_read, slot_states
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture(autouse=True)
+def _poison_outputs(monkeypatch):
+    # every kernel output starts as NaN, so an element a kernel forgot to write fails the comparison
+    monkeypatch.setattr(common, "POISON_OUTPUTS", True)
 
 
 @pytest.mark.parametrize("M", [5, 16])
@@ -28,18 +34,6 @@ def test_reverse_chunk_cumsum_is_the_flipped_scans_cumsum(M):
     torch.testing.assert_close(reverse_chunk_cumsum(g, chunk), chunk_cumsum(g_rev, chunk), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("with_final", [False, True])
-def test_gate_grad_is_the_reverse_cumsum_of_the_gate_terms(with_final):
-    N, E, H, M, chunk = 2, 192, 2, 7, 64
-    a, b, s, ds = (torch.randn(N, E, H, M, device=DEVICE) for _ in range(4))
-    final = torch.randn(N, H, M, device=DEVICE) if with_final else None
-    dG = a * b - s * ds
-    if with_final:
-        dG[:, -1] += final
-    expected = torch.flip(torch.cumsum(torch.flip(dG, dims=[1]), dim=1), dims=[1])
-    torch.testing.assert_close(gate_grad(a, b, s, ds, chunk, final), expected, rtol=1e-5, atol=1e-4)
-
-
 def _scan_gates_reference(g, valid, ends, shift, group, length):
     # PyTorch: clamp, mask invalid rows, move `shift` later, repeat heads, cut each sequence at its end
     g = g.double().clamp(min=-1000.0) * valid[:, :, None, None]
@@ -47,8 +41,8 @@ def _scan_gates_reference(g, valid, ends, shift, group, length):
     return g_in * (torch.arange(length, device=g.device)[None, :] < ends[:, None])[:, :, None, None]
 
 
-@pytest.mark.parametrize("shift,group", [(0, 1), (5, 2), (70, 1)])
-def test_slot_gates_and_their_gradient(shift, group):
+@pytest.mark.parametrize("shift,group,with_final", [(0, 1, True), (5, 2, False), (5, 2, True), (20, 1, True), (70, 1, True)])
+def test_slot_gates_and_their_gradient(shift, group, with_final):
     N, S, H, M, chunk = 2, 50, 2, 6, 16
     length = 64
     g = -torch.rand(N, S, H, M, device=DEVICE).pow(3) * 4
@@ -61,12 +55,20 @@ def test_slot_gates_and_their_gradient(shift, group):
     torch.testing.assert_close(g_in, ref.float(), rtol=0, atol=0)
     torch.testing.assert_close(s_in.double(), -torch.expm1(ref), rtol=1e-6, atol=1e-12)
     torch.testing.assert_close(gc, chunk_cumsum(ref.float(), chunk), rtol=1e-5, atol=1e-5)
-    dg1, dg2, ds1, ds2 = (torch.randn_like(g_in) for _ in range(4))
-    loss = (ref * (dg1 + dg2)).sum() - (torch.expm1(ref) * (ds1 + ds2)).sum()
-    # shift 70 > length: nothing enters the slots (an unbounded window), so nothing flows back
+    # what both slot passes pass back: to the chunk cumsums G through dG = dz z + p dp - s (ds1 + ds2) (plus the final
+    # states' term at the last step), and to s = 1 - exp(g_in) through ds1 + ds2
+    dz, z, p, dp, ds1, ds2 = (torch.randn_like(g_in) for _ in range(6))
+    final = torch.randn(N, H * group, M, device=DEVICE) if with_final else None
+    dG = dz * z + p * dp - s_in * (ds1 + ds2)
+    if with_final:
+        dG[:, -1] += final
+    dG_in = torch.flip(torch.cumsum(torch.flip(dG, dims=[1]), dim=1), dims=[1])  # G_t sums g_in up to t
+    loss = (ref * dG_in).sum() - (torch.expm1(ref) * (ds1 + ds2)).sum()
+    # shift 20: the last rows never enter the slots; 70 > length: none does (an unbounded window), nothing flows back
     expected = torch.autograd.grad(loss, (g,))[0] if loss.requires_grad else torch.zeros_like(g)
-    got = slot_gates_grad(g.detach(), valid.to(torch.int8), ends, shift, s_in, dg1, dg2, ds1, ds2)
-    torch.testing.assert_close(got, expected.float(), rtol=1e-5, atol=1e-5)
+    got = slot_gates_grad(g.detach(), valid.to(torch.int8), ends, shift, chunk, s_in, (dz, z), (p, dp), ds1, ds2,
+                          final)
+    torch.testing.assert_close(got, expected.float(), rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("by,group", [(0, 1), (3, 2), (20, 1)])

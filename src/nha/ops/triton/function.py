@@ -7,9 +7,10 @@ HQ query heads, H key/value heads, G = HQ // H, K/V head dims, M slots.
 Forward: window path (banded attention, lse) -> scan gates (`slot_gates`: shift by w, masks, GQA) -> slot pass 1
 (logits z) -> merge (p, a) -> slot pass 2 with the output `o = a * o_win + S^T p` in its epilogue. The slot kernels
 read k and v shifted by w and per query head in place (shift.py's `Shifted`): no copies, nothing more saved.
-Backward, in reverse: pass 2 (dp, dv, its gate terms) -> merge and output together (`merge_backward`: dz, the window
-path's do and delta) -> window path -> pass 1 (dq, in q's dtype with the window path's dq added in its epilogue; dk,
-its gate terms) -> one pass for the gates' gradient and one per k/v that adds the two paths' gradients, shifts them
+Backward, in reverse: pass 2 (dp, dv, ds) -> merge and output together (`merge_backward`: dz, the window path's do
+and delta) -> window path -> pass 1 (dq, in q's dtype with the window path's dq added in its epilogue; dk, ds) -> the
+gates' gradient of both passes at once (chunk totals, then every chunk's reverse cumsum summed over the group and
+moved back to the layer's rows, in g's dtype) -> one pass per k/v that adds the two paths' gradients, shifts them
 back and casts them. Both passes' chunk-start states are saved by the forward (`Plan.save_states`; else the
 backward recomputes them).
 """
@@ -24,7 +25,7 @@ from nha.ops.chunk import MASKED, pad_time
 from nha.ops.triton.gates import slot_gates, slot_gates_grad
 from nha.ops.triton.merge import merge_backward, merge_forward
 from nha.ops.triton.shift import shifted, unshift
-from nha.ops.triton.slot_scan import logits_backward, logits_forward, read_backward, read_forward
+from nha.ops.triton.slot_scan import final_term, logits_backward, logits_forward, read_backward, read_forward
 from nha.ops.triton.window_attn import window_backward, window_forward
 
 
@@ -131,16 +132,18 @@ def _backward(do, dht_k, dht_v, saved, plan: Plan, shared):
     do = q_in.new_zeros(N, S, HQ, v.shape[-1]) if do is None else do.contiguous()
     dht_k = None if dht_k is None else dht_k.float().contiguous()
     dht_v = None if dht_v is None else dht_v.float().contiguous()
-    dp, ds2, dg2, dv_in, dh0_v = read_backward(pad_time(do, E).contiguous(), dht_v, p, s_in, g_in, v_in, h0_v, gc,
-                                               ht_v, C, prec, h=h_v)
+    dp, ds2, dv_in, dh0_v = read_backward(pad_time(do, E).contiguous(), dht_v, p, s_in, g_in, v_in, h0_v, gc, C, prec,
+                                          h=h_v)
     dz, delta, do_win = merge_backward(p, dp, a, do, o_win, plan.live_i8, plan.scale)
     dq_w = dk_w = dv_w = None
     if o_win is not None:
         dq_w, dk_w, dv_w = window_backward(qw, kw, v, plan.valid_i8, lse_win, delta, do_win, plan.window, plan.scale)
     # dq comes out of its slot read-out in q's dtype with the window path's share added (when q is shared)
-    dq_in, ds1, dg1, dk_in, dh0_k = logits_backward(dz, dht_k, q_in, s_in, g_in, k_in, h0_k, gc, z, ht_k, C, prec,
-                                                    dq_other=dq_w if shared[0] else None, dq_dtype=q_in.dtype, h=h_k)
-    dg = slot_gates_grad(g, plan.valid_i8, plan.ends, plan.shift, s_in, dg1, dg2, ds1, ds2)
+    dq_in, ds1, dk_in, dh0_k = logits_backward(dz, dht_k, q_in, s_in, g_in, k_in, h0_k, gc, C, prec,
+                                               dq_other=dq_w if shared[0] else None, dq_dtype=q_in.dtype, h=h_k)
+    finals = [t for t in (final_term(dht_k, ht_k), final_term(dht_v, ht_v)) if t is not None]
+    dg = slot_gates_grad(g, plan.valid_i8, plan.ends, plan.shift, C, s_in, (dz, z), (p, dp), ds1, ds2,
+                         sum(finals) if finals else None)
     # k and v: the slot path's gradients moved back to the layer's rows, plus the window path's when it shares them
     dq = dq_in[:, :S]
     dk = unshift(dk_in, plan.shift, S, G, other=dk_w if shared[1] else None, dtype=k_in.dtype)

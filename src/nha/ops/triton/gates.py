@@ -57,32 +57,6 @@ def slot_gates_kernel(g, valid, ends, g_in, s_in, gc, S, E, H, HQ, M, SHIFT, BT:
 
 
 @triton.jit
-def slot_gates_grad_kernel(g, valid, ends, s_in, dg1, dg2, ds1, ds2, dg, S, E, H, HQ, M, SHIFT,
-                           BT: tl.constexpr, BM: tl.constexpr):
-    # dg of the layer's row r: what steps r + SHIFT of the group's query heads passed back (d s / d g = s - 1)
-    i_r, i_nh = tl.program_id(0), tl.program_id(1)
-    i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
-    G = HQ // H
-    o_r = i_r * BT + tl.arange(0, BT)
-    o_m = tl.arange(0, BM)
-    m_m = o_m < M
-    m_r = o_r < S
-    src, ok = _source_rows(o_r + SHIFT, i_n, ends, valid, SHIFT, S)
-    ok = ok & m_r
-    p_g = ((i_n * S + o_r.to(tl.int64))[:, None] * H + i_h) * M + o_m[None, :]
-    b_graw = tl.load(g + p_g, mask=m_r[:, None] & m_m[None, :], other=0.0).to(tl.float32)
-    m_in = ok[:, None] & m_m[None, :]
-    b_dg = tl.zeros([BT, BM], dtype=tl.float32)
-    for i_g in range(0, G):
-        p = ((i_n * E + (o_r + SHIFT).to(tl.int64))[:, None] * HQ + i_h * G + i_g) * M + o_m[None, :]
-        b_s = tl.load(s_in + p, mask=m_in, other=0.0)
-        b_ds = tl.load(ds1 + p, mask=m_in, other=0.0) + tl.load(ds2 + p, mask=m_in, other=0.0)
-        b_dg += tl.load(dg1 + p, mask=m_in, other=0.0) + tl.load(dg2 + p, mask=m_in, other=0.0) + b_ds * (b_s - 1.0)
-    b_dg = tl.where(m_in & (b_graw >= MIN_LOG_GATE), b_dg, 0.0)
-    tl.store(dg + p_g, b_dg.to(dg.dtype.element_ty), mask=m_r[:, None] & m_m[None, :])
-
-
-@triton.jit
 def reverse_chunk_cumsum_kernel(g, gcr, E, H, M, BT: tl.constexpr, BM: tl.constexpr):
     # the gates of the time-flipped scan, g'_u = g_(E-u) with g'_0 = 0, summed from each chunk's start (flipped order)
     i_t, i_nh = tl.program_id(0), tl.program_id(1)
@@ -98,41 +72,57 @@ def reverse_chunk_cumsum_kernel(g, gcr, E, H, M, BT: tl.constexpr, BM: tl.conste
 
 
 @triton.jit
-def _gate_terms(a, b, s, ds, i_n, i_h, i_t, E, H, M, BT: tl.constexpr, BM: tl.constexpr):
-    # `[BT, BM]` dG = a * b - s * ds for one chunk
-    o_t = i_t * BT + tl.arange(0, BT)
+def _gate_terms(dz, z, p, dp, s, ds1, ds2, i_n, i_hq, t, E, HQ, M, BT: tl.constexpr, BM: tl.constexpr):
+    # `[BT, BM]` for the scan steps t of query head i_hq: dG = dz * z + p * dp - s * (ds1 + ds2) (what both passes
+    # pass back to the chunk cumsums G), ds1 + ds2 (what they pass back to s) and s
     o_m = tl.arange(0, BM)
     m_m = o_m < M
-    p = ((i_n * E + o_t.to(tl.int64))[:, None] * H + i_h) * M + o_m[None, :]
-    b_a = tl.load(a + p, mask=m_m[None, :], other=0.0)
-    b_b = tl.load(b + p, mask=m_m[None, :], other=0.0)
-    b_s = tl.load(s + p, mask=m_m[None, :], other=0.0)
-    b_ds = tl.load(ds + p, mask=m_m[None, :], other=0.0)
-    return b_a * b_b - b_s * b_ds, p, m_m
+    off = ((i_n * E + t.to(tl.int64))[:, None] * HQ + i_hq) * M + o_m[None, :]
+    b_ds = tl.load(ds1 + off, mask=m_m[None, :], other=0.0) + tl.load(ds2 + off, mask=m_m[None, :], other=0.0)
+    b_dg = tl.load(dz + off, mask=m_m[None, :], other=0.0) * tl.load(z + off, mask=m_m[None, :], other=0.0)
+    b_dg += tl.load(p + off, mask=m_m[None, :], other=0.0) * tl.load(dp + off, mask=m_m[None, :], other=0.0)
+    b_s = tl.load(s + off, mask=m_m[None, :], other=0.0)
+    return b_dg - b_s * b_ds, b_ds, b_s
 
 
 @triton.jit
-def gate_chunk_totals_kernel(a, b, s, ds, tot, E, H, M, BT: tl.constexpr, BM: tl.constexpr):
-    # tot `[N, H, M, NT]`: every chunk's sum of dG (chunks innermost: their reverse cumsum is then PyTorch's fast one)
+def gate_chunk_totals_kernel(dz, z, p, dp, s, ds1, ds2, tot, E, HQ, M, BT: tl.constexpr, BM: tl.constexpr):
+    # tot `[N, HQ, M, NT]`: every chunk's sum of dG (chunks innermost: their reverse cumsum is then PyTorch's fast one)
     i_t, i_nh = tl.program_id(0), tl.program_id(1)
-    i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
-    b_dg, _, m_m = _gate_terms(a, b, s, ds, i_n, i_h, i_t, E, H, M, BT, BM)
+    i_n, i_hq = (i_nh // HQ).to(tl.int64), (i_nh % HQ).to(tl.int64)
+    b_dg, _, _ = _gate_terms(dz, z, p, dp, s, ds1, ds2, i_n, i_hq, i_t * BT + tl.arange(0, BT), E, HQ, M, BT, BM)
     NT = E // BT
     o_m = tl.arange(0, BM)
-    tl.store(tot + ((i_n * H + i_h) * M + o_m) * NT + i_t, tl.sum(b_dg, axis=0), mask=m_m)
+    tl.store(tot + ((i_n * HQ + i_hq) * M + o_m) * NT + i_t, tl.sum(b_dg, axis=0), mask=o_m < M)
 
 
 @triton.jit
-def gate_grad_kernel(a, b, s, ds, later, dg, E, H, M, BT: tl.constexpr, BM: tl.constexpr):
-    # dg_t = sum_(t' >= t) dG_t': the sum from t to the chunk's end plus `later` (the chunks after it, and the final
-    # state's term)
+def slot_gates_grad_kernel(g, valid, ends, dz, z, p, dp, s, ds1, ds2, later, dg, S, E, H, HQ, M, SHIFT,
+                           BT: tl.constexpr, BM: tl.constexpr):
+    # for one chunk of scan steps t and one key/value head: the gradient of the scan's gates summed over the group's
+    # query heads, dg_in_t = sum_(t' >= t) dG_t' (this chunk's reverse cumsum plus `later`: the chunks after it and
+    # the final states' term) + (ds1 + ds2)_t (s_t - 1) (d s / d g = s - 1), stored at the layer's row t - SHIFT
     i_t, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
-    b_dg, p, m_m = _gate_terms(a, b, s, ds, i_n, i_h, i_t, E, H, M, BT, BM)
+    G = HQ // H
     NT = E // BT
+    t = i_t * BT + tl.arange(0, BT)
     o_m = tl.arange(0, BM)
-    b_later = tl.load(later + ((i_n * H + i_h) * M + o_m) * NT + i_t, mask=m_m, other=0.0)
-    tl.store(dg + p, tl.cumsum(b_dg, axis=0, reverse=True) + b_later[None, :], mask=m_m[None, :])
+    m_m = o_m < M
+    acc = tl.zeros([BT, BM], dtype=tl.float32)
+    for i_g in range(0, G):
+        i_hq = i_h * G + i_g
+        b_dg, b_ds, b_s = _gate_terms(dz, z, p, dp, s, ds1, ds2, i_n, i_hq, t, E, HQ, M, BT, BM)
+        b_later = tl.load(later + ((i_n * HQ + i_hq) * M + o_m) * NT + i_t, mask=m_m, other=0.0)
+        acc += tl.cumsum(b_dg, axis=0, reverse=True) + b_later[None, :] + b_ds * (b_s - 1.0)
+    src, ok = _source_rows(t, i_n, ends, valid, SHIFT, S)
+    inside = (src >= 0) & (src < S)
+    p_g = ((i_n * S + src.to(tl.int64))[:, None] * H + i_h) * M + o_m[None, :]
+    m_g = inside[:, None] & m_m[None, :]
+    b_graw = tl.load(g + p_g, mask=m_g, other=0.0).to(tl.float32)
+    # a row that never entered the slots (padding, past its sequence's end) or whose gate was clamped passes nothing
+    acc = tl.where(ok[:, None] & (b_graw >= MIN_LOG_GATE), acc, 0.0)
+    tl.store(dg + p_g, acc.to(dg.dtype.element_ty), mask=m_g)
 
 
 def _grid(x: torch.Tensor, chunk: int) -> tuple[int, int]:
@@ -146,27 +136,6 @@ def reverse_chunk_cumsum(g: torch.Tensor, chunk: int) -> torch.Tensor:
     gcr = new_output(N, E, H, M, device=g.device)
     reverse_chunk_cumsum_kernel[_grid(g, chunk)](g, gcr, E, H, M, BT=chunk, BM=block(M))
     return gcr
-
-
-def gate_grad(a: torch.Tensor, b: torch.Tensor, s: torch.Tensor, ds: torch.Tensor, chunk: int,
-              final_term: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """`dg_t = sum_(t' >= t) (a * b - s * ds)_t'` (+ `final_term` `[N, H, M]` for every t: the final state's share).
-
-    All inputs `[N, E, H, M]` (made float32 and contiguous where they are not); two passes: every chunk's total,
-    then each chunk's own reverse cumsum plus the totals of the chunks after it."""
-    N, E, H, M = a.shape
-    NT = E // chunk
-    a, b, s, ds = (t.float().contiguous() for t in (a, b, s, ds))
-    grid, BM = _grid(a, chunk), block(M)
-    tot = new_output(N, H, M, NT, device=a.device)
-    gate_chunk_totals_kernel[grid](a, b, s, ds, tot, E, H, M, BT=chunk, BM=BM)
-    # a scan along the innermost dim (a scan along dim 1 of [N, NT, H, M] took ~0.18 ms at 64k tokens on an H200)
-    later = torch.flip(torch.cumsum(torch.flip(tot, dims=[-1]), dim=-1), dims=[-1]) - tot
-    if final_term is not None:
-        later = later + final_term[..., None]
-    dg = new_output(N, E, H, M, device=a.device)
-    gate_grad_kernel[grid](a, b, s, ds, later.contiguous(), dg, E, H, M, BT=chunk, BM=BM)
-    return dg
 
 
 def slot_gates(g, valid_i8, ends, shift: int, group: int, length: int, chunk: int):
@@ -189,13 +158,35 @@ def slot_gates(g, valid_i8, ends, shift: int, group: int, length: int, chunk: in
     return g_in, s_in, gc
 
 
-def slot_gates_grad(g, valid_i8, ends, shift: int, s_in, dg1, dg2, ds1, ds2) -> torch.Tensor:
-    """The gradient of `slot_gates` for g `[N, S, H, M]` (in g's dtype), from both passes' gradients of g_in and
-    s_in (`[N, E, HQ, M]` float32, contiguous)."""
+def slot_gates_grad(g, valid_i8, ends, shift: int, chunk: int, s_in, logit_terms, read_terms, ds1, ds2,
+                    final_term: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The gradient of g `[N, S, H, M]` (in g's dtype) through `slot_gates`, from what both slot passes pass back.
+
+    The scan's gates reach the output through the chunk cumsums G and through the write strengths s = 1 - exp(g_in):
+    `dg_in_t = sum_(t' >= t) dG_t' + final_term + (ds1 + ds2)_t (s_t - 1)` with
+    `dG = dz * z + p * dp - s * (ds1 + ds2)`; then each layer row gets what its step (`shift` later) of every query
+    head of its group got.
+
+    Args:
+        s_in: `[N, E, HQ, M]` float32 write strengths (`slot_gates`' second output); E a multiple of `chunk`.
+        logit_terms: `(dz, z)`, pass 1's logit gradient and logits; read_terms: `(p, dp)`, pass 2's weights and
+            their gradient; ds1, ds2: each pass's gradient of s; all `[N, E, HQ, M]` float32, contiguous.
+        final_term: `[N, HQ, M]` the final states' share, rowsum(dS_E * S_E) of both passes (None: no final grads).
+    """
     N, S, H, M = g.shape
     E, HQ = s_in.shape[1], s_in.shape[2]
+    NT = E // chunk
+    terms = (*logit_terms, *read_terms, s_in, ds1, ds2)
+    BM = block(M)
+    tot = new_output(N, HQ, M, NT, device=g.device)
+    gate_chunk_totals_kernel[(NT, N * HQ)](*terms, tot, E, HQ, M, BT=chunk, BM=BM)
+    # a scan along the innermost dim (a scan along dim 1 of [N, NT, H, M] took ~0.18 ms at 64k tokens on an H200)
+    later = torch.flip(torch.cumsum(torch.flip(tot, dims=[-1]), dim=-1), dims=[-1]) - tot
+    if final_term is not None:
+        later = later + final_term[..., None]
     dg = new_output(N, S, H, M, dtype=g.dtype, device=g.device)
-    rows = 64
-    slot_gates_grad_kernel[(triton.cdiv(S, rows), N * H)](g, valid_i8, ends, s_in, dg1, dg2, ds1, ds2, dg, S, E, H,
-                                                          HQ, M, shift, BT=rows, BM=block(M))
+    slot_gates_grad_kernel[(NT, N * H)](g, valid_i8, ends, *terms, later.contiguous(), dg, S, E, H, HQ, M, shift,
+                                        BT=chunk, BM=BM)
+    if E - shift < S:  # the last rows never reach the slots (an unbounded window: none does)
+        dg[:, max(0, E - shift):] = 0
     return dg

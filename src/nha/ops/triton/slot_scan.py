@@ -11,7 +11,8 @@ backwards in time, i.e. forwards on time-flipped inputs with gates `g'_u = g_{E-
   ds_t = R_t y_t (a logits read-out of R),  dy_t = R_t^T s_t (a plain read-out of R),
   pass 1: dq_t = S_t^T dz_t;  pass 2: dp_t = S_t do_t  (the forward states again),
   dG_t = (dz_t * z_t or p_t * dp_t) - s_t * ds_t  (+ rowsum(dS_E * S_E) at t = E), dg = reverse cumsum of dG,
-  dh0 = exp(g_0) R_0. The gate work (both directions' chunk cumsums, dG and its reverse cumsum) is gates.py's.
+  dh0 = exp(g_0) R_0. The gate work is gates.py's: both directions' chunk cumsums, and dG and its reverse cumsum for
+  both passes at once (`slot_gates_grad`, from the ds each backward here returns and `final_term`).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from typing import Optional
 
 import torch
 
-from nha.ops.triton.gates import gate_grad, reverse_chunk_cumsum
+from nha.ops.triton.gates import reverse_chunk_cumsum
 from nha.ops.triton.slot_chunk import slot_logits, slot_read, slot_states
 
 
@@ -35,8 +36,8 @@ def _reverse_scan(r, c, g, s, y, d_final, chunk, prec):
     return ds, dy, r0
 
 
-def _final_term(d_final: Optional[torch.Tensor], final: torch.Tensor) -> Optional[torch.Tensor]:
-    # the final state's share of every gate's gradient: rowsum(dS_E * S_E) `[N, H, M]`
+def final_term(d_final: Optional[torch.Tensor], final: torch.Tensor) -> Optional[torch.Tensor]:
+    """The final state's share of every gate's gradient: rowsum(dS_E * S_E) `[N, H, M]` (None without dS_E)."""
     return None if d_final is None else (d_final * final).sum(-1)
 
 
@@ -54,18 +55,17 @@ def logits_forward(q, s, gc, k, h0, chunk: int, prec: str):
     return slot_logits(q, s, gc, k, h, chunk, prec), ht, h
 
 
-def logits_backward(dz, dht, q, s, g, k, h0, gc, z, ht, chunk: int, prec: str, dq_other=None,
+def logits_backward(dz, dht, q, s, g, k, h0, gc, chunk: int, prec: str, dq_other=None,
                     dq_dtype: torch.dtype = torch.float32, h=None):
-    """`(dq, ds, dg, dk, dh0)` of `logits_forward` (float32 but dq, which is in `dq_dtype`, plus `dq_other`
-    `[N, E_o, H, K]` float32 in its first E_o rows when given; dq `[N, E, H, K]`; dh0 None without h0). `h`: the
-    forward's chunk-start states, recomputed when None. dg is the direct part only: s's dependence on g is the
-    caller's."""
+    """`(dq, ds, dk, dh0)` of `logits_forward` but its gates (float32 but dq, which is in `dq_dtype`, plus
+    `dq_other` `[N, E_o, H, K]` float32 in its first E_o rows when given; dq `[N, E, H, K]`; dh0 None without h0).
+    `h`: the forward's chunk-start states, recomputed when None. The gates' gradient is the caller's
+    (`gates.slot_gates_grad`, for both passes at once)."""
     if h is None:
         h, _ = slot_states(s, gc, k, h0, chunk, prec)
     dq = slot_read(dz, s, gc, k, h, chunk, prec, o_win=dq_other, dtype=dq_dtype)
     ds, dk, r0 = _reverse_scan(dz, q, g, s, k, dht, chunk, prec)
-    dg = gate_grad(dz, z, s, ds, chunk, _final_term(dht, ht))
-    return dq, ds, dg, dk, _initial_state_grad(h0, gc, r0)
+    return dq, ds, dk, _initial_state_grad(h0, gc, r0)
 
 
 def read_forward(p, s, gc, v, h0, chunk: int, prec: str, a=None, o_win=None, dtype: torch.dtype = torch.float32):
@@ -75,12 +75,11 @@ def read_forward(p, s, gc, v, h0, chunk: int, prec: str, a=None, o_win=None, dty
     return slot_read(p, s, gc, v, h, chunk, prec, a=a, o_win=o_win, dtype=dtype), ht, h
 
 
-def read_backward(do, dht, p, s, g, v, h0, gc, ht, chunk: int, prec: str, h=None):
-    """`(dp, ds, dg, dv, dh0)` of `read_forward`'s slot read-out, given its output gradient do `[N, E, H, V]` (any
+def read_backward(do, dht, p, s, g, v, h0, gc, chunk: int, prec: str, h=None):
+    """`(dp, ds, dv, dh0)` of `read_forward`'s slot read-out, given its output gradient do `[N, E, H, V]` (any
     float dtype); as `logits_backward`."""
     if h is None:
         h, _ = slot_states(s, gc, v, h0, chunk, prec)
     dp = slot_logits(do, s, gc, v, h, chunk, prec)
     ds, dv, r0 = _reverse_scan(p, do, g, s, v, dht, chunk, prec)
-    dg = gate_grad(p, dp, s, ds, chunk, _final_term(dht, ht))
-    return dp, ds, dg, dv, _initial_state_grad(h0, gc, r0)
+    return dp, ds, dv, _initial_state_grad(h0, gc, r0)
