@@ -25,7 +25,7 @@ from nha.ops.chunk import MASKED, pad_time
 from nha.ops.triton.gates import slot_gates, slot_gates_grad
 from nha.ops.triton.merge import merge_backward, merge_forward
 from nha.ops.triton.shift import shifted, unshift
-from nha.ops.triton.slot_scan import final_term, logits_backward, logits_forward, read_backward, read_forward
+from nha.ops.triton.slot_scan import final_term, logits_backward, logits_forward, read_backward, read_dp, read_forward
 from nha.ops.triton.window_attn import window_backward, window_forward
 
 
@@ -95,11 +95,11 @@ class NHAFunction(torch.autograd.Function):
         h0_k, h0_v = _expand(h0_k, G), _expand(h0_v, G)
         z, ht_k, h_k = logits_forward(q_in, s_in, gc, k_in, h0_k, C, prec)
         p, a = merge_forward(z, lse_win, plan.live_i8, plan.scale)
-        o, ht_v, h_v = read_forward(p, s_in, gc, v_in, h0_v, C, prec, a=a, o_win=o_win, dtype=q.dtype)
+        o, ht_v, h_v = read_forward(p, s_in, gc, v_in, h0_v, C, prec, a=a, o_win=o_win, dtype=q.dtype, out_rows=S)
         h_k, h_v = (h_k, h_v) if plan.save_states else (None, None)
         ctx.save_for_backward(qw, kw, v, o_win, lse_win, g, q_in, k, g_in, s_in, gc, z, p, a, h0_k, h0_v, ht_k, ht_v,
                               h_k, h_v)
-        return o[:, :S], ht_k, ht_v
+        return o, ht_k, ht_v
 
     @staticmethod
     def backward(ctx, do, dht_k, dht_v):
@@ -123,6 +123,26 @@ def _window_only_backward(do, qw, kw, v, o_win, lse_win, plan: Plan, shared):
             None if shared[0] else dq, None if shared[1] else dk)
 
 
+def _layer_rows_out(plan: Plan, S: int, G: int, other: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[dict]:
+    # with one query head per key/value head (nothing to sum over a group), a k/v gradient's slot read-out stores
+    # itself at the layer's rows: moved back by the scan's shift, in the input's dtype, with the window path's share
+    # `other` `[N, S, H, D]` float32 added. With G > 1 it stays per query head and `_at_layer_rows` unshifts it.
+    return dict(out_rows=S, out_shift=plan.shift, o_win=other, dtype=dtype) if G == 1 else None
+
+
+def _at_layer_rows(d_in: torch.Tensor, plan: Plan, S: int, G: int, other: Optional[torch.Tensor],
+                   dtype: torch.dtype) -> torch.Tensor:
+    """A k/v gradient `[N, S, H, D]` in `dtype` from its slot read-out plus `other` (the window path's share)."""
+    if G != 1:
+        return unshift(d_in, plan.shift, S, G, other=other, dtype=dtype)
+    # the read-out wrote every row a scan step absorbs; the last rows (all, for an unbounded window) never reach
+    # the slots and get the window path's share alone
+    first_unreached = max(0, min(S, plan.length - plan.shift))
+    if first_unreached < S:
+        d_in[:, first_unreached:] = 0 if other is None else other[:, first_unreached:]
+    return d_in
+
+
 def _backward(do, dht_k, dht_v, saved, plan: Plan, shared):
     """`(dq, dk, dv, dg, dq_win, dk_win, dh0_k, dh0_v)` of the full operator."""
     qw, kw, v, o_win, lse_win, g, q_in, k, g_in, s_in, gc, z, p, a, h0_k, h0_v, ht_k, ht_v, h_k, h_v = saved
@@ -132,22 +152,25 @@ def _backward(do, dht_k, dht_v, saved, plan: Plan, shared):
     do = q_in.new_zeros(N, S, HQ, v.shape[-1]) if do is None else do.contiguous()
     dht_k = None if dht_k is None else dht_k.float().contiguous()
     dht_v = None if dht_v is None else dht_v.float().contiguous()
-    dp, ds2, dv_in, dh0_v = read_backward(pad_time(do, E).contiguous(), dht_v, p, s_in, g_in, v_in, h0_v, gc, C, prec,
-                                          h=h_v)
+    do_in = pad_time(do, E).contiguous()
+    dp = read_dp(do_in, s_in, gc, v_in, h0_v, C, prec, h=h_v)
     dz, delta, do_win = merge_backward(p, dp, a, do, o_win, plan.live_i8, plan.scale)
     dq_w = dk_w = dv_w = None
     if o_win is not None:
         dq_w, dk_w, dv_w = window_backward(qw, kw, v, plan.valid_i8, lse_win, delta, do_win, plan.window, plan.scale)
+    # k and v: the slot path's gradients moved back to the layer's rows, plus the window path's (k's when it shares k)
+    dk_other = dk_w if shared[1] else None
+    ds2, dv, dh0_v = read_backward(do_in, dht_v, p, s_in, g_in, v_in, h0_v, gc, C, prec,
+                                   dv_out=_layer_rows_out(plan, S, G, dv_w, v.dtype))
     # dq comes out of its slot read-out in q's dtype with the window path's share added (when q is shared)
-    dq_in, ds1, dk_in, dh0_k = logits_backward(dz, dht_k, q_in, s_in, g_in, k_in, h0_k, gc, C, prec,
-                                               dq_other=dq_w if shared[0] else None, dq_dtype=q_in.dtype, h=h_k)
+    dq, ds1, dk, dh0_k = logits_backward(dz, dht_k, q_in, s_in, g_in, k_in, h0_k, gc, C, prec, h=h_k,
+                                         dq_out=dict(o_win=dq_w if shared[0] else None, dtype=q_in.dtype, out_rows=S),
+                                         dk_out=_layer_rows_out(plan, S, G, dk_other, k.dtype))
     finals = [t for t in (final_term(dht_k, ht_k), final_term(dht_v, ht_v)) if t is not None]
     dg = slot_gates_grad(g, plan.valid_i8, plan.ends, plan.shift, C, s_in, (dz, z), (p, dp), ds1, ds2,
                          sum(finals) if finals else None)
-    # k and v: the slot path's gradients moved back to the layer's rows, plus the window path's when it shares them
-    dq = dq_in[:, :S]
-    dk = unshift(dk_in, plan.shift, S, G, other=dk_w if shared[1] else None, dtype=k_in.dtype)
-    dv = unshift(dv_in, plan.shift, S, G, other=dv_w, dtype=v.dtype)
+    dk = _at_layer_rows(dk, plan, S, G, dk_other, k.dtype)
+    dv = _at_layer_rows(dv, plan, S, G, dv_w, v.dtype)
     dq_win = None if shared[0] or dq_w is None else dq_w.to(qw.dtype)
     dk_win = None if shared[1] or dk_w is None else dk_w.to(kw.dtype)
     return dq, dk, dv, dg, dq_win, dk_win, _group_sum(dh0_k, G), _group_sum(dh0_v, G)

@@ -15,6 +15,8 @@ Backward passes reuse the same kernels (slot_scan.py derives how).
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
@@ -237,13 +239,14 @@ def read_weights_kernel(
 @triton.jit
 def slot_read_kernel(
     p, gc, y, h, w, o, a, o_win,
-    E, H, M, D, E_WIN, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP,
+    E, H, M, D, OUT_ROWS, OUT_SHIFT, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP,
     BT: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr,
     REVERSE: tl.constexpr, DOT_PREC: tl.constexpr, WIN: tl.constexpr, SCALED: tl.constexpr,
 ):
     # o_t = S_t^T p_t for one chunk of BT rows and one D block: the chunk-start state's part plus the in-chunk part
-    # from read_weights_kernel's W (its j <= t part); with WIN, plus o_win_t (rows E_WIN.. being empty), scaled by
-    # a_t if SCALED (NHA's output), stored in o's dtype
+    # from read_weights_kernel's W (its j <= t part), stored in o's dtype at row t - OUT_SHIFT of o's OUT_ROWS (t in
+    # storage order; rows outside them are dropped); with WIN, plus o_win at that row, scaled by a_t if SCALED
+    # (NHA's output)
     i_d, i_t, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
     NT = E // BT
@@ -263,15 +266,15 @@ def slot_read_kernel(
     y_rows, y_ok = _source(t, i_n, i_h, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP)
     b_y = tl.load(y + y_rows[:, None] * D + o_d[None, :], mask=y_ok[:, None] & m_d[None, :], other=0.0)
     b_o += _mm(b_w, b_y, DOT_PREC)
+    r = t - OUT_SHIFT
+    m_out = ((r >= 0) & (r < OUT_ROWS))[:, None] & m_d[None, :]
+    p_out = ((i_n * OUT_ROWS + r.to(tl.int64))[:, None] * H + i_h) * D + o_d[None, :]
     if WIN:
-        t_scan = i_t * BT + o_t
-        m_w = (t_scan < E_WIN)[:, None] & m_d[None, :]
-        b_ow = tl.load(o_win + ((i_n * E_WIN + t_scan.to(tl.int64))[:, None] * H + i_h) * D + o_d[None, :],
-                       mask=m_w, other=0.0)
+        b_ow = tl.load(o_win + p_out, mask=m_out, other=0.0)
         if SCALED:
             b_ow *= tl.load(a + rows * H + i_h)[:, None]
         b_o += b_ow
-    tl.store(o + (rows_in[:, None] * H + i_h) * D + o_d[None, :], b_o.to(o.dtype.element_ty), mask=m_d[None, :])
+    tl.store(o + p_out, b_o.to(o.dtype.element_ty), mask=m_out)
 
 
 @triton.jit
@@ -405,11 +408,13 @@ def slot_states(x, gc, y, h0, chunk: int, prec: str, reverse: bool = False, bloc
 
 def slot_read(p, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub: int = 16, block_d: int = 0,
               num_warps: int = 4, intra_warps: int = 2, a=None, o_win=None,
-              dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """`o_t = S_t^T p_t`: p `[N, E, H, M]` -> `[N, E, H, D]` in `dtype` (p, x, y and o back to front if `reverse`).
+              dtype: torch.dtype = torch.float32, out_rows: Optional[int] = None, out_shift: int = 0) -> torch.Tensor:
+    """`o_t = S_t^T p_t`: p `[N, E, H, M]` -> `[N, out_rows, H, D]` in `dtype` (p, x, y and o back to front if
+    `reverse`): o_t lands at row `t - out_shift` (t in storage order) where that row is in `[0, out_rows)`, default E
+    rows and no shift; the scan's k/v gradient moved back to the layer's rows is `out_shift = w`.
 
-    With `o_win` `[N, E_win, H, D]` (float32, E_win <= E), adds `o_win_t`, or `a_t * o_win_t` with `a` `[N, E, H]`
-    (NHA's output; the backward's dq plus the window path's).
+    With `o_win` `[N, out_rows, H, D]` (float32), adds `o_win` at the same row, or `a_t * o_win` with `a`
+    `[N, E, H]` (not reverse; NHA's output; the backward's dq plus the window path's).
     Two kernels, as fla's chunked GLA: the in-chunk weights W `[N, E, H, chunk]` per sub-chunk of `sub` rows (no D in
     them), then per chunk and D block of `block_d` the products with the chunk-start state and with the chunk's y."""
     # measured on an H200 (64k tokens, 16 heads, M = 64, D = 128; gpu_session7_h200.log): 2 warps for the in-chunk
@@ -420,12 +425,15 @@ def slot_read(p, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub:
     w = new_output(N, E, H, chunk, device=x.device)
     read_weights_kernel[(E // sub, N * H)](p, x, gc, w, E, H, M, BT=chunk, BC=sub, BM=BM, LEVELS=_levels(sub),
                                            REVERSE=reverse, DOT_PREC=kernel_precision(prec), num_warps=intra_warps)
-    o = new_output(N, E, H, D, dtype=dtype, device=x.device)
+    out_rows = E if out_rows is None else out_rows
+    o = new_output(N, out_rows, H, D, dtype=dtype, device=x.device)
     win = o_win is not None
+    if win and o_win.shape[1] != out_rows:
+        raise ValueError(f"o_win must have the output's {out_rows} rows, got {o_win.shape[1]}")
     grid = (triton.cdiv(D, BD), E // chunk, N * H)
     y, *y_map = source_rows(y, E, H)
     slot_read_kernel[grid](p, gc, y, h, w, o, a if a is not None else o, o_win if win else o, E, H, M, D,
-                           o_win.shape[1] if win else 0, *y_map, BT=chunk, BM=BM, BD=BD, REVERSE=reverse,
+                           out_rows, out_shift, *y_map, BT=chunk, BM=BM, BD=BD, REVERSE=reverse,
                            DOT_PREC=kernel_precision(prec), WIN=win, SCALED=a is not None, num_warps=num_warps)
     return o
 

@@ -24,15 +24,16 @@ from nha.ops.triton.gates import reverse_chunk_cumsum
 from nha.ops.triton.slot_chunk import slot_logits, slot_read, slot_states
 
 
-def _reverse_scan(r, c, g, s, y, d_final, chunk, prec):
+def _reverse_scan(r, c, g, s, y, d_final, chunk, prec, dy_out: Optional[dict] = None):
     """`(ds, dy, R_0)`: read-outs of the backward-in-time state R (see the module docstring).
 
     The kernels read r, c, s, y back to front and write ds, dy in place order (`reverse=True`); only the gates'
-    chunk cumsums are laid out in the flipped order."""
+    chunk cumsums are laid out in the flipped order. `dy_out`: how `slot_read` stores dy (default `[N, E, H, D]`
+    float32; e.g. moved back to the layer's rows, in its dtype, with the window path's share added)."""
     gcr = reverse_chunk_cumsum(g, chunk)
     hr, r0 = slot_states(r, gcr, c, d_final, chunk, prec, reverse=True)
     ds = slot_logits(y, r, gcr, c, hr, chunk, prec, reverse=True)
-    dy = slot_read(s, r, gcr, c, hr, chunk, prec, reverse=True)
+    dy = slot_read(s, r, gcr, c, hr, chunk, prec, reverse=True, **(dy_out or {}))
     return ds, dy, r0
 
 
@@ -55,31 +56,37 @@ def logits_forward(q, s, gc, k, h0, chunk: int, prec: str):
     return slot_logits(q, s, gc, k, h, chunk, prec), ht, h
 
 
-def logits_backward(dz, dht, q, s, g, k, h0, gc, chunk: int, prec: str, dq_other=None,
-                    dq_dtype: torch.dtype = torch.float32, h=None):
-    """`(dq, ds, dk, dh0)` of `logits_forward` but its gates (float32 but dq, which is in `dq_dtype`, plus
-    `dq_other` `[N, E_o, H, K]` float32 in its first E_o rows when given; dq `[N, E, H, K]`; dh0 None without h0).
-    `h`: the forward's chunk-start states, recomputed when None. The gates' gradient is the caller's
-    (`gates.slot_gates_grad`, for both passes at once)."""
+def logits_backward(dz, dht, q, s, g, k, h0, gc, chunk: int, prec: str, h=None, dq_out: Optional[dict] = None,
+                    dk_out: Optional[dict] = None):
+    """`(dq, ds, dk, dh0)` of `logits_forward` but its gates (float32 `[N, E, H, D]`, dh0 None without h0).
+    `h`: the forward's chunk-start states, recomputed when None; `dq_out` / `dk_out`: how `slot_read` stores dq / dk
+    instead (rows, dtype, an added window share). The gates' gradient is the caller's (`gates.slot_gates_grad`, for
+    both passes at once)."""
     if h is None:
         h, _ = slot_states(s, gc, k, h0, chunk, prec)
-    dq = slot_read(dz, s, gc, k, h, chunk, prec, o_win=dq_other, dtype=dq_dtype)
-    ds, dk, r0 = _reverse_scan(dz, q, g, s, k, dht, chunk, prec)
+    dq = slot_read(dz, s, gc, k, h, chunk, prec, **(dq_out or {}))
+    ds, dk, r0 = _reverse_scan(dz, q, g, s, k, dht, chunk, prec, dk_out)
     return dq, ds, dk, _initial_state_grad(h0, gc, r0)
 
 
-def read_forward(p, s, gc, v, h0, chunk: int, prec: str, a=None, o_win=None, dtype: torch.dtype = torch.float32):
-    """Pass 2: `o = S_t^T p_t` over states built from (s, g, v) -> o `[N, E, H, V]` in `dtype` (plus `a * o_win`
-    when given: NHA's output), `S_E` `[N, H, M, V]` float32 and the chunk-start states `[N, H, NT, M, V]`."""
+def read_forward(p, s, gc, v, h0, chunk: int, prec: str, **out):
+    """Pass 2: `o = S_t^T p_t` over states built from (s, g, v) -> o `[N, E, H, V]` float32 (or as `out` says:
+    `slot_read`'s dtype, rows and `a * o_win` of NHA's output), `S_E` `[N, H, M, V]` float32 and the chunk-start
+    states `[N, H, NT, M, V]`."""
     h, ht = slot_states(s, gc, v, h0, chunk, prec)
-    return slot_read(p, s, gc, v, h, chunk, prec, a=a, o_win=o_win, dtype=dtype), ht, h
+    return slot_read(p, s, gc, v, h, chunk, prec, **out), ht, h
 
 
-def read_backward(do, dht, p, s, g, v, h0, gc, chunk: int, prec: str, h=None):
-    """`(dp, ds, dv, dh0)` of `read_forward`'s slot read-out, given its output gradient do `[N, E, H, V]` (any
-    float dtype); as `logits_backward`."""
+def read_dp(do, s, gc, v, h0, chunk: int, prec: str, h=None):
+    """`dp_t = S_t do_t` `[N, E, H, M]` float32: the gradient of `read_forward`'s p, given its output gradient do
+    `[N, E, H, V]` (any float dtype); `h` as `logits_backward`."""
     if h is None:
         h, _ = slot_states(s, gc, v, h0, chunk, prec)
-    dp = slot_logits(do, s, gc, v, h, chunk, prec)
-    ds, dv, r0 = _reverse_scan(p, do, g, s, v, dht, chunk, prec)
-    return dp, ds, dv, _initial_state_grad(h0, gc, r0)
+    return slot_logits(do, s, gc, v, h, chunk, prec)
+
+
+def read_backward(do, dht, p, s, g, v, h0, gc, chunk: int, prec: str, dv_out: Optional[dict] = None):
+    """`(ds, dv, dh0)` of `read_forward`, the rest of its gradient after `read_dp`; `dv_out` as `logits_backward`'s
+    `dk_out`."""
+    ds, dv, r0 = _reverse_scan(p, do, g, s, v, dht, chunk, prec, dv_out)
+    return ds, dv, _initial_state_grad(h0, gc, r0)
