@@ -7,12 +7,13 @@ HQ query heads, H key/value heads, G = HQ // H, K/V head dims, M slots.
 Forward: window path (banded attention, lse) -> scan gates (`slot_gates`: shift by w, masks, GQA) -> slot pass 1
 (logits z) -> merge (p, a) -> slot pass 2 with the output `o = a * o_win + S^T p` in its epilogue. The slot kernels
 read k and v shifted by w and per query head in place (shift.py's `Shifted`): no copies, nothing more saved.
-Backward, in reverse: pass 2 (dp, dv, ds) -> merge and output together (`merge_backward`: dz, the window path's do
-and delta) -> window path -> pass 1 (dq, in q's dtype with the window path's dq added in its epilogue; dk, ds) -> the
-gates' gradient of both passes at once (chunk totals, then every chunk's reverse cumsum summed over the group and
-moved back to the layer's rows, in g's dtype) -> one pass per k/v that adds the two paths' gradients, shifts them
-back and casts them. Both passes' chunk-start states are saved by the forward (`Plan.save_states`; else the
-backward recomputes them).
+Backward: pass 2's dp -> merge and output together (`merge_backward`: dz, the window path's do and delta) -> window
+path -> pass 2's reverse scan (ds, dv) -> pass 1 (dq, in q's dtype with the window path's dq added in its epilogue;
+ds, dk) -> the gates' gradient of both passes at once (chunk totals, then every chunk's reverse cumsum summed over
+the group and moved back to the layer's rows, in g's dtype). dk and dv leave their read-outs at the layer's rows in
+the input's dtype with the window path's share added when G = 1; with G > 1 one pass each sums the group, shifts them
+back and adds that share (`unshift`). Both passes' chunk-start states are saved by the forward
+(`Plan.save_states`; else the backward recomputes them).
 """
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ class Plan:
     chunk: int
     scale: float
     prec: str
-    save_states: bool = True
+    save_states: bool
 
 
 def _group_sum(x: Optional[torch.Tensor], group: int) -> Optional[torch.Tensor]:

@@ -179,7 +179,7 @@ def slot_gates_grad(g, valid_i8, ends, shift: int, chunk: int, s_in, logit_terms
     terms = (*logit_terms, *read_terms, s_in, ds1, ds2)
     BM = block(M)
     tot = new_output(N, HQ, M, NT, device=g.device)
-    gate_chunk_totals_kernel[(NT, N * HQ)](*terms, tot, E, HQ, M, BT=chunk, BM=BM)
+    gate_chunk_totals_kernel[_grid(s_in, chunk)](*terms, tot, E, HQ, M, BT=chunk, BM=BM)
     # a scan along the innermost dim (a scan along dim 1 of [N, NT, H, M] took ~0.18 ms at 64k tokens on an H200)
     later = torch.flip(torch.cumsum(torch.flip(tot, dims=[-1]), dim=-1), dims=[-1]) - tot
     if final_term is not None:

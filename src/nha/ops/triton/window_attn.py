@@ -159,21 +159,21 @@ def _config(K: int, V: int, dtype: torch.dtype, interpret: bool) -> dict:
     return dict(BM=rows, BN=rows, BK=BK, BV=BV)
 
 
-def _forward_config(K: int, V: int, dtype: torch.dtype, interpret: bool) -> dict:
-    # where the blocks are 64 rows, the forward walks its keys 32 at a time: on an H200 (64k tokens, 16 heads,
-    # D = 128, bf16; gpu_session7_h200.log) 0.53 -> 0.47 ms at w = 64 and 1.38 -> 1.27 at w = 512
+def _query_block_config(K: int, V: int, dtype: torch.dtype, interpret: bool) -> dict:
+    # the kernels that hold a block of queries and walk its keys (the forward, the backward's dq): where the blocks
+    # are 64 rows, they walk keys 32 at a time. On an H200 (64k tokens, 16 heads, D = 128, bf16;
+    # gpu_session7_h200.log) the forward took 0.53 -> 0.47 ms at w = 64 and 1.38 -> 1.27 at w = 512, the dq kernel
+    # 2.51 -> 2.17 ms at w = 64 and 5.22 -> 4.62 at w = 512
     cfg = _config(K, V, dtype, interpret)
     return {**cfg, "BN": 32} if cfg["BM"] == 64 else cfg
 
 
 def _backward_configs(K: int, V: int, dtype: torch.dtype, interpret: bool) -> tuple[dict, dict]:
-    # (dk/dv kernel, dq kernel). Where the forward takes 64-row blocks, the dq kernel walks its keys 32 at a time: on
-    # an H200 (64k tokens, 16 heads, D = 128, bf16; gpu_session7_h200.log) the backward took 2.51 -> 2.17 ms at
-    # w = 64 and 5.22 -> 4.62 at w = 512. The dk/dv kernel keeps 64/64: 16- and 32-row query blocks timed faster
+    # (dk/dv kernel, dq kernel). The dq kernel walks keys as the forward does (`_query_block_config`). The dk/dv
+    # kernel keeps 64/64: 16- and 32-row query blocks timed faster
     # (1.91 / 4.75 ms), but the 16-row one gave wrong dk on the GPU for w <= 64 (bf16, relative error 3e-2 to 1e-1
     # against 64/64, while the interpreter matches exactly), and the 32-row one failed an fp16 grid case (w = 512)
-    cfg = _config(K, V, dtype, interpret)
-    return cfg, ({**cfg, "BN": 32} if cfg["BM"] == 64 else cfg)
+    return _config(K, V, dtype, interpret), _query_block_config(K, V, dtype, interpret)
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -187,7 +187,7 @@ def window_forward(q, k, v, valid_i8, window: int, scale: float,
     (BM, BN, num_warps; for tuning)."""
     N, E, HQ, K = q.shape
     H, V = k.shape[2], v.shape[3]
-    cfg = {**_forward_config(K, V, q.dtype, not q.is_cuda), **(tiles or {})}
+    cfg = {**_query_block_config(K, V, q.dtype, not q.is_cuda), **(tiles or {})}
     o = new_output(N, E, HQ, V, device=q.device)
     lse = new_output(N, E, HQ, device=q.device)
     grid = (triton.cdiv(E, cfg["BM"]), N * HQ)

@@ -1,0 +1,46 @@
+"""Time and peak memory of one Triton NHA forward+backward with the forward's chunk-start states saved for the
+backward (`save_states=True`, the default) and recomputed (`False`), on a GPU.
+
+T time, H heads, D head dim, M slots, w window; bf16, one sequence of 65,536 tokens. Peak = the most memory allocated
+during one step above what the inputs hold. Figures: BENCHMARKS.md, session 8 (gpu_session8_h200.log, call 2).
+
+    PYTHONPATH=src python benchmarks/bench_save_states.py
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+
+from nha.ops.triton import triton_nha
+
+T, H, D, M = 65536, 16, 128, 64
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    print(f"card: {torch.cuda.get_device_name(0)}; T={T}, H={H}, D={D}, M={M}, bf16")
+    for w in (64, 2048):
+        for save in (True, False):
+            q, k, v = (torch.randn(1, T, H, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+                       for _ in range(3))
+            g = (F.logsigmoid(torch.randn(1, T, H, M, device="cuda")) / 8).bfloat16().requires_grad_()
+            do = torch.randn(1, T, H, D, device="cuda", dtype=torch.bfloat16)
+
+            def step():
+                o, _ = triton_nha(q, k, v, g, w, save_states=save, check_gates=False)
+                o.backward(do)
+
+            step()
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            step()
+            torch.cuda.synchronize()
+            peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+            ms = triton.testing.do_bench(step, warmup=5, rep=40)
+            print(f"w={w} save_states={save}: fwd+bwd {ms:.2f} ms, peak above inputs {peak:.0f} MiB", flush=True)
+
+
+if __name__ == "__main__":
+    main()
