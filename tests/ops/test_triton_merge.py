@@ -45,8 +45,10 @@ def test_merge_matches_pytorch_softmax():
     # dp: what the slot read-out passes back to p; do: the output's gradient, reaching a through a * o_win
     loss = (rp * dp).sum() + (ra[:, :E, :, None] * o_win * do).sum()
     dz_ref, dlse_ref = torch.autograd.grad(loss, (z, lse_win))
-    dz, delta, do_win = merge_backward(p, dp, a, do, o_win, live_i8, scale)
+    dz, delta, do_win, gate_term = merge_backward(p, dp.clone(), z.detach(), a, do, o_win, live_i8, scale)
     torch.testing.assert_close(dz, dz_ref, rtol=1e-4, atol=1e-6)
+    # what the slot gates get back through z and p (rows past E included: p and dz are 0 there)
+    torch.testing.assert_close(gate_term, dz_ref * z.detach() + p * dp, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(do_win, ra[:, :E, :, None] * do, rtol=1e-5, atol=1e-6)
     # the window path's backward takes rowsum(do_win * o_win) - dlse_win
     torch.testing.assert_close(delta, (do_win * o_win).sum(-1) - dlse_ref, rtol=1e-4, atol=1e-5)
@@ -62,7 +64,8 @@ def test_merge_backward_without_window():
     p, a = merge_forward(z.detach(), lse_win, live.to(torch.int8), scale)
     rp, _ = reference(z, lse_win, live, scale)
     (dz_ref,) = torch.autograd.grad((rp * dp).sum(), (z,))
-    dz, delta, do_win = merge_backward(p, dp, a, torch.zeros(N, E, HQ, 3, device=DEVICE), None, live.to(torch.int8),
-                                       scale)
+    dz, delta, do_win, gate_term = merge_backward(p, dp.clone(), z.detach(), a, torch.zeros(N, E, HQ, 3, device=DEVICE),
+                                                  None, live.to(torch.int8), scale)
     torch.testing.assert_close(dz, dz_ref, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(gate_term, dz_ref * z.detach() + p * dp, rtol=1e-4, atol=1e-6)
     assert delta is None and do_win is None

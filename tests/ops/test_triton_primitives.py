@@ -66,7 +66,7 @@ def test_slot_gates_and_their_gradient(shift, group, with_final):
     loss = (ref * dG_in).sum() - (torch.expm1(ref) * (ds1 + ds2)).sum()
     # shift 20: the last rows never enter the slots; 70 > length: none does (an unbounded window), nothing flows back
     expected = torch.autograd.grad(loss, (g,))[0] if loss.requires_grad else torch.zeros_like(g)
-    got = slot_gates_grad(g.detach(), valid.to(torch.int8), ends, shift, chunk, s_in, (dz, z), (p, dp), ds1, ds2,
+    got = slot_gates_grad(g.detach(), valid.to(torch.int8), ends, shift, chunk, s_in, dz * z + p * dp, ds1, ds2,
                           final)
     torch.testing.assert_close(got, expected.float(), rtol=1e-5, atol=1e-4)
 

@@ -155,7 +155,7 @@ def _backward(do, dht_k, dht_v, saved, plan: Plan, shared):
     dht_v = None if dht_v is None else dht_v.float().contiguous()
     do_in = pad_time(do, E).contiguous()
     dp = read_dp(do_in, s_in, gc, v_in, h0_v, C, prec, h=h_v)
-    dz, delta, do_win = merge_backward(p, dp, a, do, o_win, plan.live_i8, plan.scale)
+    dz, delta, do_win, pass_term = merge_backward(p, dp, z, a, do, o_win, plan.live_i8, plan.scale)
     dq_w = dk_w = dv_w = None
     if o_win is not None:
         dq_w, dk_w, dv_w = window_backward(qw, kw, v, plan.valid_i8, lse_win, delta, do_win, plan.window, plan.scale)
@@ -168,7 +168,7 @@ def _backward(do, dht_k, dht_v, saved, plan: Plan, shared):
                                          dq_out=dict(o_win=dq_w if shared[0] else None, dtype=q_in.dtype, out_rows=S),
                                          dk_out=_layer_rows_out(plan, S, G, dk_other, k.dtype))
     finals = [t for t in (final_term(dht_k, ht_k), final_term(dht_v, ht_v)) if t is not None]
-    dg = slot_gates_grad(g, plan.valid_i8, plan.ends, plan.shift, C, s_in, (dz, z), (p, dp), ds1, ds2,
+    dg = slot_gates_grad(g, plan.valid_i8, plan.ends, plan.shift, C, s_in, pass_term, ds1, ds2,
                          sum(finals) if finals else None)
     dk = _at_layer_rows(dk, plan, S, G, dk_other, k.dtype)
     dv = _at_layer_rows(dv, plan, S, G, dv_w, v.dtype)

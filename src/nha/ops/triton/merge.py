@@ -60,13 +60,14 @@ def merge_kernel(
 
 @triton.jit
 def merge_bwd_kernel(
-    p, dp, a, do, o_win, live, dz, delta, do_win,
+    p, dp, z, a, do, o_win, live, dz, delta, do_win, gate_term,
     R, E, Ep, HQ, M, V, scale,
     BR: tl.constexpr, BM: tl.constexpr, BV: tl.constexpr, HAS_WIN: tl.constexpr,
 ):
     # the output o = a * o_win + o_slots and the merge, backwards, for BR rows of the flattened [N, Ep, HQ] grid:
     # da = <do, o_win>, c = <p, dp> + a * da, dz = scale * p * (dp - c); the window path gets do_win = a * do and
-    # delta = rowsum(do_win * o_win) - dlse_win = a * c (its lse gradient is a * (da - c))
+    # delta = rowsum(do_win * o_win) - dlse_win = a * c (its lse gradient is a * (da - c)); the slot gates get
+    # gate_term = dz * z + p * dp, what both slot passes pass back to the gates' chunk cumsums through z and p
     o_r, m_r, n, t, inside, row_e = _rows_of_program(R, E, Ep, HQ, BR)
     o_m = tl.arange(0, BM)
     m_rm = m_r[:, None] & (o_m[None, :] < M)
@@ -89,6 +90,8 @@ def merge_bwd_kernel(
     b_live = tl.load(live + n * E + t, mask=inside, other=0) != 0
     b_dz = tl.where((inside & b_live)[:, None], scale * b_p * (b_dp - b_c[:, None]), 0.0)
     tl.store(dz + p_rm, b_dz, mask=m_rm)
+    b_z = tl.load(z + p_rm, mask=m_rm, other=0.0)
+    tl.store(gate_term + p_rm, b_dz * b_z + b_p * b_dp, mask=m_rm)
 
 
 def merge_forward(z, lse_win, live_i8, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,13 +108,16 @@ def merge_forward(z, lse_win, live_i8, scale: float) -> tuple[torch.Tensor, torc
     return p, a
 
 
-def merge_backward(p, dp, a, do, o_win, live_i8, scale: float):
+def merge_backward(p, dp, z, a, do, o_win, live_i8, scale: float):
     """Backward of `merge_forward` followed by `o = a * o_win + o_slots`, given dp `[N, Ep, HQ, M]` (from the slot
-    read-out) and do `[N, E, HQ, V]`; o_win `[N, E, HQ, V]` float32, or None when there is no window (then a == 0).
+    read-out), the raw logits z `[N, Ep, HQ, M]` and do `[N, E, HQ, V]`; o_win `[N, E, HQ, V]` float32, or None when
+    there is no window (then a == 0).
 
     Returns:
-        dz `[N, Ep, HQ, M]` float32; with a window also delta `[N, E, HQ]` float32 and do_win = a * do `[N, E, HQ, V]`
-        in do's dtype, the window path's inputs to its backward (else None, None).
+        `(dz, delta, do_win, gate_term)`: dz `[N, Ep, HQ, M]` float32; with a window delta `[N, E, HQ]` float32 and
+        do_win = a * do `[N, E, HQ, V]` in do's dtype, the window path's inputs to its backward (else None, None);
+        gate_term = dz * z + p * dp `[N, Ep, HQ, M]` float32 (`gates.slot_gates_grad`'s pass terms), written over dp,
+        which nothing reads after this.
     """
     N, Ep, HQ, M = p.shape
     E, V = live_i8.shape[1], do.shape[-1]
@@ -121,7 +127,7 @@ def merge_backward(p, dp, a, do, o_win, live_i8, scale: float):
     do_win = new_output(N, E, HQ, V, dtype=do.dtype, device=p.device) if has_win else dz
     R = N * Ep * HQ
     BR = 32
-    merge_bwd_kernel[(triton.cdiv(R, BR),)](p, dp, a, do, o_win if has_win else dz, live_i8, dz, delta, do_win,
-                                            R, E, Ep, HQ, M, V, scale, BR=BR, BM=block(M),
+    merge_bwd_kernel[(triton.cdiv(R, BR),)](p, dp, z, a, do, o_win if has_win else dz, live_i8, dz, delta, do_win,
+                                            dp, R, E, Ep, HQ, M, V, scale, BR=BR, BM=block(M),
                                             BV=min(128, block(V)), HAS_WIN=has_win)
-    return dz, (delta if has_win else None), (do_win if has_win else None)
+    return dz, (delta if has_win else None), (do_win if has_win else None), dp

@@ -73,7 +73,9 @@ def window_bwd_dkdv_kernel(
     E, HQ, H, K, V, WINDOW, scale,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
-    # one key block of one key/value head; the G query heads of its group and the queries in the band
+    # one key block of one key/value head; the G query heads of its group and the queries in the band. Scores and
+    # probabilities are kept transposed (`[keys, queries]`, as the key block's products want them), so no computed
+    # tile is ever transposed: only loaded q and do are
     i_j, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
     G = HQ // H
@@ -85,6 +87,7 @@ def window_bwd_dkdv_kernel(
     m_vv = m_cols[:, None] & (o_v[None, :] < V)
     b_k = tl.load(k + (p_cols[:, None] * H + i_h) * K + o_k[None, :], mask=m_kk, other=0.0)
     b_v = tl.load(v + (p_cols[:, None] * H + i_h) * V + o_v[None, :], mask=m_vv, other=0.0)
+    b_key = m_cols & (tl.load(valid + p_cols, mask=m_cols, other=0) != 0)  # real keys
     b_dk = tl.zeros([BN, BK], dtype=tl.float32)
     b_dv = tl.zeros([BN, BV], dtype=tl.float32)
     lo = i_j * BN // BM * BM
@@ -101,13 +104,14 @@ def window_bwd_dkdv_kernel(
                            mask=m_rows[:, None] & (o_v[None, :] < V), other=0.0)
             b_lse = tl.load(lse + p_rows * HQ + i_hq, mask=m_rows, other=0.0)
             b_delta = tl.load(delta + p_rows * HQ + i_hq, mask=m_rows, other=0.0)
-            b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC) * scale
-            b_s = tl.where(_band_mask(rows, cols, valid + i_n * E, E, WINDOW), b_s, float("-inf"))
-            b_p = tl.exp(b_s - b_lse[:, None])  # [BM, BN]
-            b_dv += tl.dot(tl.trans(b_p).to(b_do.dtype), b_do, input_precision=DOT_PREC)
-            b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PREC)
-            b_ds = b_p * (b_dp - b_delta[:, None])
-            b_dk += tl.dot(tl.trans(b_ds).to(b_q.dtype), b_q, input_precision=DOT_PREC)
+            band = ((rows[None, :] >= cols[:, None]) & (rows[None, :] - WINDOW < cols[:, None]) & m_rows[None, :]
+                    & b_key[:, None])
+            b_st = tl.dot(b_k, tl.trans(b_q), input_precision=DOT_PREC) * scale  # [BN, BM]
+            b_pt = tl.exp(tl.where(band, b_st - b_lse[None, :], float("-inf")))
+            b_dv += tl.dot(b_pt.to(b_do.dtype), b_do, input_precision=DOT_PREC)
+            b_dpt = tl.dot(b_v, tl.trans(b_do), input_precision=DOT_PREC)
+            b_dst = b_pt * (b_dpt - b_delta[None, :])
+            b_dk += tl.dot(b_dst.to(b_q.dtype), b_q, input_precision=DOT_PREC)
     tl.store(dk + (p_cols[:, None] * H + i_h) * K + o_k[None, :], b_dk * scale, mask=m_kk)
     tl.store(dv + (p_cols[:, None] * H + i_h) * V + o_v[None, :], b_dv, mask=m_vv)
 
@@ -168,12 +172,16 @@ def _query_block_config(K: int, V: int, dtype: torch.dtype, interpret: bool) -> 
     return {**cfg, "BN": 32} if cfg["BM"] == 64 else cfg
 
 
-def _backward_configs(K: int, V: int, dtype: torch.dtype, interpret: bool) -> tuple[dict, dict]:
-    # (dk/dv kernel, dq kernel). The dq kernel walks keys as the forward does (`_query_block_config`). The dk/dv
-    # kernel keeps 64/64: 16- and 32-row query blocks timed faster
-    # (1.91 / 4.75 ms), but the 16-row one gave wrong dk on the GPU for w <= 64 (bf16, relative error 3e-2 to 1e-1
-    # against 64/64, while the interpreter matches exactly), and the 32-row one failed an fp16 grid case (w = 512)
-    return _config(K, V, dtype, interpret), _query_block_config(K, V, dtype, interpret)
+def _backward_configs(K: int, V: int, dtype: torch.dtype, window: int, interpret: bool) -> tuple[dict, dict]:
+    # (dk/dv kernel, dq kernel). The dq kernel walks keys as the forward does (`_query_block_config`). Where the
+    # blocks are 64 rows, the dk/dv kernel walks the band's queries 16 at a time for windows up to 64 and 32 at a time
+    # beyond. On an H200 (64k tokens, 16 heads, D = 128, bf16; gpu_session9_h200.log, tune_window_kernels.py) the
+    # backward took 2.996 -> 1.564 ms at w = 64, 6.312 -> 4.145 at w = 512 and 17.63 -> 12.73 at w = 2048 against
+    # 64-row query blocks (16 rows: 1.564 / 4.238 / 13.54, 32 rows: 1.752 / 4.145 / 12.73)
+    kv = _config(K, V, dtype, interpret)
+    if kv["BM"] == 64:
+        kv = {**kv, "BM": 16 if window <= 64 else 32}
+    return kv, _query_block_config(K, V, dtype, interpret)
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -204,7 +212,7 @@ def window_backward(q, k, v, valid_i8, lse, delta, do, window: int, scale: float
     `dkdv_tiles` / `dq_tiles` override either kernel's launch (BM, BN, num_warps; for tuning)."""
     N, E, HQ, K = q.shape
     H, V = k.shape[2], v.shape[3]
-    kv_cfg, q_cfg = _backward_configs(K, V, q.dtype, not q.is_cuda)
+    kv_cfg, q_cfg = _backward_configs(K, V, q.dtype, window, not q.is_cuda)
     kv_cfg, q_cfg, prec = {**kv_cfg, **(dkdv_tiles or {})}, {**q_cfg, **(dq_tiles or {})}, _precision(q.dtype)
     dq = new_output(N, E, HQ, K, device=q.device)
     dk = new_output(N, E, H, K, device=q.device)
