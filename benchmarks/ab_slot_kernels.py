@@ -60,7 +60,7 @@ def main() -> None:
         print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in t.items()) + f" | read-outs x2 {read_outs:.2f} ms",
               flush=True)
     valid, ends = torch.ones(N, E, device="cuda", dtype=torch.int8), torch.full((N,), E, device="cuda")
-    grad = lambda: slot_gates_grad(g, valid, ends, 64, CHUNK, s, r, r, r)  # noqa: E731
+    grad = lambda: slot_gates_grad(g, valid, ends, 64, CHUNK, s, r, r)  # noqa: E731
     print(f"gates: reverse_chunk_cumsum {ms(lambda: reverse_chunk_cumsum(g, CHUNK)):.3f} ms, "
           f"slot_gates_grad (both passes) {ms(grad):.3f} ms")
     end_to_end(E, H, M, D, ms)

@@ -26,7 +26,7 @@ from nha.ops.chunk import MASKED, pad_time
 from nha.ops.triton.gates import slot_gates, slot_gates_grad
 from nha.ops.triton.merge import merge_backward, merge_forward
 from nha.ops.triton.shift import shifted, unshift
-from nha.ops.triton.slot_scan import final_term, logits_backward, logits_forward, read_backward, read_dp, read_forward
+from nha.ops.triton.slot_scan import final_term, logits_forward, read_dp, read_dq, read_forward, reverse_scans
 from nha.ops.triton.window_attn import window_backward, window_forward
 
 
@@ -159,16 +159,16 @@ def _backward(do, dht_k, dht_v, saved, plan: Plan, shared):
     dq_w = dk_w = dv_w = None
     if o_win is not None:
         dq_w, dk_w, dv_w = window_backward(qw, kw, v, plan.valid_i8, lse_win, delta, do_win, plan.window, plan.scale)
+    # dq comes out of its slot read-out in q's dtype with the window path's share added (when q is shared)
+    dq = read_dq(dz, s_in, gc, k_in, h0_k, C, prec, h=h_k, o_win=dq_w if shared[0] else None, dtype=q_in.dtype,
+                 out_rows=S)
     # k and v: the slot path's gradients moved back to the layer's rows, plus the window path's (k's when it shares k)
     dk_other = dk_w if shared[1] else None
-    ds2, dv, dh0_v = read_backward(do_in, dht_v, p, s_in, g_in, v_in, h0_v, gc, C, prec,
-                                   dv_out=_layer_rows_out(plan, S, G, dv_w, v.dtype))
-    # dq comes out of its slot read-out in q's dtype with the window path's share added (when q is shared)
-    dq, ds1, dk, dh0_k = logits_backward(dz, dht_k, q_in, s_in, g_in, k_in, h0_k, gc, C, prec, h=h_k,
-                                         dq_out=dict(o_win=dq_w if shared[0] else None, dtype=q_in.dtype, out_rows=S),
-                                         dk_out=_layer_rows_out(plan, S, G, dk_other, k.dtype))
+    ds, dk, dv, dh0_k, dh0_v = reverse_scans(s_in, g_in, gc, (dz, q_in, k_in, dht_k, h0_k), (p, do_in, v_in, dht_v, h0_v),
+                                             C, prec, dk_out=_layer_rows_out(plan, S, G, dk_other, k.dtype),
+                                             dv_out=_layer_rows_out(plan, S, G, dv_w, v.dtype))
     finals = [t for t in (final_term(dht_k, ht_k), final_term(dht_v, ht_v)) if t is not None]
-    dg = slot_gates_grad(g, plan.valid_i8, plan.ends, plan.shift, C, s_in, pass_term, ds1, ds2,
+    dg = slot_gates_grad(g, plan.valid_i8, plan.ends, plan.shift, C, s_in, pass_term, ds,
                          sum(finals) if finals else None)
     dk = _at_layer_rows(dk, plan, S, G, dk_other, k.dtype)
     dv = _at_layer_rows(dv, plan, S, G, dv_w, v.dtype)

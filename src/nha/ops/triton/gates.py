@@ -72,31 +72,31 @@ def reverse_chunk_cumsum_kernel(g, gcr, E, H, M, BT: tl.constexpr, BM: tl.conste
 
 
 @triton.jit
-def _gate_terms(pass_term, s, ds1, ds2, i_n, i_hq, t, E, HQ, M, BT: tl.constexpr, BM: tl.constexpr):
-    # `[BT, BM]` for the scan steps t of query head i_hq: dG = (dz * z + p * dp) - s * (ds1 + ds2) (what both passes
-    # pass back to the chunk cumsums G), ds1 + ds2 (what they pass back to s) and s
+def _gate_terms(pass_term, s, ds, i_n, i_hq, t, E, HQ, M, BT: tl.constexpr, BM: tl.constexpr):
+    # `[BT, BM]` for the scan steps t of query head i_hq: dG = (dz * z + p * dp) - s * ds (what both passes pass back
+    # to the chunk cumsums G; ds = ds1 + ds2 what they pass back to s), ds and s
     o_m = tl.arange(0, BM)
     m_m = o_m < M
     off = ((i_n * E + t.to(tl.int64))[:, None] * HQ + i_hq) * M + o_m[None, :]
-    b_ds = tl.load(ds1 + off, mask=m_m[None, :], other=0.0) + tl.load(ds2 + off, mask=m_m[None, :], other=0.0)
+    b_ds = tl.load(ds + off, mask=m_m[None, :], other=0.0)
     b_dg = tl.load(pass_term + off, mask=m_m[None, :], other=0.0)
     b_s = tl.load(s + off, mask=m_m[None, :], other=0.0)
     return b_dg - b_s * b_ds, b_ds, b_s
 
 
 @triton.jit
-def gate_chunk_totals_kernel(pass_term, s, ds1, ds2, tot, E, HQ, M, BT: tl.constexpr, BM: tl.constexpr):
+def gate_chunk_totals_kernel(pass_term, s, ds, tot, E, HQ, M, BT: tl.constexpr, BM: tl.constexpr):
     # tot `[N, HQ, M, NT]`: every chunk's sum of dG (chunks innermost: their reverse cumsum is then PyTorch's fast one)
     i_t, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_hq = (i_nh // HQ).to(tl.int64), (i_nh % HQ).to(tl.int64)
-    b_dg, _, _ = _gate_terms(pass_term, s, ds1, ds2, i_n, i_hq, i_t * BT + tl.arange(0, BT), E, HQ, M, BT, BM)
+    b_dg, _, _ = _gate_terms(pass_term, s, ds, i_n, i_hq, i_t * BT + tl.arange(0, BT), E, HQ, M, BT, BM)
     NT = E // BT
     o_m = tl.arange(0, BM)
     tl.store(tot + ((i_n * HQ + i_hq) * M + o_m) * NT + i_t, tl.sum(b_dg, axis=0), mask=o_m < M)
 
 
 @triton.jit
-def slot_gates_grad_kernel(g, valid, ends, pass_term, s, ds1, ds2, later, dg, S, E, H, HQ, M, SHIFT,
+def slot_gates_grad_kernel(g, valid, ends, pass_term, s, ds, later, dg, S, E, H, HQ, M, SHIFT,
                            BT: tl.constexpr, BM: tl.constexpr):
     # for one chunk of scan steps t and one key/value head: the gradient of the scan's gates summed over the group's
     # query heads, dg_in_t = sum_(t' >= t) dG_t' (this chunk's reverse cumsum plus `later`: the chunks after it and
@@ -111,7 +111,7 @@ def slot_gates_grad_kernel(g, valid, ends, pass_term, s, ds1, ds2, later, dg, S,
     acc = tl.zeros([BT, BM], dtype=tl.float32)
     for i_g in range(0, G):
         i_hq = i_h * G + i_g
-        b_dg, b_ds, b_s = _gate_terms(pass_term, s, ds1, ds2, i_n, i_hq, t, E, HQ, M, BT, BM)
+        b_dg, b_ds, b_s = _gate_terms(pass_term, s, ds, i_n, i_hq, t, E, HQ, M, BT, BM)
         b_later = tl.load(later + ((i_n * HQ + i_hq) * M + o_m) * NT + i_t, mask=m_m, other=0.0)
         acc += tl.cumsum(b_dg, axis=0, reverse=True) + b_later[None, :] + b_ds * (b_s - 1.0)
     src, ok = _source_rows(t, i_n, ends, valid, SHIFT, S)
@@ -157,7 +157,7 @@ def slot_gates(g, valid_i8, ends, shift: int, group: int, length: int, chunk: in
     return g_in, s_in, gc
 
 
-def slot_gates_grad(g, valid_i8, ends, shift: int, chunk: int, s_in, pass_term, ds1, ds2,
+def slot_gates_grad(g, valid_i8, ends, shift: int, chunk: int, s_in, pass_term, ds,
                     final_term: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The gradient of g `[N, S, H, M]` (in g's dtype) through `slot_gates`, from what both slot passes pass back.
 
@@ -169,14 +169,14 @@ def slot_gates_grad(g, valid_i8, ends, shift: int, chunk: int, s_in, pass_term, 
     Args:
         s_in: `[N, E, HQ, M]` float32 write strengths (`slot_gates`' second output); E a multiple of `chunk`.
         pass_term: `dz * z + p * dp` (pass 1's logit gradient times its logits plus pass 2's weights times their
-            gradient; `merge.merge_backward` writes it); ds1, ds2: each pass's gradient of s; all `[N, E, HQ, M]`
-            float32, contiguous.
+            gradient; `merge.merge_backward` writes it); ds: ds1 + ds2, both passes' gradient of s
+            (`slot_scan.reverse_scans`); both `[N, E, HQ, M]` float32, contiguous.
         final_term: `[N, HQ, M]` the final states' share, rowsum(dS_E * S_E) of both passes (None: no final grads).
     """
     N, S, H, M = g.shape
     E, HQ = s_in.shape[1], s_in.shape[2]
     NT = E // chunk
-    terms = (pass_term, s_in, ds1, ds2)
+    terms = (pass_term, s_in, ds)
     BM = block(M)
     tot = new_output(N, HQ, M, NT, device=g.device)
     gate_chunk_totals_kernel[_grid(s_in, chunk)](*terms, tot, E, HQ, M, BT=chunk, BM=BM)

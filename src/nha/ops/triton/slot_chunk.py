@@ -152,14 +152,21 @@ def _mm(a, b, PREC: tl.constexpr):
 
 
 @triton.jit
-def _earlier_block(x, gc, b_gn, i_n, i_h, i_t, i_j, o_i, o_m, m_m, E, H, M,
-                   BT: tl.constexpr, BC: tl.constexpr, REVERSE: tl.constexpr):
-    # `[BC, BM]`: x_j exp(G_n - G_j) for the rows j of the chunk's sub-chunk i_j (G_n: the first row of a later one)
+def _earlier_block(x, x2, gc, b_gn, i_n, i_h, i_t, i_j, o_i, o_m, m_m, E, H, M,
+                   BT: tl.constexpr, BC: tl.constexpr, REVERSE: tl.constexpr, DUAL: tl.constexpr):
+    # `[BC, BM]`: x_j exp(G_n - G_j) for the rows j of the chunk's sub-chunk i_j (G_n: the first row of a later one),
+    # and with DUAL the same of x2 (one decay for both; else the second is the first)
     rows = i_n * E + (i_t * BT + i_j * BC + o_i).to(tl.int64)
     rows_in = i_n * E + _time(i_t * BT + i_j * BC + o_i, E, REVERSE).to(tl.int64)
-    b_x = tl.load(x + (rows_in[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0).to(tl.float32)
+    p_x = (rows_in[:, None] * H + i_h) * M + o_m[None, :]
+    b_x = tl.load(x + p_x, mask=m_m[None, :], other=0.0).to(tl.float32)
     b_g = tl.load(gc + (rows[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0)
-    return b_x * tl.exp(b_gn[None, :] - b_g)
+    b_dec = tl.exp(b_gn[None, :] - b_g)
+    b_xw = b_x * b_dec
+    b_xw2 = b_xw
+    if DUAL:
+        b_xw2 = tl.load(x2 + p_x, mask=m_m[None, :], other=0.0).to(tl.float32) * b_dec
+    return b_xw, b_xw2
 
 
 @triton.jit
@@ -181,13 +188,14 @@ def _sub_chunk(x, gc, E, H, M, BT: tl.constexpr, BC: tl.constexpr, BM: tl.conste
 
 
 @triton.jit
-def _split_decays(x, gc, first, i_n, i_h, o_i, o_m, m_m, b_gc, E, H, M,
-                  LEVEL: tl.constexpr, BC: tl.constexpr, REVERSE: tl.constexpr):
+def _split_decays(x, x2, gc, first, i_n, i_h, o_i, o_m, m_m, b_gc, E, H, M,
+                  LEVEL: tl.constexpr, BC: tl.constexpr, REVERSE: tl.constexpr, DUAL: tl.constexpr):
     # One level of the pairs j < t inside a sub-chunk of BC rows starting at scan row `first`: with
     # b = BC >> (LEVEL + 1), the pairs whose highest differing bit is b's, i.e. t in the upper and j in the lower half
     # of the same block of 2b rows, split at the upper half's first row s. Returns the pairs' mask `[BC, BC]`,
     # exp(G_t - G_s) `[BC, M]` (upper-half rows, else 0) and x_j exp(G_s - G_j) `[BC, M]` (lower-half rows, else 0):
-    # every factor <= 1 whatever the gates, and the levels 0..log2(BC)-1 cover every pair j < t exactly once.
+    # every factor <= 1 whatever the gates, and the levels 0..log2(BC)-1 cover every pair j < t exactly once. With
+    # DUAL, also x2_j exp(G_s - G_j) (the same decays; else the fourth result is the third).
     b: tl.constexpr = BC >> (LEVEL + 1)
     upper = (o_i // b) % 2 == 1
     s_row = i_n * E + (first + (o_i // b) * b).to(tl.int64)  # an upper row's split: its half's first row
@@ -196,24 +204,30 @@ def _split_decays(x, gc, first, i_n, i_h, o_i, o_m, m_m, b_gc, E, H, M,
     g_row = tl.load(gc + (s_row[:, None] * H + i_h) * M + o_m[None, :], mask=m_up, other=0.0)
     g_col = tl.load(gc + (s_col[:, None] * H + i_h) * M + o_m[None, :], mask=m_low, other=0.0)
     rows_in = i_n * E + _time(first + o_i, E, REVERSE).to(tl.int64)
-    b_x = tl.load(x + (rows_in[:, None] * H + i_h) * M + o_m[None, :], mask=m_low, other=0.0).to(tl.float32)
+    p_x = (rows_in[:, None] * H + i_h) * M + o_m[None, :]
+    b_x = tl.load(x + p_x, mask=m_low, other=0.0).to(tl.float32)
     # masked before exp(): with its split masked to 0, an upper row's exponent in xdec_j would be -G_j, up to +inf
     dec_t = tl.exp(tl.where(upper[:, None], b_gc - g_row, float("-inf")))
-    xdec_j = b_x * tl.exp(tl.where(upper[:, None], float("-inf"), g_col - b_gc))
+    dec_j = tl.exp(tl.where(upper[:, None], float("-inf"), g_col - b_gc))
+    xdec_j = b_x * dec_j
+    xdec2_j = xdec_j
+    if DUAL:
+        xdec2_j = tl.load(x2 + p_x, mask=m_low, other=0.0).to(tl.float32) * dec_j
     pairs = ((o_i[:, None] // (2 * b)) == (o_i[None, :] // (2 * b))) & upper[:, None] & ~upper[None, :]
-    return pairs, dec_t, xdec_j
+    return pairs, dec_t, xdec_j, xdec2_j
 
 
 @triton.jit
 def read_weights_kernel(
-    p, x, gc, w,
+    p, x, gc, w, x2, w2,
     E, H, M,
     BT: tl.constexpr, BC: tl.constexpr, BM: tl.constexpr, LEVELS: tl.constexpr, REVERSE: tl.constexpr,
-    DOT_PREC: tl.constexpr,
+    DOT_PREC: tl.constexpr, DUAL: tl.constexpr,
 ):
     # the in-chunk part of o_t = S_t^T p_t as weights on the chunk's y rows, for one sub-chunk of BC query rows:
     # W[t, j] = sum_m p_tm x_jm exp(G_tm - G_jm) for the chunk's rows j <= t `[BC, BT]` float32 (the blocks after
-    # the diagonal one are left unwritten: slot_read_kernel masks j > t)
+    # the diagonal one are left unwritten: slot_read_kernel masks j > t); with DUAL also W2 of x2 into w2, from the
+    # same decays
     i_n, i_h, i_t, i_s, first, rows, rows_in, b_gc, b_gn = _sub_chunk(x, gc, E, H, M, BT, BC, BM, REVERSE)
     o_m = tl.arange(0, BM)
     o_i = tl.arange(0, BC)
@@ -222,18 +236,32 @@ def read_weights_kernel(
     p_w = w + (rows * H + i_h) * BT
     # the diagonal sub-chunk first, so p and its decays are not live beside the decayed copy the loop below reads:
     # its diagonal (decay 1) as a rowsum, its pairs j < t in log2(BC) split-decay products
-    b_x = tl.load(x + (rows_in[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0).to(tl.float32)
+    p_x = (rows_in[:, None] * H + i_h) * M + o_m[None, :]
+    b_x = tl.load(x + p_x, mask=m_m[None, :], other=0.0).to(tl.float32)
     b_d = tl.where(o_i[:, None] == o_i[None, :], tl.sum(b_p * b_x, axis=1)[:, None], 0.0)
+    b_d2 = b_d
+    if DUAL:
+        b_x2 = tl.load(x2 + p_x, mask=m_m[None, :], other=0.0).to(tl.float32)
+        b_d2 = tl.where(o_i[:, None] == o_i[None, :], tl.sum(b_p * b_x2, axis=1)[:, None], 0.0)
     for level in tl.static_range(0, LEVELS):
-        pairs, dec_t, xdec_j = _split_decays(x, gc, first, i_n, i_h, o_i, o_m, m_m, b_gc, E, H, M, level, BC,
-                                             REVERSE)
-        b_d += tl.where(pairs, _mm(b_p * dec_t, tl.trans(xdec_j), DOT_PREC), 0.0)
+        pairs, dec_t, xdec_j, xdec2_j = _split_decays(x, x2, gc, first, i_n, i_h, o_i, o_m, m_m, b_gc, E, H, M,
+                                                      level, BC, REVERSE, DUAL)
+        b_pd = b_p * dec_t
+        b_d += tl.where(pairs, _mm(b_pd, tl.trans(xdec_j), DOT_PREC), 0.0)
+        if DUAL:
+            b_d2 += tl.where(pairs, _mm(b_pd, tl.trans(xdec2_j), DOT_PREC), 0.0)
     tl.store(p_w[:, None] + i_s * BC + o_i[None, :], b_d)
+    p_w2 = w2 + (rows * H + i_h) * BT
+    if DUAL:
+        tl.store(p_w2[:, None] + i_s * BC + o_i[None, :], b_d2)
     # then the earlier sub-chunks one block of columns at a time, decays split at this sub-chunk's first row
     b_pn = b_p * tl.exp(b_gc - b_gn[None, :])
     for i_j in range(0, i_s):
-        b_xw = _earlier_block(x, gc, b_gn, i_n, i_h, i_t, i_j, o_i, o_m, m_m, E, H, M, BT, BC, REVERSE)
+        b_xw, b_xw2 = _earlier_block(x, x2, gc, b_gn, i_n, i_h, i_t, i_j, o_i, o_m, m_m, E, H, M, BT, BC, REVERSE,
+                                     DUAL)
         tl.store(p_w[:, None] + i_j * BC + o_i[None, :], _mm(b_pn, tl.trans(b_xw), DOT_PREC))
+        if DUAL:
+            tl.store(p_w2[:, None] + i_j * BC + o_i[None, :], _mm(b_pn, tl.trans(b_xw2), DOT_PREC))
 
 
 @triton.jit
@@ -315,35 +343,48 @@ def logits_chunk_kernel(
 
 @triton.jit
 def logits_intra_kernel(
-    x, gc, a_qy, z,
+    x, gc, a_qy, z, x2, a_qy2, z2,
     E, H, M,
     BT: tl.constexpr, BC: tl.constexpr, BM: tl.constexpr, LEVELS: tl.constexpr, REVERSE: tl.constexpr,
-    DOT_PREC: tl.constexpr,
+    DOT_PREC: tl.constexpr, DUAL: tl.constexpr,
 ):
     # adds the in-chunk part of z_t = S_t q_t for one sub-chunk of BC rows, from logits_chunk_kernel's A = q . y:
-    # z_tm += sum_(j <= t in the chunk) A[t, j] x_jm exp(G_tm - G_jm)
+    # z_tm += sum_(j <= t in the chunk) A[t, j] x_jm exp(G_tm - G_jm). With DUAL, z also gets a second read-out with
+    # the same gates, its partial z2 (logits_chunk_kernel's) and its in-chunk part from (x2, a_qy2), same decays
     i_n, i_h, i_t, i_s, first, rows, rows_in, b_gc, b_gn = _sub_chunk(x, gc, E, H, M, BT, BC, BM, REVERSE)
     o_m = tl.arange(0, BM)
     o_i = tl.arange(0, BC)
     m_m = o_m < M
-    p_z = z + (rows_in[:, None] * H + i_h) * M + o_m[None, :]
-    b_z = tl.load(p_z, mask=m_m[None, :], other=0.0)
+    b_z = tl.load(z + (rows_in[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0)
+    if DUAL:
+        b_z += tl.load(z2 + (rows_in[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0)
+    p_a = (rows[:, None] * H + i_h) * BT + o_i[None, :]
     # the earlier sub-chunks one block at a time, decays split at this sub-chunk's first row
     b_e = tl.zeros([BC, BM], dtype=tl.float32)
     for i_j in range(0, i_s):
-        b_xw = _earlier_block(x, gc, b_gn, i_n, i_h, i_t, i_j, o_i, o_m, m_m, E, H, M, BT, BC, REVERSE)
-        b_aj = tl.load(a_qy + (rows[:, None] * H + i_h) * BT + i_j * BC + o_i[None, :])
-        b_e += _mm(b_aj, b_xw, DOT_PREC)
+        b_xw, b_xw2 = _earlier_block(x, x2, gc, b_gn, i_n, i_h, i_t, i_j, o_i, o_m, m_m, E, H, M, BT, BC, REVERSE,
+                                     DUAL)
+        b_e += _mm(tl.load(a_qy + p_a + i_j * BC), b_xw, DOT_PREC)
+        if DUAL:
+            b_e += _mm(tl.load(a_qy2 + p_a + i_j * BC), b_xw2, DOT_PREC)
     b_z += b_e * tl.exp(b_gc - b_gn[None, :])
     # the diagonal sub-chunk: its diagonal (decay 1) element-wise, its pairs j < t in log2(BC) split-decay products
-    b_ad = tl.load(a_qy + (rows[:, None] * H + i_h) * BT + i_s * BC + o_i[None, :])
+    b_ad = tl.load(a_qy + p_a + i_s * BC)
     b_x = tl.load(x + (rows_in[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0).to(tl.float32)
     b_z += tl.sum(tl.where(o_i[:, None] == o_i[None, :], b_ad, 0.0), axis=1)[:, None] * b_x
+    b_ad2 = b_ad
+    if DUAL:
+        b_ad2 = tl.load(a_qy2 + p_a + i_s * BC)
+        b_x2 = tl.load(x2 + (rows_in[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :],
+                       other=0.0).to(tl.float32)
+        b_z += tl.sum(tl.where(o_i[:, None] == o_i[None, :], b_ad2, 0.0), axis=1)[:, None] * b_x2
     for level in tl.static_range(0, LEVELS):
-        pairs, dec_t, xdec_j = _split_decays(x, gc, first, i_n, i_h, o_i, o_m, m_m, b_gc, E, H, M, level, BC,
-                                             REVERSE)
+        pairs, dec_t, xdec_j, xdec2_j = _split_decays(x, x2, gc, first, i_n, i_h, o_i, o_m, m_m, b_gc, E, H, M,
+                                                      level, BC, REVERSE, DUAL)
         b_z += dec_t * _mm(tl.where(pairs, b_ad, 0.0), xdec_j, DOT_PREC)
-    tl.store(p_z, b_z, mask=m_m[None, :])
+        if DUAL:
+            b_z += dec_t * _mm(tl.where(pairs, b_ad2, 0.0), xdec2_j, DOT_PREC)
+    tl.store(z + (rows_in[:, None] * H + i_h) * M + o_m[None, :], b_z, mask=m_m[None, :])
 
 
 def _tiles(M: int, D: int, block_d: int = 0) -> tuple[int, int]:
@@ -407,27 +448,28 @@ def slot_states(x, gc, y, h0, chunk: int, prec: str, reverse: bool = False, bloc
     return states, ht
 
 
-def slot_read(p, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub: int = 16, block_d: int = 0,
-              num_warps: int = 4, intra_warps: int = 2, a=None, o_win=None,
-              dtype: torch.dtype = torch.float32, out_rows: Optional[int] = None, out_shift: int = 0) -> torch.Tensor:
-    """`o_t = S_t^T p_t`: p `[N, E, H, M]` -> `[N, out_rows, H, D]` in `dtype` (p, x, y and o back to front if
-    `reverse`): o_t lands at row `t - out_shift` (t in storage order) where that row is in `[0, out_rows)`, default E
-    rows and no shift; the scan's k/v gradient moved back to the layer's rows is `out_shift = w`.
-
-    With `o_win` `[N, out_rows, H, D]` (float32), adds `o_win` at the same row, or `a_t * o_win` with `a`
-    `[N, E, H]` (not reverse; NHA's output; the backward's dq plus the window path's).
-    Two kernels, as fla's chunked GLA: the in-chunk weights W `[N, E, H, chunk]` per sub-chunk of `sub` rows (no D in
-    them), then per chunk and D block of `block_d` the products with the chunk-start state and with the chunk's y."""
-    # measured on an H200 (64k tokens, 16 heads, M = 64, D = 128; gpu_session7_h200.log): 2 warps for the in-chunk
-    # kernel, both kernels 1.86 ms against 2.29 with 4 warps (reverse-type calls: 2.10 against 2.39)
+def _read_weights(p, x, gc, chunk: int, prec: str, reverse: bool, sub: int, intra_warps: int, x2=None):
+    """The in-chunk weights W `[N, E, H, chunk]` of `slot_read` (and with x2, those of a second read-out with the same
+    p and gates, from the same decays)."""
     N, E, H, M = x.shape
+    w = new_output(N, E, H, chunk, device=x.device)
+    w2 = new_output(N, E, H, chunk, device=x.device) if x2 is not None else w
+    read_weights_kernel[(E // sub, N * H)](p, x, gc, w, x if x2 is None else x2, w2, E, H, M, BT=chunk, BC=sub,
+                                           BM=block(M), LEVELS=_levels(sub), REVERSE=reverse,
+                                           DOT_PREC=kernel_precision(prec), DUAL=x2 is not None,
+                                           num_warps=intra_warps)
+    return w, w2
+
+
+def _read_out(p, gc, y, h, w, chunk: int, prec: str, reverse: bool, block_d: int, num_warps: int, a=None,
+              o_win=None, dtype: torch.dtype = torch.float32, out_rows: Optional[int] = None,
+              out_shift: int = 0) -> torch.Tensor:
+    # slot_read's second kernel: the chunk-start state's part and W's products with the chunk's y rows
+    N, E, H, M = p.shape
     D = y.shape[-1]
     BM, BD = _tiles(M, D, block_d)
-    w = new_output(N, E, H, chunk, device=x.device)
-    read_weights_kernel[(E // sub, N * H)](p, x, gc, w, E, H, M, BT=chunk, BC=sub, BM=BM, LEVELS=_levels(sub),
-                                           REVERSE=reverse, DOT_PREC=kernel_precision(prec), num_warps=intra_warps)
     out_rows = E if out_rows is None else out_rows
-    o = new_output(N, out_rows, H, D, dtype=dtype, device=x.device)
+    o = new_output(N, out_rows, H, D, dtype=dtype, device=p.device)
     win = o_win is not None
     if win and o_win.shape[1] != out_rows:
         raise ValueError(f"o_win must have the output's {out_rows} rows, got {o_win.shape[1]}")
@@ -439,15 +481,36 @@ def slot_read(p, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub:
     return o
 
 
-def slot_logits(q, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub: int = 16, block_d: int = 0,
-                num_warps: int = 4, intra_warps: int = 4) -> torch.Tensor:
-    """`z_t = S_t q_t`: q `[N, E, H, D]` -> `[N, E, H, M]` float32 (q, x, y and z back to front if `reverse`).
+def slot_read(p, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub: int = 16, block_d: int = 0,
+              num_warps: int = 4, intra_warps: int = 2, **out) -> torch.Tensor:
+    """`o_t = S_t^T p_t`: p `[N, E, H, M]` -> `[N, out_rows, H, D]` in `dtype` (p, x, y and o back to front if
+    `reverse`): o_t lands at row `t - out_shift` (t in storage order) where that row is in `[0, out_rows)`, default E
+    rows and no shift; the scan's k/v gradient moved back to the layer's rows is `out_shift = w`.
 
-    Two kernels, as fla's gated slot attention: per chunk the D-contracted products (q against the chunk-start state
-    and against the chunk's y, D walked in blocks of `block_d`), then per sub-chunk of `sub` rows the in-chunk part,
-    whose decays are per slot (no D in it)."""
-    # measured as slot_read: 4 warps for the in-chunk kernel, both kernels 1.25 ms against 1.38 with 2 warps
-    # (reverse-type calls: 1.32 against 1.50)
+    `out` (all optional): `dtype` (default float32), `out_rows`, `out_shift`; `o_win` `[N, out_rows, H, D]` (float32)
+    adds `o_win` at the same row, or `a_t * o_win` with `a` `[N, E, H]` (not reverse; NHA's output; the backward's dq
+    plus the window path's).
+    Two kernels, as fla's chunked GLA: the in-chunk weights W `[N, E, H, chunk]` per sub-chunk of `sub` rows (no D in
+    them), then per chunk and D block of `block_d` the products with the chunk-start state and with the chunk's y."""
+    # measured on an H200 (64k tokens, 16 heads, M = 64, D = 128; gpu_session7_h200.log): 2 warps for the in-chunk
+    # kernel, both kernels 1.86 ms against 2.29 with 4 warps (reverse-type calls: 2.10 against 2.39)
+    w, _ = _read_weights(p, x, gc, chunk, prec, reverse, sub, intra_warps)
+    return _read_out(p, gc, y, h, w, chunk, prec, reverse, block_d, num_warps, **out)
+
+
+def slot_read_pair(p, gc, first: dict, second: dict, chunk: int, prec: str, reverse: bool = False, sub: int = 16,
+                   block_d: int = 0, num_warps: int = 4, intra_warps: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two `slot_read`s with the same row input p and gates but their own scans: `first` and `second` each hold `x`,
+    `y`, `h` and any of slot_read's output options. One kernel computes both read-outs' in-chunk weights from the same
+    decays (the backward's reverse scans: dk and dv)."""
+    keys = ("x", "y", "h")
+    w1, w2 = _read_weights(p, first["x"], gc, chunk, prec, reverse, sub, intra_warps, x2=second["x"])
+    return tuple(_read_out(p, gc, r["y"], r["h"], w, chunk, prec, reverse, block_d, num_warps,
+                           **{k: v for k, v in r.items() if k not in keys}) for r, w in ((first, w1), (second, w2)))
+
+
+def _logits_chunk(q, x, gc, y, h, chunk: int, prec: str, reverse: bool, block_d: int, num_warps: int):
+    # slot_logits' first kernel: z's chunk-start state part and A = q . y `[N, E, H, chunk]`
     N, E, H, M = x.shape
     D = y.shape[-1]
     BM, BD = _tiles(M, D, block_d)
@@ -457,6 +520,26 @@ def slot_logits(q, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, su
     logits_chunk_kernel[(E // chunk, N * H)](q, gc, y, h, z, a_qy, E, H, M, D, *q_map, *y_map, BT=chunk, BM=BM, BD=BD,
                                              ND=triton.cdiv(D, BD), REVERSE=reverse,
                                              DOT_PREC=kernel_precision(prec), num_warps=num_warps)
-    logits_intra_kernel[(E // sub, N * H)](x, gc, a_qy, z, E, H, M, BT=chunk, BC=sub, BM=BM, LEVELS=_levels(sub),
-                                           REVERSE=reverse, DOT_PREC=kernel_precision(prec), num_warps=intra_warps)
+    return z, a_qy
+
+
+def slot_logits(q, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub: int = 16, block_d: int = 0,
+                num_warps: int = 4, intra_warps: int = 4, plus: Optional[tuple] = None) -> torch.Tensor:
+    """`z_t = S_t q_t`: q `[N, E, H, D]` -> `[N, E, H, M]` float32 (q, x, y and z back to front if `reverse`).
+
+    Two kernels, as fla's gated slot attention: per chunk the D-contracted products (q against the chunk-start state
+    and against the chunk's y, D walked in blocks of `block_d`), then per sub-chunk of `sub` rows the in-chunk part,
+    whose decays are per slot (no D in it). `plus`: `(q2, x2, y2, h2)` of a second read-out with the same gates whose
+    z is added (the backward's reverse scans: ds1 + ds2); its in-chunk part shares the first's decays."""
+    # measured as slot_read: 4 warps for the in-chunk kernel, both kernels 1.25 ms against 1.38 with 2 warps
+    # (reverse-type calls: 1.32 against 1.50)
+    N, E, H, M = x.shape
+    z, a_qy = _logits_chunk(q, x, gc, y, h, chunk, prec, reverse, block_d, num_warps)
+    z2, a_qy2, x2 = z, a_qy, x
+    if plus is not None:
+        q2, x2, y2, h2 = plus
+        z2, a_qy2 = _logits_chunk(q2, x2, gc, y2, h2, chunk, prec, reverse, block_d, num_warps)
+    logits_intra_kernel[(E // sub, N * H)](x, gc, a_qy, z, x2, a_qy2, z2, E, H, M, BT=chunk, BC=sub, BM=block(M),
+                                           LEVELS=_levels(sub), REVERSE=reverse, DOT_PREC=kernel_precision(prec),
+                                           DUAL=plus is not None, num_warps=intra_warps)
     return z

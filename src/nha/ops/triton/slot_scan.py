@@ -11,8 +11,10 @@ backwards in time, i.e. forwards on time-flipped inputs with gates `g'_u = g_{E-
   ds_t = R_t y_t (a logits read-out of R),  dy_t = R_t^T s_t (a plain read-out of R),
   pass 1: dq_t = S_t^T dz_t;  pass 2: dp_t = S_t do_t  (the forward states again),
   dG_t = (dz_t * z_t or p_t * dp_t) - s_t * ds_t  (+ rowsum(dS_E * S_E) at t = E), dg = reverse cumsum of dG,
-  dh0 = exp(g_0) R_0. The gate work is gates.py's: both directions' chunk cumsums, and dG and its reverse cumsum for
-  both passes at once (`slot_gates_grad`, from the ds each backward here returns and `final_term`).
+  dh0 = exp(g_0) R_0. Both passes' R scans run side by side (`reverse_scans`): their gates are the same, so their
+  in-chunk kernels compute the decays once for both and the logits read-outs return ds1 + ds2 as one tensor. The
+  gate work is gates.py's: both directions' chunk cumsums, and dG and its reverse cumsum for both passes at once
+  (`slot_gates_grad`, from that ds and `final_term`).
 """
 from __future__ import annotations
 
@@ -21,20 +23,7 @@ from typing import Optional
 import torch
 
 from nha.ops.triton.gates import reverse_chunk_cumsum
-from nha.ops.triton.slot_chunk import slot_logits, slot_read, slot_states
-
-
-def _reverse_scan(r, c, g, s, y, d_final, chunk, prec, dy_out: Optional[dict] = None):
-    """`(ds, dy, R_0)`: read-outs of the backward-in-time state R (see the module docstring).
-
-    The kernels read r, c, s, y back to front and write ds, dy in place order (`reverse=True`); only the gates'
-    chunk cumsums are laid out in the flipped order. `dy_out`: how `slot_read` stores dy (default `[N, E, H, D]`
-    float32; e.g. moved back to the layer's rows, in its dtype, with the window path's share added)."""
-    gcr = reverse_chunk_cumsum(g, chunk)
-    hr, r0 = slot_states(r, gcr, c, d_final, chunk, prec, reverse=True)
-    ds = slot_logits(y, r, gcr, c, hr, chunk, prec, reverse=True)
-    dy = slot_read(s, r, gcr, c, hr, chunk, prec, reverse=True, **(dy_out or {}))
-    return ds, dy, r0
+from nha.ops.triton.slot_chunk import slot_logits, slot_read, slot_read_pair, slot_states
 
 
 def final_term(d_final: Optional[torch.Tensor], final: torch.Tensor) -> Optional[torch.Tensor]:
@@ -56,19 +45,6 @@ def logits_forward(q, s, gc, k, h0, chunk: int, prec: str):
     return slot_logits(q, s, gc, k, h, chunk, prec), ht, h
 
 
-def logits_backward(dz, dht, q, s, g, k, h0, gc, chunk: int, prec: str, h=None, dq_out: Optional[dict] = None,
-                    dk_out: Optional[dict] = None):
-    """`(dq, ds, dk, dh0)` of `logits_forward` but its gates (float32 `[N, E, H, D]`, dh0 None without h0).
-    `h`: the forward's chunk-start states, recomputed when None; `dq_out` / `dk_out`: how `slot_read` stores dq / dk
-    instead (rows, dtype, an added window share). The gates' gradient is the caller's (`gates.slot_gates_grad`, for
-    both passes at once)."""
-    if h is None:
-        h, _ = slot_states(s, gc, k, h0, chunk, prec)
-    dq = slot_read(dz, s, gc, k, h, chunk, prec, **(dq_out or {}))
-    ds, dk, r0 = _reverse_scan(dz, q, g, s, k, dht, chunk, prec, dk_out)
-    return dq, ds, dk, _initial_state_grad(h0, gc, r0)
-
-
 def read_forward(p, s, gc, v, h0, chunk: int, prec: str, **out):
     """Pass 2: `o = S_t^T p_t` over states built from (s, g, v) -> o `[N, E, H, V]` float32 (or as `out` says:
     `slot_read`'s dtype, rows and `a * o_win` of NHA's output), `S_E` `[N, H, M, V]` float32 and the chunk-start
@@ -85,8 +61,29 @@ def read_dp(do, s, gc, v, h0, chunk: int, prec: str, h=None):
     return slot_logits(do, s, gc, v, h, chunk, prec)
 
 
-def read_backward(do, dht, p, s, g, v, h0, gc, chunk: int, prec: str, dv_out: Optional[dict] = None):
-    """`(ds, dv, dh0)` of `read_forward`, the rest of its gradient after `read_dp`; `dv_out` as `logits_backward`'s
-    `dk_out`."""
-    ds, dv, r0 = _reverse_scan(p, do, g, s, v, dht, chunk, prec, dv_out)
-    return ds, dv, _initial_state_grad(h0, gc, r0)
+def read_dq(dz, s, gc, k, h0, chunk: int, prec: str, h=None, **out):
+    """`dq_t = S_t^T dz_t`: the gradient of `logits_forward`'s q, given its logits' gradient dz `[N, E, H, M]`; `h` as
+    `read_dp`, `out` as `slot_read`'s (rows, dtype, an added window share)."""
+    if h is None:
+        h, _ = slot_states(s, gc, k, h0, chunk, prec)
+    return slot_read(dz, s, gc, k, h, chunk, prec, **out)
+
+
+def reverse_scans(s, g, gc, logits: tuple, read: tuple, chunk: int, prec: str, dk_out: Optional[dict] = None,
+                  dv_out: Optional[dict] = None):
+    """`(ds, dk, dv, dh0_k, dh0_v)`: the rest of both passes' gradients but the gates', from their states R run
+    backwards in time (the module docstring), both scans side by side so their in-chunk kernels share the decays.
+
+    logits: `(dz, q, k, dS_E, h0)` of pass 1; read: `(p, do, v, dS_E, h0)` of pass 2 (dS_E, h0: None when absent).
+    ds = ds1 + ds2 `[N, E, H, M]` float32 (the gates' gradient only needs the sum); dk, dv float32 `[N, E, H, D]`, or
+    as `dk_out` / `dv_out` say (`slot_read`'s output options); dh0_k / dh0_v None without h0.
+    The kernels read r, c, s, y back to front and write in place order; only the gates' chunk cumsums are laid out in
+    the flipped order (one `reverse_chunk_cumsum` for both scans)."""
+    gcr = reverse_chunk_cumsum(g, chunk)
+    (dz, q, k, dht_k, h0_k), (p, do, v, dht_v, h0_v) = logits, read
+    hr_k, r0_k = slot_states(dz, gcr, q, dht_k, chunk, prec, reverse=True)
+    hr_v, r0_v = slot_states(p, gcr, do, dht_v, chunk, prec, reverse=True)
+    ds = slot_logits(k, dz, gcr, q, hr_k, chunk, prec, reverse=True, plus=(v, p, do, hr_v))
+    dk, dv = slot_read_pair(s, gcr, dict(x=dz, y=q, h=hr_k, **(dk_out or {})), dict(x=p, y=do, h=hr_v, **(dv_out or {})),
+                            chunk, prec, reverse=True)
+    return ds, dk, dv, _initial_state_grad(h0_k, gc, r0_k), _initial_state_grad(h0_v, gc, r0_v)
