@@ -34,8 +34,11 @@ F32, BF16, I32 = "*fp32", "*bf16", "i32"
 KERNELS = [
     ("read_weights_kernel", dict(p=F32, x=F32, gc=F32, w=F32, E=I32, H=I32, M=I32),
      dict(BT=64, BC=16, BM=64, LEVELS=4, DOT_PREC="tf32x3")),
-    ("logits_intra_kernel", dict(x=F32, gc=F32, a_qy=F32, z=F32, E=I32, H=I32, M=I32),
-     dict(BT=64, BC=16, BM=64, LEVELS=4, DOT_PREC="tf32x3")),
+    ("logits_intra_kernel", dict(x=F32, gc=F32, a_qy=F32, z=F32, x2=F32, a_qy2=F32, z2=F32, E=I32, H=I32, M=I32),
+     dict(BT=64, BC=16, BM=64, LEVELS=4, DOT_PREC="tf32x3", DUAL=False)),
+    # the backward's paired reverse logits (slot_logits' `plus`)
+    ("logits_intra_kernel", dict(x=F32, gc=F32, a_qy=F32, z=F32, x2=F32, a_qy2=F32, z2=F32, E=I32, H=I32, M=I32),
+     dict(BT=64, BC=16, BM=64, LEVELS=4, DOT_PREC="tf32x3", DUAL=True)),
     ("logits_chunk_kernel", dict(q=BF16, gc=F32, y=BF16, h="STATES", z=F32, a_qy=F32, E=I32, H=I32, M=I32, D=I32),
      dict(BT=64, BM=64, BD=128, ND=1, DOT_PREC="tf32x3")),
     ("slot_read_kernel", dict(p=F32, gc=F32, y=BF16, h="STATES", w=F32, o=F32, a=F32, o_win=F32, E=I32, H=I32,
@@ -84,7 +87,8 @@ def main() -> None:
                 for warps in args.warps:
                     regs, spills = registers(fn, sig, consts, warps)
                     scan = "reverse" if reverse else "forward"
-                    print(f"| {path} | {name} | {scan} | {warps} | {regs} | {spills} |", flush=True)
+                    label = name + (" (paired)" if consts.get("DUAL") else "")
+                    print(f"| {path} | {label} | {scan} | {warps} | {regs} | {spills} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from nha.ops.triton import common
 from nha.ops.triton.common import CompiledLaunch, chunk_cumsum
 from nha.ops.triton.gates import reverse_chunk_cumsum, slot_gates, slot_gates_grad
 from nha.ops.triton.shift import shifted, unshift
-from nha.ops.triton.slot_chunk import slot_logits, slot_read, slot_read_pair, slot_states
+from nha.ops.triton.slot_chunk import slot_logits, slot_read, slot_states
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -133,25 +133,20 @@ def test_slot_read_outs_are_the_recurrence(sub, steep):
 
 
 @pytest.mark.parametrize("reverse", [False, True])
-def test_paired_read_outs_are_two_read_outs(reverse):
-    # the backward's reverse scans run two read-outs over the same gates side by side, their in-chunk kernels sharing
-    # the decays: the pair must give what the two give one at a time (the logits: their sum), with steep gates
+def test_paired_logits_are_the_sum_of_two(reverse):
+    # the backward's reverse scans run their logits read-outs over the same gates in one in-chunk kernel that shares
+    # the decays (slot_logits' `plus`): it must give the sum of the two read-outs taken one at a time, steep gates
     N, E, H, M, D1, D2, chunk = 1, 128, 2, 5, 6, 3, 64
     gc = chunk_cumsum(-torch.rand(N, E, H, M, device=DEVICE) * 40.0, chunk)
-    x1, x2, p = (torch.rand(N, E, H, M, device=DEVICE) for _ in range(3))
+    x1, x2 = (torch.rand(N, E, H, M, device=DEVICE) for _ in range(2))
     y1, q1 = torch.randn(N, E, H, D1, device=DEVICE), torch.randn(N, E, H, D1, device=DEVICE)
     y2, q2 = torch.randn(N, E, H, D2, device=DEVICE), torch.randn(N, E, H, D2, device=DEVICE)
     h1, _ = slot_states(x1, gc, y1, None, chunk, "ieee", reverse=reverse)
     h2, _ = slot_states(x2, gc, y2, None, chunk, "ieee", reverse=reverse)
-    close = dict(rtol=1e-5, atol=1e-5)
     z = slot_logits(q1, x1, gc, y1, h1, chunk, "ieee", reverse=reverse, plus=(q2, x2, y2, h2))
     z_each = [slot_logits(q, x, gc, y, h, chunk, "ieee", reverse=reverse) for q, x, y, h in ((q1, x1, y1, h1),
                                                                                                (q2, x2, y2, h2))]
-    torch.testing.assert_close(z, z_each[0] + z_each[1], **close)
-    o1, o2 = slot_read_pair(p, gc, dict(x=x1, y=y1, h=h1), dict(x=x2, y=y2, h=h2, dtype=torch.float16), chunk, "ieee",
-                            reverse=reverse)
-    torch.testing.assert_close(o1, slot_read(p, x1, gc, y1, h1, chunk, "ieee", reverse=reverse), **close)
-    torch.testing.assert_close(o2, slot_read(p, x2, gc, y2, h2, chunk, "ieee", reverse=reverse, dtype=torch.float16))
+    torch.testing.assert_close(z, z_each[0] + z_each[1], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("shift,group", [(0, 1), (5, 2), (200, 1)])

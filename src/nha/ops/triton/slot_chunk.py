@@ -219,15 +219,14 @@ def _split_decays(x, x2, gc, first, i_n, i_h, o_i, o_m, m_m, b_gc, E, H, M,
 
 @triton.jit
 def read_weights_kernel(
-    p, x, gc, w, x2, w2,
+    p, x, gc, w,
     E, H, M,
     BT: tl.constexpr, BC: tl.constexpr, BM: tl.constexpr, LEVELS: tl.constexpr, REVERSE: tl.constexpr,
-    DOT_PREC: tl.constexpr, DUAL: tl.constexpr,
+    DOT_PREC: tl.constexpr,
 ):
     # the in-chunk part of o_t = S_t^T p_t as weights on the chunk's y rows, for one sub-chunk of BC query rows:
     # W[t, j] = sum_m p_tm x_jm exp(G_tm - G_jm) for the chunk's rows j <= t `[BC, BT]` float32 (the blocks after
-    # the diagonal one are left unwritten: slot_read_kernel masks j > t); with DUAL also W2 of x2 into w2, from the
-    # same decays
+    # the diagonal one are left unwritten: slot_read_kernel masks j > t)
     i_n, i_h, i_t, i_s, first, rows, rows_in, b_gc, b_gn = _sub_chunk(x, gc, E, H, M, BT, BC, BM, REVERSE)
     o_m = tl.arange(0, BM)
     o_i = tl.arange(0, BC)
@@ -236,32 +235,18 @@ def read_weights_kernel(
     p_w = w + (rows * H + i_h) * BT
     # the diagonal sub-chunk first, so p and its decays are not live beside the decayed copy the loop below reads:
     # its diagonal (decay 1) as a rowsum, its pairs j < t in log2(BC) split-decay products
-    p_x = (rows_in[:, None] * H + i_h) * M + o_m[None, :]
-    b_x = tl.load(x + p_x, mask=m_m[None, :], other=0.0).to(tl.float32)
+    b_x = tl.load(x + (rows_in[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0).to(tl.float32)
     b_d = tl.where(o_i[:, None] == o_i[None, :], tl.sum(b_p * b_x, axis=1)[:, None], 0.0)
-    b_d2 = b_d
-    if DUAL:
-        b_x2 = tl.load(x2 + p_x, mask=m_m[None, :], other=0.0).to(tl.float32)
-        b_d2 = tl.where(o_i[:, None] == o_i[None, :], tl.sum(b_p * b_x2, axis=1)[:, None], 0.0)
     for level in tl.static_range(0, LEVELS):
-        pairs, dec_t, xdec_j, xdec2_j = _split_decays(x, x2, gc, first, i_n, i_h, o_i, o_m, m_m, b_gc, E, H, M,
-                                                      level, BC, REVERSE, DUAL)
-        b_pd = b_p * dec_t
-        b_d += tl.where(pairs, _mm(b_pd, tl.trans(xdec_j), DOT_PREC), 0.0)
-        if DUAL:
-            b_d2 += tl.where(pairs, _mm(b_pd, tl.trans(xdec2_j), DOT_PREC), 0.0)
+        pairs, dec_t, xdec_j, _ = _split_decays(x, x, gc, first, i_n, i_h, o_i, o_m, m_m, b_gc, E, H, M, level, BC,
+                                                REVERSE, False)
+        b_d += tl.where(pairs, _mm(b_p * dec_t, tl.trans(xdec_j), DOT_PREC), 0.0)
     tl.store(p_w[:, None] + i_s * BC + o_i[None, :], b_d)
-    p_w2 = w2 + (rows * H + i_h) * BT
-    if DUAL:
-        tl.store(p_w2[:, None] + i_s * BC + o_i[None, :], b_d2)
     # then the earlier sub-chunks one block of columns at a time, decays split at this sub-chunk's first row
     b_pn = b_p * tl.exp(b_gc - b_gn[None, :])
     for i_j in range(0, i_s):
-        b_xw, b_xw2 = _earlier_block(x, x2, gc, b_gn, i_n, i_h, i_t, i_j, o_i, o_m, m_m, E, H, M, BT, BC, REVERSE,
-                                     DUAL)
+        b_xw, _ = _earlier_block(x, x, gc, b_gn, i_n, i_h, i_t, i_j, o_i, o_m, m_m, E, H, M, BT, BC, REVERSE, False)
         tl.store(p_w[:, None] + i_j * BC + o_i[None, :], _mm(b_pn, tl.trans(b_xw), DOT_PREC))
-        if DUAL:
-            tl.store(p_w2[:, None] + i_j * BC + o_i[None, :], _mm(b_pn, tl.trans(b_xw2), DOT_PREC))
 
 
 @triton.jit
@@ -448,28 +433,29 @@ def slot_states(x, gc, y, h0, chunk: int, prec: str, reverse: bool = False, bloc
     return states, ht
 
 
-def _read_weights(p, x, gc, chunk: int, prec: str, reverse: bool, sub: int, intra_warps: int, x2=None):
-    """The in-chunk weights W `[N, E, H, chunk]` of `slot_read` (and with x2, those of a second read-out with the same
-    p and gates, from the same decays)."""
+def slot_read(p, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub: int = 16, block_d: int = 0,
+              num_warps: int = 4, intra_warps: int = 2, a=None, o_win=None,
+              dtype: torch.dtype = torch.float32, out_rows: Optional[int] = None, out_shift: int = 0) -> torch.Tensor:
+    """`o_t = S_t^T p_t`: p `[N, E, H, M]` -> `[N, out_rows, H, D]` in `dtype` (p, x, y and o back to front if
+    `reverse`): o_t lands at row `t - out_shift` (t in storage order) where that row is in `[0, out_rows)`, default E
+    rows and no shift; the scan's k/v gradient moved back to the layer's rows is `out_shift = w`.
+
+    With `o_win` `[N, out_rows, H, D]` (float32), adds `o_win` at the same row, or `a_t * o_win` with `a`
+    `[N, E, H]` (not reverse; NHA's output; the backward's dq plus the window path's).
+    Two kernels, as fla's chunked GLA: the in-chunk weights W `[N, E, H, chunk]` per sub-chunk of `sub` rows (no D in
+    them), then per chunk and D block of `block_d` the products with the chunk-start state and with the chunk's y.
+    (Two reads over the same gates and p gain nothing from one W kernel sharing their decays, unlike the logits: on
+    an H200 the backward's pair took 3.30 ms against 3.28 for two calls; gpu_session9_h200.log call 4.)"""
+    # measured on an H200 (64k tokens, 16 heads, M = 64, D = 128; gpu_session7_h200.log): 2 warps for the in-chunk
+    # kernel, both kernels 1.86 ms against 2.29 with 4 warps (reverse-type calls: 2.10 against 2.39)
     N, E, H, M = x.shape
-    w = new_output(N, E, H, chunk, device=x.device)
-    w2 = new_output(N, E, H, chunk, device=x.device) if x2 is not None else w
-    read_weights_kernel[(E // sub, N * H)](p, x, gc, w, x if x2 is None else x2, w2, E, H, M, BT=chunk, BC=sub,
-                                           BM=block(M), LEVELS=_levels(sub), REVERSE=reverse,
-                                           DOT_PREC=kernel_precision(prec), DUAL=x2 is not None,
-                                           num_warps=intra_warps)
-    return w, w2
-
-
-def _read_out(p, gc, y, h, w, chunk: int, prec: str, reverse: bool, block_d: int, num_warps: int, a=None,
-              o_win=None, dtype: torch.dtype = torch.float32, out_rows: Optional[int] = None,
-              out_shift: int = 0) -> torch.Tensor:
-    # slot_read's second kernel: the chunk-start state's part and W's products with the chunk's y rows
-    N, E, H, M = p.shape
     D = y.shape[-1]
     BM, BD = _tiles(M, D, block_d)
+    w = new_output(N, E, H, chunk, device=x.device)
+    read_weights_kernel[(E // sub, N * H)](p, x, gc, w, E, H, M, BT=chunk, BC=sub, BM=BM, LEVELS=_levels(sub),
+                                           REVERSE=reverse, DOT_PREC=kernel_precision(prec), num_warps=intra_warps)
     out_rows = E if out_rows is None else out_rows
-    o = new_output(N, out_rows, H, D, dtype=dtype, device=p.device)
+    o = new_output(N, out_rows, H, D, dtype=dtype, device=x.device)
     win = o_win is not None
     if win and o_win.shape[1] != out_rows:
         raise ValueError(f"o_win must have the output's {out_rows} rows, got {o_win.shape[1]}")
@@ -479,34 +465,6 @@ def _read_out(p, gc, y, h, w, chunk: int, prec: str, reverse: bool, block_d: int
                            out_rows, out_shift, *y_map, BT=chunk, BM=BM, BD=BD, REVERSE=reverse,
                            DOT_PREC=kernel_precision(prec), WIN=win, SCALED=a is not None, num_warps=num_warps)
     return o
-
-
-def slot_read(p, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub: int = 16, block_d: int = 0,
-              num_warps: int = 4, intra_warps: int = 2, **out) -> torch.Tensor:
-    """`o_t = S_t^T p_t`: p `[N, E, H, M]` -> `[N, out_rows, H, D]` in `dtype` (p, x, y and o back to front if
-    `reverse`): o_t lands at row `t - out_shift` (t in storage order) where that row is in `[0, out_rows)`, default E
-    rows and no shift; the scan's k/v gradient moved back to the layer's rows is `out_shift = w`.
-
-    `out` (all optional): `dtype` (default float32), `out_rows`, `out_shift`; `o_win` `[N, out_rows, H, D]` (float32)
-    adds `o_win` at the same row, or `a_t * o_win` with `a` `[N, E, H]` (not reverse; NHA's output; the backward's dq
-    plus the window path's).
-    Two kernels, as fla's chunked GLA: the in-chunk weights W `[N, E, H, chunk]` per sub-chunk of `sub` rows (no D in
-    them), then per chunk and D block of `block_d` the products with the chunk-start state and with the chunk's y."""
-    # measured on an H200 (64k tokens, 16 heads, M = 64, D = 128; gpu_session7_h200.log): 2 warps for the in-chunk
-    # kernel, both kernels 1.86 ms against 2.29 with 4 warps (reverse-type calls: 2.10 against 2.39)
-    w, _ = _read_weights(p, x, gc, chunk, prec, reverse, sub, intra_warps)
-    return _read_out(p, gc, y, h, w, chunk, prec, reverse, block_d, num_warps, **out)
-
-
-def slot_read_pair(p, gc, first: dict, second: dict, chunk: int, prec: str, reverse: bool = False, sub: int = 16,
-                   block_d: int = 0, num_warps: int = 4, intra_warps: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two `slot_read`s with the same row input p and gates but their own scans: `first` and `second` each hold `x`,
-    `y`, `h` and any of slot_read's output options. One kernel computes both read-outs' in-chunk weights from the same
-    decays (the backward's reverse scans: dk and dv)."""
-    keys = ("x", "y", "h")
-    w1, w2 = _read_weights(p, first["x"], gc, chunk, prec, reverse, sub, intra_warps, x2=second["x"])
-    return tuple(_read_out(p, gc, r["y"], r["h"], w, chunk, prec, reverse, block_d, num_warps,
-                           **{k: v for k, v in r.items() if k not in keys}) for r, w in ((first, w1), (second, w2)))
 
 
 def _logits_chunk(q, x, gc, y, h, chunk: int, prec: str, reverse: bool, block_d: int, num_warps: int):

@@ -12,7 +12,7 @@ backwards in time, i.e. forwards on time-flipped inputs with gates `g'_u = g_{E-
   pass 1: dq_t = S_t^T dz_t;  pass 2: dp_t = S_t do_t  (the forward states again),
   dG_t = (dz_t * z_t or p_t * dp_t) - s_t * ds_t  (+ rowsum(dS_E * S_E) at t = E), dg = reverse cumsum of dG,
   dh0 = exp(g_0) R_0. Both passes' R scans run side by side (`reverse_scans`): their gates are the same, so their
-  in-chunk kernels compute the decays once for both and the logits read-outs return ds1 + ds2 as one tensor. The
+  logits read-outs share one in-chunk kernel that computes the decays once and returns ds1 + ds2 as one tensor. The
   gate work is gates.py's: both directions' chunk cumsums, and dG and its reverse cumsum for both passes at once
   (`slot_gates_grad`, from that ds and `final_term`).
 """
@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 
 from nha.ops.triton.gates import reverse_chunk_cumsum
-from nha.ops.triton.slot_chunk import slot_logits, slot_read, slot_read_pair, slot_states
+from nha.ops.triton.slot_chunk import slot_logits, slot_read, slot_states
 
 
 def final_term(d_final: Optional[torch.Tensor], final: torch.Tensor) -> Optional[torch.Tensor]:
@@ -72,7 +72,7 @@ def read_dq(dz, s, gc, k, h0, chunk: int, prec: str, h=None, **out):
 def reverse_scans(s, g, gc, logits: tuple, read: tuple, chunk: int, prec: str, dk_out: Optional[dict] = None,
                   dv_out: Optional[dict] = None):
     """`(ds, dk, dv, dh0_k, dh0_v)`: the rest of both passes' gradients but the gates', from their states R run
-    backwards in time (the module docstring), both scans side by side so their in-chunk kernels share the decays.
+    backwards in time (the module docstring), both scans side by side so their logits read-outs share the decays.
 
     logits: `(dz, q, k, dS_E, h0)` of pass 1; read: `(p, do, v, dS_E, h0)` of pass 2 (dS_E, h0: None when absent).
     ds = ds1 + ds2 `[N, E, H, M]` float32 (the gates' gradient only needs the sum); dk, dv float32 `[N, E, H, D]`, or
@@ -84,6 +84,6 @@ def reverse_scans(s, g, gc, logits: tuple, read: tuple, chunk: int, prec: str, d
     hr_k, r0_k = slot_states(dz, gcr, q, dht_k, chunk, prec, reverse=True)
     hr_v, r0_v = slot_states(p, gcr, do, dht_v, chunk, prec, reverse=True)
     ds = slot_logits(k, dz, gcr, q, hr_k, chunk, prec, reverse=True, plus=(v, p, do, hr_v))
-    dk, dv = slot_read_pair(s, gcr, dict(x=dz, y=q, h=hr_k, **(dk_out or {})), dict(x=p, y=do, h=hr_v, **(dv_out or {})),
-                            chunk, prec, reverse=True)
+    dk = slot_read(s, dz, gcr, q, hr_k, chunk, prec, reverse=True, **(dk_out or {}))
+    dv = slot_read(s, p, gcr, do, hr_v, chunk, prec, reverse=True, **(dv_out or {}))
     return ds, dk, dv, _initial_state_grad(h0_k, gc, r0_k), _initial_state_grad(h0_v, gc, r0_v)
