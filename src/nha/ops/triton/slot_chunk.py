@@ -11,7 +11,8 @@ slot. A pair of tokens j < t inside a chunk is decayed relative to a row s betwe
 exp(G_s - G_j), so every exp() factor is <= 1 and nothing overflows whatever the gates: s is the query's sub-chunk
 start for earlier sub-chunks, and inside a sub-chunk the middle of the smallest power-of-two block holding both
 (_split_decays: log2(BC) small products instead of BC pair-by-pair steps).
-Backward passes reuse the same kernels (slot_scan.py derives how).
+Backward passes reuse the same kernels (slot_scan.py derives how); the logits' in-chunk kernel can add a second
+read-out over the same gates (`slot_logits(..., plus=...)`), computing the decays once for both.
 """
 from __future__ import annotations
 
@@ -490,7 +491,8 @@ def slot_logits(q, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, su
     whose decays are per slot (no D in it). `plus`: `(q2, x2, y2, h2)` of a second read-out with the same gates whose
     z is added (the backward's reverse scans: ds1 + ds2); its in-chunk part shares the first's decays."""
     # measured as slot_read: 4 warps for the in-chunk kernel, both kernels 1.25 ms against 1.38 with 2 warps
-    # (reverse-type calls: 1.32 against 1.50)
+    # (reverse-type calls: 1.32 against 1.50); paired (`plus`), 2.59 ms at 4 warps against 2.86 at 2, 3.03 at 8 and
+    # 2.79 for two calls (gpu_session9_h200.log call 4)
     N, E, H, M = x.shape
     z, a_qy = _logits_chunk(q, x, gc, y, h, chunk, prec, reverse, block_d, num_warps)
     z2, a_qy2, x2 = z, a_qy, x
