@@ -78,7 +78,8 @@ def reverse_scans(s, g, gc, logits: tuple, read: tuple, chunk: int, prec: str, d
     ds = ds1 + ds2 `[N, E, H, M]` float32 (the gates' gradient only needs the sum); dk, dv float32 `[N, E, H, D]`, or
     as `dk_out` / `dv_out` say (`slot_read`'s output options); dh0_k / dh0_v None without h0.
     The kernels read r, c, s, y back to front and write in place order; only the gates' chunk cumsums are laid out in
-    the flipped order (one `reverse_chunk_cumsum` for both scans)."""
+    the flipped order (one `reverse_chunk_cumsum` for both scans). Both scans' float32 chunk-start states
+    `[N, H, E / chunk, M, K + V]` are alive together (one scan at a time would hold one of them)."""
     gcr = reverse_chunk_cumsum(g, chunk)
     (dz, q, k, dht_k, h0_k), (p, do, v, dht_v, h0_v) = logits, read
     hr_k, r0_k = slot_states(dz, gcr, q, dht_k, chunk, prec, reverse=True)
