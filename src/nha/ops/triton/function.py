@@ -7,10 +7,11 @@ HQ query heads, H key/value heads, G = HQ // H, K/V head dims, M slots.
 Forward: window path (banded attention, lse) -> scan gates (`slot_gates`: shift by w, masks, GQA) -> slot pass 1
 (logits z) -> merge (p, a) -> slot pass 2 with the output `o = a * o_win + S^T p` in its epilogue. The slot kernels
 read k and v shifted by w and per query head in place (shift.py's `Shifted`): no copies, nothing more saved.
-Backward: pass 2's dp -> merge and output together (`merge_backward`: dz, the window path's do and delta) -> window
-path -> pass 2's reverse scan (ds, dv) -> pass 1 (dq, in q's dtype with the window path's dq added in its epilogue;
-ds, dk) -> the gates' gradient of both passes at once (chunk totals, then every chunk's reverse cumsum summed over
-the group and moved back to the layer's rows, in g's dtype). dk and dv leave their read-outs at the layer's rows in
+Backward: pass 2's dp -> merge and output together (`merge_backward`: dz, the window path's do and delta, the gate
+term dz * z + p * dp) -> window path -> pass 1's dq (in q's dtype with the window path's dq added in its epilogue) ->
+both passes' reverse scans side by side (`reverse_scans`: ds1 + ds2, dk, dv) -> the gates' gradient of both passes at
+once (chunk totals, then every chunk's reverse cumsum summed over the group and moved back to the layer's rows, in
+g's dtype). dk and dv leave their read-outs at the layer's rows in
 the input's dtype with the window path's share added when G = 1; with G > 1 one pass each sums the group, shifts them
 back and adds that share (`unshift`). Both passes' chunk-start states are saved by the forward
 (`Plan.save_states`; else the backward recomputes them).

@@ -55,7 +55,7 @@ def read_forward(p, s, gc, v, h0, chunk: int, prec: str, **out):
 
 def read_dp(do, s, gc, v, h0, chunk: int, prec: str, h=None):
     """`dp_t = S_t do_t` `[N, E, H, M]` float32: the gradient of `read_forward`'s p, given its output gradient do
-    `[N, E, H, V]` (any float dtype); `h` as `logits_backward`."""
+    `[N, E, H, V]` (any float dtype); `h`: the forward's chunk-start states, recomputed when None."""
     if h is None:
         h, _ = slot_states(s, gc, v, h0, chunk, prec)
     return slot_logits(do, s, gc, v, h, chunk, prec)
