@@ -43,7 +43,7 @@ KERNELS = [
      dict(BT=64, BM=64, BD=128, ND=1, DOT_PREC="tf32x3")),
     ("slot_read_kernel", dict(p=F32, gc=F32, y=BF16, h="STATES", w=F32, o=F32, a=F32, o_win=F32, E=I32, H=I32,
                               M=I32, D=I32, OUT_ROWS=I32, OUT_SHIFT=I32),
-     dict(BT=64, BM=64, BD=128, DOT_PREC="tf32x3", WIN=False)),
+     dict(BT=64, BM=64, BD=128, DOT_PREC="tf32x3", WIN=False, SCALED=False, W_SWAPPED=False)),
 ]
 
 

@@ -14,7 +14,7 @@ from nha.ops.triton import common
 from nha.ops.triton.common import CompiledLaunch, chunk_cumsum
 from nha.ops.triton.gates import reverse_chunk_cumsum, slot_gates, slot_gates_grad
 from nha.ops.triton.shift import shifted, unshift
-from nha.ops.triton.slot_chunk import slot_logits, slot_read, slot_states
+from nha.ops.triton.slot_chunk import read_weights, slot_logits, slot_read, slot_states
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -130,6 +130,24 @@ def test_slot_read_outs_are_the_recurrence(sub, steep):
     o = slot_read(back(p), back(x), gc, back(y), hr, chunk, "ieee", reverse=True, sub=sub)
     torch.testing.assert_close(z, back(z_ref), **close)
     torch.testing.assert_close(o, back(o_ref), **close)
+
+
+@pytest.mark.parametrize("M", [5, 64])
+def test_reverse_reads_take_the_forward_reads_weights_swapped(M):
+    # the backward's dk / dv reads (reverse, row input s, state writes r) reuse the forward-direction weights of
+    # (row input r, state writes s): every in-chunk pair must land where the reverse read's own weights put it
+    N, E, H, D, chunk = 2, 128, 2, 6, 64
+    g = -torch.rand(N, E, H, M, device=DEVICE) * 3.0
+    s, r = torch.rand(N, E, H, M, device=DEVICE), torch.randn(N, E, H, M, device=DEVICE)
+    c = torch.randn(N, E, H, D, device=DEVICE)
+    gc, gcr = chunk_cumsum(g, chunk), reverse_chunk_cumsum(g, chunk)
+    hr, _ = slot_states(r, gcr, c, None, chunk, "ieee", reverse=True)
+    own = slot_read(s, r, gcr, c, hr, chunk, "ieee", reverse=True)
+    w = read_weights(r, s, gc, chunk, "ieee")
+    swapped = slot_read(s, r, gcr, c, hr, chunk, "ieee", reverse=True, swapped_weights=w)
+    torch.testing.assert_close(swapped, own, rtol=1e-4, atol=1e-4)  # float32 rounding of sums of 64 products
+    with pytest.raises(ValueError, match="swapped_weights"):
+        slot_read(s, r, gc, c, hr, chunk, "ieee", swapped_weights=w)
 
 
 @pytest.mark.parametrize("reverse", [False, True])

@@ -255,12 +255,13 @@ def slot_read_kernel(
     p, gc, y, h, w, o, a, o_win,
     E, H, M, D, OUT_ROWS, OUT_SHIFT, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP,
     BT: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr,
-    REVERSE: tl.constexpr, DOT_PREC: tl.constexpr, WIN: tl.constexpr, SCALED: tl.constexpr,
+    REVERSE: tl.constexpr, DOT_PREC: tl.constexpr, WIN: tl.constexpr, SCALED: tl.constexpr, W_SWAPPED: tl.constexpr,
 ):
     # o_t = S_t^T p_t for one chunk of BT rows and one D block: the chunk-start state's part plus the in-chunk part
     # from read_weights_kernel's W (its j <= t part), stored in o's dtype at row t - OUT_SHIFT of o's OUT_ROWS (t in
     # storage order; rows outside them are dropped); with WIN, plus o_win at that row, scaled by a_t if SCALED
-    # (NHA's output)
+    # (NHA's output). W_SWAPPED (REVERSE only): w holds the forward read's weights of the swapped pair (row input x,
+    # state writes p), whose entry [t_c, place of t_r in its chunk] is this read's W[r, c] (slot_read says why)
     i_d, i_t, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
     NT = E // BT
@@ -276,7 +277,12 @@ def slot_read_kernel(
     p_h = h + ((i_n * H + i_h) * NT + i_t) * M * D + o_m[:, None] * D + o_d[None, :]
     b_h = tl.load(p_h, mask=m_m[:, None] & m_d[None, :], other=0.0)
     b_o = _mm(b_p * tl.exp(b_gc), b_h, DOT_PREC)
-    b_w = tl.where(o_t[None, :] <= o_t[:, None], tl.load(w + (rows[:, None] * H + i_h) * BT + o_t[None, :]), 0.0)
+    if W_SWAPPED:
+        # scan row r is time t_r = E - 1 - (i_t * BT + r), at place BT - 1 - r of its forward chunk (E: chunks)
+        p_w = w + (rows_in[None, :] * H + i_h) * BT + (BT - 1 - o_t)[:, None]
+    else:
+        p_w = w + (rows[:, None] * H + i_h) * BT + o_t[None, :]
+    b_w = tl.where(o_t[None, :] <= o_t[:, None], tl.load(p_w), 0.0)
     y_rows, y_ok = _source(t, i_n, i_h, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP)
     b_y = tl.load(y + y_rows[:, None] * D + o_d[None, :], mask=y_ok[:, None] & m_d[None, :], other=0.0)
     b_o += _mm(b_w, b_y, DOT_PREC)
@@ -434,9 +440,22 @@ def slot_states(x, gc, y, h0, chunk: int, prec: str, reverse: bool = False, bloc
     return states, ht
 
 
+def read_weights(p, x, gc, chunk: int, prec: str, reverse: bool = False, sub: int = 16,
+                 num_warps: int = 2) -> torch.Tensor:
+    """The in-chunk weights of `slot_read`: `W[t, j] = sum_m p_tm x_jm exp(G_tm - G_jm)` for the rows j <= t of t's
+    chunk, `[N, E, H, chunk]` float32 (column j - chunk start; columns j > t left unspecified), one program per
+    sub-chunk of `sub` rows (no D in them)."""
+    N, E, H, M = x.shape
+    w = new_output(N, E, H, chunk, device=x.device)
+    read_weights_kernel[(E // sub, N * H)](p, x, gc, w, E, H, M, BT=chunk, BC=sub, BM=block(M), LEVELS=_levels(sub),
+                                           REVERSE=reverse, DOT_PREC=kernel_precision(prec), num_warps=num_warps)
+    return w
+
+
 def slot_read(p, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub: int = 16, block_d: int = 0,
               num_warps: int = 4, intra_warps: int = 2, a=None, o_win=None,
-              dtype: torch.dtype = torch.float32, out_rows: Optional[int] = None, out_shift: int = 0) -> torch.Tensor:
+              dtype: torch.dtype = torch.float32, out_rows: Optional[int] = None, out_shift: int = 0,
+              swapped_weights: Optional[torch.Tensor] = None, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
     """`o_t = S_t^T p_t`: p `[N, E, H, M]` -> `[N, out_rows, H, D]` in `dtype` (p, x, y and o back to front if
     `reverse`): o_t lands at row `t - out_shift` (t in storage order) where that row is in `[0, out_rows)`, default E
     rows and no shift; the scan's k/v gradient moved back to the layer's rows is `out_shift = w`.
@@ -446,15 +465,25 @@ def slot_read(p, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub:
     Two kernels, as fla's chunked GLA: the in-chunk weights W `[N, E, H, chunk]` per sub-chunk of `sub` rows (no D in
     them), then per chunk and D block of `block_d` the products with the chunk-start state and with the chunk's y.
     (Two reads over the same gates and p gain nothing from one W kernel sharing their decays, unlike the logits: on
-    an H200 the backward's pair took 3.30 ms against 3.28 for two calls; gpu_session9_h200.log call 4.)"""
+    an H200 the backward's pair took 3.30 ms against 3.28 for two calls; gpu_session9_h200.log call 4.)
+
+    `weights`: W from `read_weights(p, x, gc, ...)` with the same direction (computed here when None).
+    `swapped_weights` (reverse only): the forward-direction `read_weights(x, p, gc_forward, ...)`, the pair swapped.
+    A reverse read's W[t, j] (j >= t in time) = sum_m p_tm x_jm exp(G_jm - G_tm) is that W's entry [j, t]: the
+    backward's dk and dv reads take their in-chunk weights from dq's read and the forward's output read instead of
+    computing them again."""
     # measured on an H200 (64k tokens, 16 heads, M = 64, D = 128; gpu_session7_h200.log): 2 warps for the in-chunk
     # kernel, both kernels 1.86 ms against 2.29 with 4 warps (reverse-type calls: 2.10 against 2.39)
     N, E, H, M = x.shape
     D = y.shape[-1]
     BM, BD = _tiles(M, D, block_d)
-    w = new_output(N, E, H, chunk, device=x.device)
-    read_weights_kernel[(E // sub, N * H)](p, x, gc, w, E, H, M, BT=chunk, BC=sub, BM=BM, LEVELS=_levels(sub),
-                                           REVERSE=reverse, DOT_PREC=kernel_precision(prec), num_warps=intra_warps)
+    if swapped_weights is not None and (not reverse or weights is not None):
+        raise ValueError("swapped_weights serve a reverse read that is given no other weights")
+    w = swapped_weights if swapped_weights is not None else weights
+    if w is None:
+        w = read_weights(p, x, gc, chunk, prec, reverse, sub, intra_warps)
+    elif w.shape != (N, E, H, chunk):
+        raise ValueError(f"in-chunk weights must be {(N, E, H, chunk)}, got {tuple(w.shape)}")
     out_rows = E if out_rows is None else out_rows
     o = new_output(N, out_rows, H, D, dtype=dtype, device=x.device)
     win = o_win is not None
@@ -464,7 +493,8 @@ def slot_read(p, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub:
     y, *y_map = source_rows(y, E, H)
     slot_read_kernel[grid](p, gc, y, h, w, o, a if a is not None else o, o_win if win else o, E, H, M, D,
                            out_rows, out_shift, *y_map, BT=chunk, BM=BM, BD=BD, REVERSE=reverse,
-                           DOT_PREC=kernel_precision(prec), WIN=win, SCALED=a is not None, num_warps=num_warps)
+                           DOT_PREC=kernel_precision(prec), WIN=win, SCALED=a is not None,
+                           W_SWAPPED=swapped_weights is not None, num_warps=num_warps)
     return o
 
 

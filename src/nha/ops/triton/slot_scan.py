@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 
 from nha.ops.triton.gates import reverse_chunk_cumsum
-from nha.ops.triton.slot_chunk import slot_logits, slot_read, slot_states
+from nha.ops.triton.slot_chunk import read_weights, slot_logits, slot_read, slot_states
 
 
 def final_term(d_final: Optional[torch.Tensor], final: torch.Tensor) -> Optional[torch.Tensor]:
@@ -47,10 +47,12 @@ def logits_forward(q, s, gc, k, h0, chunk: int, prec: str):
 
 def read_forward(p, s, gc, v, h0, chunk: int, prec: str, **out):
     """Pass 2: `o = S_t^T p_t` over states built from (s, g, v) -> o `[N, E, H, V]` float32 (or as `out` says:
-    `slot_read`'s dtype, rows and `a * o_win` of NHA's output), `S_E` `[N, H, M, V]` float32 and the chunk-start
-    states `[N, H, NT, M, V]`."""
+    `slot_read`'s dtype, rows and `a * o_win` of NHA's output), `S_E` `[N, H, M, V]` float32, the chunk-start
+    states `[N, H, NT, M, V]` and the read's in-chunk weights `[N, E, H, chunk]` (the backward's dv read reuses
+    them: `reverse_scans`)."""
     h, ht = slot_states(s, gc, v, h0, chunk, prec)
-    return slot_read(p, s, gc, v, h, chunk, prec, **out), ht, h
+    w = read_weights(p, s, gc, chunk, prec)
+    return slot_read(p, s, gc, v, h, chunk, prec, weights=w, **out), ht, h, w
 
 
 def read_dp(do, s, gc, v, h0, chunk: int, prec: str, h=None):
@@ -62,15 +64,17 @@ def read_dp(do, s, gc, v, h0, chunk: int, prec: str, h=None):
 
 
 def read_dq(dz, s, gc, k, h0, chunk: int, prec: str, h=None, **out):
-    """`dq_t = S_t^T dz_t`: the gradient of `logits_forward`'s q, given its logits' gradient dz `[N, E, H, M]`; `h` as
-    `read_dp`, `out` as `slot_read`'s (rows, dtype, an added window share)."""
+    """`(dq, w)`: `dq_t = S_t^T dz_t`, the gradient of `logits_forward`'s q, given its logits' gradient dz
+    `[N, E, H, M]` (`h` as `read_dp`, `out` as `slot_read`'s: rows, dtype, an added window share), and the read's
+    in-chunk weights `[N, E, H, chunk]` (the dk read reuses them: `reverse_scans`)."""
     if h is None:
         h, _ = slot_states(s, gc, k, h0, chunk, prec)
-    return slot_read(dz, s, gc, k, h, chunk, prec, **out)
+    w = read_weights(dz, s, gc, chunk, prec)
+    return slot_read(dz, s, gc, k, h, chunk, prec, weights=w, **out), w
 
 
 def reverse_scans(s, g, gc, logits: tuple, read: tuple, chunk: int, prec: str, dk_out: Optional[dict] = None,
-                  dv_out: Optional[dict] = None):
+                  dv_out: Optional[dict] = None, weights: tuple = (None, None)):
     """`(ds, dk, dv, dh0_k, dh0_v)`: the rest of both passes' gradients but the gates', from their states R run
     backwards in time (the module docstring), both scans side by side so their logits read-outs share the decays.
 
@@ -79,12 +83,16 @@ def reverse_scans(s, g, gc, logits: tuple, read: tuple, chunk: int, prec: str, d
     as `dk_out` / `dv_out` say (`slot_read`'s output options); dh0_k / dh0_v None without h0.
     The kernels read r, c, s, y back to front and write in place order; only the gates' chunk cumsums are laid out in
     the flipped order (one `reverse_chunk_cumsum` for both scans). Both scans' float32 chunk-start states
-    `[N, H, E / chunk, M, K + V]` are alive together (one scan at a time would hold one of them)."""
+    `[N, H, E / chunk, M, K + V]` are alive together (one scan at a time would hold one of them).
+    weights: the in-chunk weights of `read_dq` and of `read_forward` (None: computed here): a reverse read of
+    (s, r) has the forward read of (r, s)'s weights swapped (`slot_read`'s `swapped_weights`), so dk and dv take
+    them instead of computing their own."""
     gcr = reverse_chunk_cumsum(g, chunk)
     (dz, q, k, dht_k, h0_k), (p, do, v, dht_v, h0_v) = logits, read
     hr_k, r0_k = slot_states(dz, gcr, q, dht_k, chunk, prec, reverse=True)
     hr_v, r0_v = slot_states(p, gcr, do, dht_v, chunk, prec, reverse=True)
     ds = slot_logits(k, dz, gcr, q, hr_k, chunk, prec, reverse=True, plus=(v, p, do, hr_v))
-    dk = slot_read(s, dz, gcr, q, hr_k, chunk, prec, reverse=True, **(dk_out or {}))
-    dv = slot_read(s, p, gcr, do, hr_v, chunk, prec, reverse=True, **(dv_out or {}))
+    w_k, w_v = weights
+    dk = slot_read(s, dz, gcr, q, hr_k, chunk, prec, reverse=True, swapped_weights=w_k, **(dk_out or {}))
+    dv = slot_read(s, p, gcr, do, hr_v, chunk, prec, reverse=True, swapped_weights=w_v, **(dv_out or {}))
     return ds, dk, dv, _initial_state_grad(h0_k, gc, r0_k), _initial_state_grad(h0_v, gc, r0_v)
