@@ -14,7 +14,7 @@ from nha.ops.triton import common
 from nha.ops.triton.common import CompiledLaunch, chunk_cumsum
 from nha.ops.triton.gates import reverse_chunk_cumsum, slot_gates, slot_gates_grad
 from nha.ops.triton.shift import shifted, unshift
-from nha.ops.triton.slot_chunk import read_weights, slot_logits, slot_read, slot_states
+from nha.ops.triton.slot_chunk import chunk_products, read_weights, slot_logits, slot_read, slot_states
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -41,10 +41,12 @@ def _scan_gates_reference(g, valid, ends, shift, group, length):
     return g_in * (torch.arange(length, device=g.device)[None, :] < ends[:, None])[:, :, None, None]
 
 
-@pytest.mark.parametrize("shift,group,with_final", [(0, 1, True), (5, 2, False), (5, 2, True), (20, 1, True), (70, 1, True)])
-def test_slot_gates_and_their_gradient(shift, group, with_final):
-    N, S, H, M, chunk = 2, 50, 2, 6, 16
-    length = 64
+@pytest.mark.parametrize("shift,group,with_final,S", [(0, 1, True, 50), (5, 2, False, 50), (5, 2, True, 50),
+                                                      (20, 1, True, 50), (70, 1, True, 50), (5, 1, True, 2100)])
+def test_slot_gates_and_their_gradient(shift, group, with_final, S):
+    # S = 2100: 132 chunks, more than one block of the walk over the chunks after each chunk (later_totals_kernel)
+    N, H, M, chunk = 2, 2, 6, 16
+    length = (S // chunk + 1) * chunk
     g = -torch.rand(N, S, H, M, device=DEVICE).pow(3) * 4
     g[0, 3, 0, :2] = torch.tensor([-5000.0, -1e-9])  # a clamped gate and one whose 1 - exp(g) cancels in float32
     g.requires_grad_()
@@ -148,6 +150,30 @@ def test_reverse_reads_take_the_forward_reads_weights_swapped(M):
     torch.testing.assert_close(swapped, own, rtol=1e-4, atol=1e-4)  # float32 rounding of sums of 64 products
     with pytest.raises(ValueError, match="swapped_weights"):
         slot_read(s, r, gc, c, hr, chunk, "ieee", swapped_weights=w)
+
+
+@pytest.mark.parametrize("paired", [False, True])
+def test_reverse_logits_take_the_forward_products_swapped(paired):
+    # the backward's reverse logits (q-role k, y-role q) reuse the forward read-out's in-chunk products q . k, the
+    # pair swapped (and pass 2's take dp's do . v): every product must land where the reverse read-out's own go
+    N, E, H, M, D, chunk = 2, 128, 2, 5, 6, 64
+    g = -torch.rand(N, E, H, M, device=DEVICE) * 3.0
+    gc, gcr = chunk_cumsum(g, chunk), reverse_chunk_cumsum(g, chunk)
+    reads = []  # (q-role, x, y-role, states) of each reverse read-out
+    for _ in range(1 + paired):
+        k, x, q = torch.randn(N, E, H, D, device=DEVICE), torch.randn(N, E, H, M, device=DEVICE), \
+            torch.randn(N, E, H, D, device=DEVICE)
+        reads.append((k, x, q, slot_states(x, gcr, q, None, chunk, "ieee", reverse=True)[0]))
+    first, plus = reads[0], (reads[1] if paired else None)
+    own = slot_logits(*first[:2], gcr, *first[2:], chunk, "ieee", reverse=True, plus=plus)
+    # the forward read-outs of the swapped pairs (q-role q, y-role k); their z is not looked at
+    products = tuple(slot_logits(q, x, gc, k, h, chunk, "ieee", keep_products=True)[1] for k, x, q, h in reads)
+    assert torch.equal(products[0], chunk_products(first[2], first[0], gc, chunk, "ieee"))
+    swapped = slot_logits(*first[:2], gcr, *first[2:], chunk, "ieee", reverse=True, plus=plus,
+                          swapped_products=products)
+    torch.testing.assert_close(swapped, own, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="swapped_products"):
+        slot_logits(*first[:2], gcr, *first[2:], chunk, "ieee", reverse=True, swapped_products=products * 3)
 
 
 @pytest.mark.parametrize("reverse", [False, True])

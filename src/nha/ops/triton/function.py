@@ -27,7 +27,7 @@ from nha.ops.chunk import MASKED, pad_time
 from nha.ops.triton.gates import slot_gates, slot_gates_grad
 from nha.ops.triton.merge import merge_backward, merge_forward
 from nha.ops.triton.shift import shifted, unshift
-from nha.ops.triton.slot_chunk import read_weights
+from nha.ops.triton.slot_chunk import chunk_products, read_weights
 from nha.ops.triton.slot_scan import final_term, logits_forward, read_dp, read_dq, read_forward, reverse_scans
 from nha.ops.triton.window_attn import window_backward, window_forward
 
@@ -96,13 +96,13 @@ class NHAFunction(torch.autograd.Function):
         k_in, v_in = shifted(k, plan.shift, E, G), shifted(v, plan.shift, E, G)
         q_in = pad_time(q, E).contiguous()
         h0_k, h0_v = _expand(h0_k, G), _expand(h0_v, G)
-        z, ht_k, h_k = logits_forward(q_in, s_in, gc, k_in, h0_k, C, prec)
+        z, ht_k, h_k, a_qk = logits_forward(q_in, s_in, gc, k_in, h0_k, C, prec)
         p, a = merge_forward(z, lse_win, plan.live_i8, plan.scale)
         o, ht_v, h_v, w_o = read_forward(p, s_in, gc, v_in, h0_v, C, prec, a=a, o_win=o_win, dtype=q.dtype,
                                          out_rows=S)
-        h_k, h_v, w_o = (h_k, h_v, w_o) if plan.save_states else (None, None, None)
+        h_k, h_v, w_o, a_qk = (h_k, h_v, w_o, a_qk) if plan.save_states else (None, None, None, None)
         ctx.save_for_backward(qw, kw, v, o_win, lse_win, g, q_in, k, g_in, s_in, gc, z, p, a, h0_k, h0_v, ht_k, ht_v,
-                              h_k, h_v, w_o)
+                              h_k, h_v, w_o, a_qk)
         return o, ht_k, ht_v
 
     @staticmethod
@@ -149,7 +149,8 @@ def _at_layer_rows(d_in: torch.Tensor, plan: Plan, S: int, G: int, other: Option
 
 def _backward(do, dht_k, dht_v, saved, plan: Plan, shared):
     """`(dq, dk, dv, dg, dq_win, dk_win, dh0_k, dh0_v)` of the full operator."""
-    qw, kw, v, o_win, lse_win, g, q_in, k, g_in, s_in, gc, z, p, a, h0_k, h0_v, ht_k, ht_v, h_k, h_v, w_o = saved
+    (qw, kw, v, o_win, lse_win, g, q_in, k, g_in, s_in, gc, z, p, a, h0_k, h0_v, ht_k, ht_v, h_k, h_v, w_o,
+     a_qk) = saved
     N, S, HQ = qw.shape[0], qw.shape[1], q_in.shape[2]
     E, C, G, prec = plan.length, plan.chunk, plan.group, plan.prec
     k_in, v_in = shifted(k, plan.shift, E, G), shifted(v, plan.shift, E, G)
@@ -157,7 +158,7 @@ def _backward(do, dht_k, dht_v, saved, plan: Plan, shared):
     dht_k = None if dht_k is None else dht_k.float().contiguous()
     dht_v = None if dht_v is None else dht_v.float().contiguous()
     do_in = pad_time(do, E).contiguous()
-    dp = read_dp(do_in, s_in, gc, v_in, h0_v, C, prec, h=h_v)
+    dp, a_dov = read_dp(do_in, s_in, gc, v_in, h0_v, C, prec, h=h_v)
     dz, delta, do_win, pass_term = merge_backward(p, dp, z, a, do, o_win, plan.live_i8, plan.scale)
     dq_w = dk_w = dv_w = None
     if o_win is not None:
@@ -169,10 +170,13 @@ def _backward(do, dht_k, dht_v, saved, plan: Plan, shared):
     # their reads take dq's and the output's in-chunk weights swapped (the latter recomputed as the forward did)
     if w_o is None:
         w_o = read_weights(p, s_in, gc, C, prec)
+    if a_qk is None:  # the forward's in-chunk products q . k, for the reverse logits (recomputed as it made them)
+        a_qk = chunk_products(q_in, k_in, gc, C, prec)
     dk_other = dk_w if shared[1] else None
     ds, dk, dv, dh0_k, dh0_v = reverse_scans(s_in, g_in, gc, (dz, q_in, k_in, dht_k, h0_k), (p, do_in, v_in, dht_v, h0_v),
                                              C, prec, dk_out=_layer_rows_out(plan, S, G, dk_other, k.dtype),
-                                             dv_out=_layer_rows_out(plan, S, G, dv_w, v.dtype), weights=(w_dq, w_o))
+                                             dv_out=_layer_rows_out(plan, S, G, dv_w, v.dtype), weights=(w_dq, w_o),
+                                             products=(a_qk, a_dov))
     finals = [t for t in (final_term(dht_k, ht_k), final_term(dht_v, ht_v)) if t is not None]
     dg = slot_gates_grad(g, plan.valid_i8, plan.ends, plan.shift, C, s_in, pass_term, ds,
                          sum(finals) if finals else None)

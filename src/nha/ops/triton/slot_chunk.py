@@ -302,10 +302,11 @@ def logits_chunk_kernel(
     q, gc, y, h, z, a_qy,
     E, H, M, D, Q_ROWS, Q_HEADS, Q_SHIFT, Q_GROUP, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP,
     BT: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, ND: tl.constexpr,
-    REVERSE: tl.constexpr, DOT_PREC: tl.constexpr,
+    REVERSE: tl.constexpr, DOT_PREC: tl.constexpr, WITH_Z: tl.constexpr, WITH_A: tl.constexpr,
 ):
     # the D-contracted products of z_t = S_t q_t for one chunk of BT rows (D walked in ND blocks of BD): the
-    # chunk-start state's part exp(G_t) * (S_c q_t) `[BT, M]`, written to z, and A[t, j] = q_t . y_j `[BT, BT]`
+    # chunk-start state's part exp(G_t) * (S_c q_t) `[BT, M]`, written to z (if WITH_Z), and A[t, j] = q_t . y_j
+    # `[BT, BT]` (if WITH_A)
     i_t, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
     NT = E // BT
@@ -323,14 +324,30 @@ def logits_chunk_kernel(
         o_d = i_d * BD + tl.arange(0, BD)
         m_d = o_d < D
         b_q = tl.load(q + q_rows[:, None] * D + o_d[None, :], mask=q_ok[:, None] & m_d[None, :], other=0.0)
-        p_h = h + ((i_n * H + i_h) * NT + i_t) * M * D + o_m[:, None] * D + o_d[None, :]
-        b_h = tl.load(p_h, mask=m_m[:, None] & m_d[None, :], other=0.0)
-        b_qh += _mm(b_q, tl.trans(b_h), DOT_PREC)
-        b_y = tl.load(y + y_rows[:, None] * D + o_d[None, :], mask=y_ok[:, None] & m_d[None, :], other=0.0)
-        b_a += _mm(b_q, tl.trans(b_y), DOT_PREC)
-    b_gc = tl.load(gc + (rows[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0)
-    tl.store(z + (rows_in[:, None] * H + i_h) * M + o_m[None, :], b_qh * tl.exp(b_gc), mask=m_m[None, :])
-    tl.store(a_qy + (rows[:, None] * H + i_h) * BT + o_t[None, :], b_a)
+        if WITH_Z:
+            p_h = h + ((i_n * H + i_h) * NT + i_t) * M * D + o_m[:, None] * D + o_d[None, :]
+            b_h = tl.load(p_h, mask=m_m[:, None] & m_d[None, :], other=0.0)
+            b_qh += _mm(b_q, tl.trans(b_h), DOT_PREC)
+        if WITH_A:
+            b_y = tl.load(y + y_rows[:, None] * D + o_d[None, :], mask=y_ok[:, None] & m_d[None, :], other=0.0)
+            b_a += _mm(b_q, tl.trans(b_y), DOT_PREC)
+    if WITH_Z:
+        b_gc = tl.load(gc + (rows[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0)
+        tl.store(z + (rows_in[:, None] * H + i_h) * M + o_m[None, :], b_qh * tl.exp(b_gc), mask=m_m[None, :])
+    if WITH_A:
+        tl.store(a_qy + (rows[:, None] * H + i_h) * BT + o_t[None, :], b_a)
+
+
+@triton.jit
+def _a_block(a_qy, rows, i_n, i_h, i_t, i_s, i_j, o_i, E, H, BT: tl.constexpr, BC: tl.constexpr,
+             REVERSE: tl.constexpr, SWAPPED: tl.constexpr):
+    # `[BC, BC]` block of A for this sub-chunk's rows (i_s) and sub-chunk i_j's columns. SWAPPED: a_qy holds the
+    # forward products of the pair swapped, A_fwd[t, j] = y_t . q_j, so this reverse read's A[r, c] = q_(t_r) . y_(t_c)
+    # is A_fwd's entry at column c's row and at row r's place in its forward chunk, BT - 1 - (scan place of r)
+    if SWAPPED:
+        cols_in = i_n * E + _time(i_t * BT + i_j * BC + o_i, E, REVERSE).to(tl.int64)
+        return tl.load(a_qy + (cols_in[None, :] * H + i_h) * BT + (BT - 1 - i_s * BC - o_i)[:, None])
+    return tl.load(a_qy + (rows[:, None] * H + i_h) * BT + i_j * BC + o_i[None, :])
 
 
 @triton.jit
@@ -338,11 +355,12 @@ def logits_intra_kernel(
     x, gc, a_qy, z, x2, a_qy2, z2,
     E, H, M,
     BT: tl.constexpr, BC: tl.constexpr, BM: tl.constexpr, LEVELS: tl.constexpr, REVERSE: tl.constexpr,
-    DOT_PREC: tl.constexpr, DUAL: tl.constexpr,
+    DOT_PREC: tl.constexpr, DUAL: tl.constexpr, A_SWAPPED: tl.constexpr,
 ):
     # adds the in-chunk part of z_t = S_t q_t for one sub-chunk of BC rows, from logits_chunk_kernel's A = q . y:
     # z_tm += sum_(j <= t in the chunk) A[t, j] x_jm exp(G_tm - G_jm). With DUAL, z also gets a second read-out with
-    # the same gates, its partial z2 (logits_chunk_kernel's) and its in-chunk part from (x2, a_qy2), same decays
+    # the same gates, its partial z2 (logits_chunk_kernel's) and its in-chunk part from (x2, a_qy2), same decays.
+    # A_SWAPPED (REVERSE only): a_qy (and a_qy2) hold the forward-direction products of the pair swapped (`_a_block`)
     i_n, i_h, i_t, i_s, first, rows, rows_in, b_gc, b_gn = _sub_chunk(x, gc, E, H, M, BT, BC, BM, REVERSE)
     o_m = tl.arange(0, BM)
     o_i = tl.arange(0, BC)
@@ -350,23 +368,24 @@ def logits_intra_kernel(
     b_z = tl.load(z + (rows_in[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0)
     if DUAL:
         b_z += tl.load(z2 + (rows_in[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0)
-    p_a = (rows[:, None] * H + i_h) * BT + o_i[None, :]
     # the earlier sub-chunks one block at a time, decays split at this sub-chunk's first row
     b_e = tl.zeros([BC, BM], dtype=tl.float32)
     for i_j in range(0, i_s):
         b_xw, b_xw2 = _earlier_block(x, x2, gc, b_gn, i_n, i_h, i_t, i_j, o_i, o_m, m_m, E, H, M, BT, BC, REVERSE,
                                      DUAL)
-        b_e += _mm(tl.load(a_qy + p_a + i_j * BC), b_xw, DOT_PREC)
+        b_e += _mm(_a_block(a_qy, rows, i_n, i_h, i_t, i_s, i_j, o_i, E, H, BT, BC, REVERSE, A_SWAPPED), b_xw,
+                   DOT_PREC)
         if DUAL:
-            b_e += _mm(tl.load(a_qy2 + p_a + i_j * BC), b_xw2, DOT_PREC)
+            b_e += _mm(_a_block(a_qy2, rows, i_n, i_h, i_t, i_s, i_j, o_i, E, H, BT, BC, REVERSE, A_SWAPPED), b_xw2,
+                       DOT_PREC)
     b_z += b_e * tl.exp(b_gc - b_gn[None, :])
     # the diagonal sub-chunk: its diagonal (decay 1) element-wise, its pairs j < t in log2(BC) split-decay products
-    b_ad = tl.load(a_qy + p_a + i_s * BC)
+    b_ad = _a_block(a_qy, rows, i_n, i_h, i_t, i_s, i_s, o_i, E, H, BT, BC, REVERSE, A_SWAPPED)
     b_x = tl.load(x + (rows_in[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0).to(tl.float32)
     b_z += tl.sum(tl.where(o_i[:, None] == o_i[None, :], b_ad, 0.0), axis=1)[:, None] * b_x
     b_ad2 = b_ad
     if DUAL:
-        b_ad2 = tl.load(a_qy2 + p_a + i_s * BC)
+        b_ad2 = _a_block(a_qy2, rows, i_n, i_h, i_t, i_s, i_s, o_i, E, H, BT, BC, REVERSE, A_SWAPPED)
         b_x2 = tl.load(x2 + (rows_in[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :],
                        other=0.0).to(tl.float32)
         b_z += tl.sum(tl.where(o_i[:, None] == o_i[None, :], b_ad2, 0.0), axis=1)[:, None] * b_x2
@@ -498,38 +517,67 @@ def slot_read(p, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub:
     return o
 
 
-def _logits_chunk(q, x, gc, y, h, chunk: int, prec: str, reverse: bool, block_d: int, num_warps: int):
-    # slot_logits' first kernel: z's chunk-start state part and A = q . y `[N, E, H, chunk]`
-    N, E, H, M = x.shape
+def _logits_chunk(q, gc, y, h, shape: tuple, chunk: int, prec: str, reverse: bool, block_d: int, num_warps: int,
+                  with_z: bool = True, with_a: bool = True):
+    # slot_logits' first kernel for a scan of shape (N, E, H, M): z's chunk-start state part and A = q . y
+    # `[N, E, H, chunk]` (each None where not asked for)
+    N, E, H, M = shape
     D = y.shape[-1]
     BM, BD = _tiles(M, D, block_d)
-    z = new_output(N, E, H, M, device=x.device)
-    a_qy = new_output(N, E, H, chunk, device=x.device)
+    z = new_output(N, E, H, M, device=gc.device) if with_z else None
+    a_qy = new_output(N, E, H, chunk, device=gc.device) if with_a else None
     (q, *q_map), (y, *y_map) = source_rows(q, E, H), source_rows(y, E, H)
-    logits_chunk_kernel[(E // chunk, N * H)](q, gc, y, h, z, a_qy, E, H, M, D, *q_map, *y_map, BT=chunk, BM=BM, BD=BD,
-                                             ND=triton.cdiv(D, BD), REVERSE=reverse,
-                                             DOT_PREC=kernel_precision(prec), num_warps=num_warps)
+    logits_chunk_kernel[(E // chunk, N * H)](q, gc, y, h if with_z else gc, z if with_z else gc,
+                                             a_qy if with_a else gc, E, H, M, D, *q_map, *y_map, BT=chunk, BM=BM,
+                                             BD=BD, ND=triton.cdiv(D, BD), REVERSE=reverse,
+                                             DOT_PREC=kernel_precision(prec), WITH_Z=with_z, WITH_A=with_a,
+                                             num_warps=num_warps)
     return z, a_qy
 
 
+def chunk_products(q, y, gc, chunk: int, prec: str, block_d: int = 0, num_warps: int = 4) -> torch.Tensor:
+    """`A[t, j] = q_t . y_j` for the rows j of t's chunk, `[N, E, H, chunk]` float32 (column j - chunk start), as
+    `slot_logits(q, x, gc, y, ...)` computes them for its in-chunk part (`keep_products`); q a `[N, E, H, D]` tensor,
+    y as `slot_logits`' (a tensor or a `Shifted`), gc the scan's `[N, E, H, M]` chunk cumsums (for its shape)."""
+    return _logits_chunk(q, gc, y, None, tuple(gc.shape), chunk, prec, False, block_d, num_warps, with_z=False)[1]
+
+
 def slot_logits(q, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub: int = 16, block_d: int = 0,
-                num_warps: int = 4, intra_warps: int = 4, plus: Optional[tuple] = None) -> torch.Tensor:
+                num_warps: int = 4, intra_warps: int = 4, plus: Optional[tuple] = None,
+                swapped_products: Optional[tuple] = None, keep_products: bool = False):
     """`z_t = S_t q_t`: q `[N, E, H, D]` -> `[N, E, H, M]` float32 (q, x, y and z back to front if `reverse`).
 
     Two kernels, as fla's gated slot attention: per chunk the D-contracted products (q against the chunk-start state
     and against the chunk's y, D walked in blocks of `block_d`), then per sub-chunk of `sub` rows the in-chunk part,
     whose decays are per slot (no D in it). `plus`: `(q2, x2, y2, h2)` of a second read-out with the same gates whose
-    z is added (the backward's reverse scans: ds1 + ds2); its in-chunk part shares the first's decays."""
+    z is added (the backward's reverse scans: ds1 + ds2); its in-chunk part shares the first's decays.
+
+    `keep_products` (not reverse): returns `(z, A)` with the in-chunk products `A[t, j] = q_t . y_j` `[N, E, H, chunk]`.
+    `swapped_products` (reverse only): one such A per read-out (two with `plus`), each of the forward read-out of the
+    pair swapped (q-role y, y-role q): a reverse read-out's `A[t, j] = q_t . y_j` (j after t) is that A's entry
+    `[j, t]`, so the per-chunk kernel skips its q . y products and y's loads (the backward's reverse logits take
+    the forward's and dp's)."""
     # measured as slot_read: 4 warps for the in-chunk kernel, both kernels 1.25 ms against 1.38 with 2 warps
     # (reverse-type calls: 1.32 against 1.50); paired (`plus`), 2.59 ms at 4 warps against 2.86 at 2, 3.03 at 8 and
     # 2.79 for two calls (gpu_session9_h200.log call 4)
-    N, E, H, M = x.shape
-    z, a_qy = _logits_chunk(q, x, gc, y, h, chunk, prec, reverse, block_d, num_warps)
+    shape = tuple(x.shape)
+    N, E, H, M = shape
+    swapped = swapped_products is not None
+    if swapped and (not reverse or keep_products or len(swapped_products) != 1 + (plus is not None)):
+        raise ValueError("swapped_products serve a reverse read-out, one per read-out (two with plus)")
+    if keep_products and reverse:
+        raise ValueError("keep_products keeps a forward read-out's products")
+    z, a_qy = _logits_chunk(q, gc, y, h, shape, chunk, prec, reverse, block_d, num_warps, with_a=not swapped)
     z2, a_qy2, x2 = z, a_qy, x
     if plus is not None:
         q2, x2, y2, h2 = plus
-        z2, a_qy2 = _logits_chunk(q2, x2, gc, y2, h2, chunk, prec, reverse, block_d, num_warps)
+        z2, a_qy2 = _logits_chunk(q2, gc, y2, h2, shape, chunk, prec, reverse, block_d, num_warps, with_a=not swapped)
+    if swapped:
+        a_qy, a_qy2 = swapped_products[0], swapped_products[-1]
+        for a in swapped_products:
+            if a.shape != (N, E, H, chunk):
+                raise ValueError(f"in-chunk products must be {(N, E, H, chunk)}, got {tuple(a.shape)}")
     logits_intra_kernel[(E // sub, N * H)](x, gc, a_qy, z, x2, a_qy2, z2, E, H, M, BT=chunk, BC=sub, BM=block(M),
                                            LEVELS=_levels(sub), REVERSE=reverse, DOT_PREC=kernel_precision(prec),
-                                           DUAL=plus is not None, num_warps=intra_warps)
-    return z
+                                           DUAL=plus is not None, A_SWAPPED=swapped, num_warps=intra_warps)
+    return (z, a_qy) if keep_products else z

@@ -37,12 +37,14 @@ def _initial_state_grad(h0, gc, r0):
 
 
 def logits_forward(q, s, gc, k, h0, chunk: int, prec: str):
-    """Pass 1: `z = S_t q_t` over states built from (s, g, k) -> z `[N, E, H, M]`, `S_E` `[N, H, M, K]` (float32)
-    and the chunk-start states `[N, H, NT, M, K]` (for the backward to keep or drop).
+    """Pass 1: `z = S_t q_t` over states built from (s, g, k) -> z `[N, E, H, M]`, `S_E` `[N, H, M, K]` (float32),
+    the chunk-start states `[N, H, NT, M, K]` and the in-chunk products `q_t . k_j` `[N, E, H, chunk]` (for the
+    backward to keep or drop: its reverse logits reuse the products, `reverse_scans`).
 
     `gc`: the chunk cumsums of g (computed once for both passes)."""
     h, ht = slot_states(s, gc, k, h0, chunk, prec)
-    return slot_logits(q, s, gc, k, h, chunk, prec), ht, h
+    z, a_qk = slot_logits(q, s, gc, k, h, chunk, prec, keep_products=True)
+    return z, ht, h, a_qk
 
 
 def read_forward(p, s, gc, v, h0, chunk: int, prec: str, **out):
@@ -56,11 +58,12 @@ def read_forward(p, s, gc, v, h0, chunk: int, prec: str, **out):
 
 
 def read_dp(do, s, gc, v, h0, chunk: int, prec: str, h=None):
-    """`dp_t = S_t do_t` `[N, E, H, M]` float32: the gradient of `read_forward`'s p, given its output gradient do
-    `[N, E, H, V]` (any float dtype); `h`: the forward's chunk-start states, recomputed when None."""
+    """`(dp, a)`: `dp_t = S_t do_t` `[N, E, H, M]` float32, the gradient of `read_forward`'s p, given its output
+    gradient do `[N, E, H, V]` (any float dtype), and the in-chunk products `do_t . v_j` `[N, E, H, chunk]` (the
+    reverse logits reuse them); `h`: the forward's chunk-start states, recomputed when None."""
     if h is None:
         h, _ = slot_states(s, gc, v, h0, chunk, prec)
-    return slot_logits(do, s, gc, v, h, chunk, prec)
+    return slot_logits(do, s, gc, v, h, chunk, prec, keep_products=True)
 
 
 def read_dq(dz, s, gc, k, h0, chunk: int, prec: str, h=None, **out):
@@ -74,7 +77,7 @@ def read_dq(dz, s, gc, k, h0, chunk: int, prec: str, h=None, **out):
 
 
 def reverse_scans(s, g, gc, logits: tuple, read: tuple, chunk: int, prec: str, dk_out: Optional[dict] = None,
-                  dv_out: Optional[dict] = None, weights: tuple = (None, None)):
+                  dv_out: Optional[dict] = None, weights: tuple = (None, None), products: Optional[tuple] = None):
     """`(ds, dk, dv, dh0_k, dh0_v)`: the rest of both passes' gradients but the gates', from their states R run
     backwards in time (the module docstring), both scans side by side so their logits read-outs share the decays.
 
@@ -86,12 +89,14 @@ def reverse_scans(s, g, gc, logits: tuple, read: tuple, chunk: int, prec: str, d
     `[N, H, E / chunk, M, K + V]` are alive together (one scan at a time would hold one of them).
     weights: the in-chunk weights of `read_dq` and of `read_forward` (None: computed here): a reverse read of
     (s, r) has the forward read of (r, s)'s weights swapped (`slot_read`'s `swapped_weights`), so dk and dv take
-    them instead of computing their own."""
+    them instead of computing their own. products: the in-chunk products of `logits_forward` and of `read_dp`
+    (`q_t . k_j`, `do_t . v_j`; None: computed here): the paired reverse logits take them swapped
+    (`slot_logits`' `swapped_products`)."""
     gcr = reverse_chunk_cumsum(g, chunk)
     (dz, q, k, dht_k, h0_k), (p, do, v, dht_v, h0_v) = logits, read
     hr_k, r0_k = slot_states(dz, gcr, q, dht_k, chunk, prec, reverse=True)
     hr_v, r0_v = slot_states(p, gcr, do, dht_v, chunk, prec, reverse=True)
-    ds = slot_logits(k, dz, gcr, q, hr_k, chunk, prec, reverse=True, plus=(v, p, do, hr_v))
+    ds = slot_logits(k, dz, gcr, q, hr_k, chunk, prec, reverse=True, plus=(v, p, do, hr_v), swapped_products=products)
     w_k, w_v = weights
     dk = slot_read(s, dz, gcr, q, hr_k, chunk, prec, reverse=True, swapped_weights=w_k, **(dk_out or {}))
     dv = slot_read(s, p, gcr, do, hr_v, chunk, prec, reverse=True, swapped_weights=w_v, **(dv_out or {}))
