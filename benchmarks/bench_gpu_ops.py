@@ -2,13 +2,14 @@
 
 B batch, T time, H heads, D head dim, M slots, w window. Every training row processes 65,536 tokens (B = 65536 / T),
 16 heads, K = V = 128, M = 64, bf16: FlashAttention (torch SDPA, flash backend) causal, fla's sliding-window
-attention and gated slot attention (when fla is installed), NHA for w in {64, 512, 2048}; median ms by
+attention and gated slot attention (when fla is installed), NHA for w in {64, 512, 2048} as the layers call it on a
+GPU (`check_gates=False`; w = 64 also with the check, a host sync, as a direct call does by default); median ms by
 triton.testing.do_bench, as ../shared/bench/anchors_gpu.py does. Decoding: one token at batch 1 and 16 (32 query
 heads, 8 key/value heads, head dim 128), SDPA over a 4k/32k/128k KV cache against NHA's step over its state, as the
 wall-clock mean of a loop of calls (`wall_ms`: host work included).
 Prints markdown tables; writes gpu_ops.json, gpu_ops.md and gpu_ops.png to --out (default $OUT or /tmp).
 
-    PYTHONPATH=src python benchmarks/bench_gpu_ops.py [--quick] [--lengths 65536]
+    PYTHONPATH=src python benchmarks/bench_gpu_ops.py [--quick] [--lengths 65536] [--windows 64] [--no-decode]
 """
 from __future__ import annotations
 
@@ -79,7 +80,7 @@ def fwd_bwd(fn, inputs, do):
     return run
 
 
-def training_rows(lengths, fla, with_gsa: bool, rows: list[dict]) -> list[dict]:
+def training_rows(lengths, fla, with_gsa: bool, rows: list[dict], windows=WINDOWS) -> list[dict]:
     dt, dev = torch.bfloat16, "cuda"
     for T in lengths:
         B = max(1, TOKENS // T)
@@ -98,11 +99,15 @@ def training_rows(lengths, fla, with_gsa: bool, rows: list[dict]) -> list[dict]:
             if not with_gsa:
                 row["sdpa"] = (bench(f, name=f"T{T} sdpa"), bench(fwd_bwd(f, (qt, kt, vt), dot), name="bwd"))
         del qt, kt, vt, dot
-        for w in WINDOWS if not with_gsa else ():
+        for w in windows if not with_gsa else ():
             if w >= T:
                 continue
-            f = lambda w=w: triton_nha(q, k, v, g, w)[0]  # noqa: E731
+            # as the layers call it on a GPU: their gates are <= 0 by construction, so no check (a host sync)
+            f = lambda w=w: triton_nha(q, k, v, g, w, check_gates=False)[0]  # noqa: E731
             row[f"nha_w{w}"] = (bench(f, name=f"nha w{w}"), bench(fwd_bwd(f, (q, k, v, g), do), name="bwd"))
+            if w == 64:  # what the gate check costs a direct call (its default)
+                f = lambda w=w: triton_nha(q, k, v, g, w)[0]  # noqa: E731
+                row["nha_w64_checked"] = (bench(f, name="checked"), bench(fwd_bwd(f, (q, k, v, g), do), name="bwd"))
             if fla is not None:
                 f = lambda w=w: fla["swa"](q, k, v, window_size=w)  # noqa: E731
                 row[f"fla_swa_w{w}"] = (bench(f, name=f"swa w{w}"), bench(fwd_bwd(f, (q, k, v), do), name="bwd"))
@@ -143,9 +148,11 @@ def decoding_rows(contexts, batches, w=64) -> list[dict]:
 
 
 def tables(device: str, train: list[dict], decode: list[dict]) -> str:
-    out = [f"Card: {device}. bf16, {TOKENS} tokens per batch, {H} heads, K = V = {D}, M = {M}; median ms.", ""]
+    out = [f"Card: {device}. bf16, {TOKENS} tokens per batch, {H} heads, K = V = {D}, M = {M}; median ms. NHA as the "
+           "layers call it on a GPU (check_gates=False); nha_w64_checked: with the gate check (a host sync).", ""]
     for mode, i in (("forward", 0), ("forward+backward", 1)):
         cols = ["sdpa"] + [f"{p}_w{w}" for w in WINDOWS for p in ("nha", "fla_swa")] + ["fla_gsa"]
+        cols += ["nha_w64_checked"] if any("nha_w64_checked" in r for r in train) else []
         out += [f"**{mode}**", "", "| T | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
         for r in train:
             out.append(f"| {r['T']:,} | " + " | ".join(f"{r[c][i]:.2f}" if c in r else "-" for c in cols) + " |")
@@ -189,6 +196,9 @@ def main() -> None:
     ap.add_argument("--out", default=os.environ.get("OUT", "/tmp"))
     ap.add_argument("--quick", action="store_true", help="two lengths, batch-1 decoding only")
     ap.add_argument("--lengths", type=int, nargs="+", help="training lengths T (default 2k, 8k, 32k, 64k)")
+    ap.add_argument("--windows", type=int, nargs="+", default=list(WINDOWS),
+                    help="NHA / SWA windows (default 64 512 2048)")
+    ap.add_argument("--no-decode", action="store_true", help="skip the decoding rows")
     ap.add_argument("--plot-from", help="only redraw the plot and tables from a gpu_ops.json written earlier")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -225,10 +235,11 @@ def main() -> None:
         except ImportError as e:  # the GPU image may lack matplotlib: plot later with --plot-from
             print("no plot:", e)
 
-    training_rows(lengths, fla, False, train)
+    training_rows(lengths, fla, False, train, args.windows)
     save()
-    decode += decoding_rows((4096, 32768, 131072), (1,) if args.quick else (1, 16))
-    save()
+    if not args.no_decode:
+        decode += decoding_rows((4096, 32768, 131072), (1,) if args.quick else (1, 16))
+        save()
     # fla's gated slot attention autotunes for minutes on its first calls: it goes last, one length at a time
     for T in lengths if fla is not None else ():
         training_rows((T,), fla, True, train)
