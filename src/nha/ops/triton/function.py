@@ -9,12 +9,15 @@ Forward: window path (banded attention, lse) -> scan gates (`slot_gates`: shift 
 read k and v shifted by w and per query head in place (shift.py's `Shifted`): no copies, nothing more saved.
 Backward: pass 2's dp -> merge and output together (`merge_backward`: dz, the window path's do and delta, the gate
 term dz * z + p * dp) -> window path -> pass 1's dq (in q's dtype with the window path's dq added in its epilogue) ->
-both passes' reverse scans side by side (`reverse_scans`: ds1 + ds2, dk, dv) -> the gates' gradient of both passes at
+both passes' reverse scans side by side (`reverse_scans`: ds1 + ds2, dk, dv; a reverse read-out takes the in-chunk
+tensors of the forward read-out of its pair swapped, transposed: dk dq's weights, dv the output's, the logits the
+forward's q . k and dp's do . v) -> the gates' gradient of both passes at
 once (chunk totals, then every chunk's reverse cumsum summed over the group and moved back to the layer's rows, in
 g's dtype). dk and dv leave their read-outs at the layer's rows in
 the input's dtype with the window path's share added when G = 1; with G > 1 one pass each sums the group, shifts them
-back and adds that share (`unshift`). Both passes' chunk-start states are saved by the forward
-(`Plan.save_states`; else the backward recomputes them).
+back and adds that share (`unshift`). Both passes' chunk-start states, the output read's in-chunk weights and the
+logits' in-chunk products are saved by the forward (`Plan.save_states`; else the backward recomputes them as the
+forward made them).
 """
 from __future__ import annotations
 
@@ -40,7 +43,8 @@ class Plan:
     ends: `[N]` int64 end of each sequence's rows; window: rows of the window path (0: none); shift: the scan's delay
     (w, or past the end for an unbounded window); use_slots: whether the slot path runs at all; group: G;
     length: E; chunk: the scan's chunk; scale: logit scale; prec: slot-scan product precision (slot_chunk.py);
-    save_states: keep both passes' chunk-start states for the backward instead of recomputing them.
+    save_states: keep both passes' chunk-start states and the forward's in-chunk read weights and q . k products for
+        the backward instead of recomputing them.
     """
 
     valid_i8: torch.Tensor

@@ -68,7 +68,9 @@ def triton_nha(
         cu_seqlens: `[N + 1]` offsets of N sequences packed in a `B == 1` batch.
         check_gates: check that g holds no NaN and nothing > 0 (on CUDA that reads g back: a host sync).
         save_states: with gradients, keep the slot scans' chunk-start states (`[N, HQ, T / 64, M, K + V]`, bf16 for
-            half inputs) for the backward instead of recomputing them: faster, for more saved memory.
+            half inputs) and two in-chunk tensors of the forward (the output read's weights and the logits' q . k
+            products, `[N, T, HQ, 64]` float32 each) for the backward instead of recomputing them: faster, for more
+            saved memory.
 
     Returns:
         `o` `[B, T, HQ, V]` in the input dtype, and the final `NHAState` (or None).
