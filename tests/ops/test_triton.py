@@ -217,6 +217,24 @@ def test_gpu_long_forward(w):
     _check(*_half_case(1, T, 2, 2, 128, 128, 64, w, torch.bfloat16, grads=False), torch.bfloat16)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("w", [64, None])
+def test_gpu_training_call_makes_no_host_sync(w):
+    # a layer's training call (no cu_seqlens, no gate check) must let the host run ahead of the GPU: a sync per layer
+    # would leave the GPU idle while the next layer's launches are prepared. Warm (compiled) first, then any
+    # synchronizing operation in the forward or the backward is an error.
+    x = make_inputs(2, 300, 4, 2, 64, 64, 16, device="cuda", dtype=torch.bfloat16, requires_grad=True, seed=5,
+                    shared_window_inputs=True)
+    run = lambda: triton_nha(x["q"], x["k"], x["v"], x["g"], w, check_gates=False)[0].float().square().sum()  # noqa: E731
+    run().backward()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        run().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 class _CountingKernel:
     """A kernel stand-in that counts the launches going through Triton's own launch (`kernel[grid](...)`)."""
 

@@ -66,10 +66,11 @@ def _extend(q, k, v, g, q_win, k_win, shapes: NHAShapes, cu_seqlens, state: Opti
     if cu_seqlens is None:
         starts = torch.zeros(N, dtype=torch.long, device=device)
         lengths = torch.full((N,), T, dtype=torch.long, device=device)
+        t_max = T if N > 0 else 0  # known on the host: no sync
     else:
         cu = cu_seqlens.to(device=device, dtype=torch.long)
         starts, lengths = cu[:-1], cu[1:] - cu[:-1]
-    t_max = int(lengths.max()) if N > 0 else 0
+        t_max = int(lengths.max()) if N > 0 else 0  # the longest sequence sets the layout: one host sync
     t = torch.arange(t_max, device=device)
     keep = t[None, :] < lengths[:, None]  # [N, t_max]
     if cu_seqlens is None:  # already one row per sequence
