@@ -12,7 +12,10 @@ exp(G_s - G_j), so every exp() factor is <= 1 and nothing overflows whatever the
 start for earlier sub-chunks, and inside a sub-chunk the middle of the smallest power-of-two block holding both
 (_split_decays: log2(BC) small products instead of BC pair-by-pair steps).
 Backward passes reuse the same kernels (slot_scan.py derives how); the logits' in-chunk kernel can add a second
-read-out over the same gates (`slot_logits(..., plus=...)`), computing the decays once for both.
+read-out over the same gates (`slot_logits(..., plus=...)`), computing the decays once for both. A reverse read-out
+of a pair has the in-chunk tensors of the forward read-out of the pair swapped, transposed (read weights
+`read_weights`, logits products `chunk_products`): the reverse kernels can take those instead of their own
+(`slot_read(..., swapped_weights=...)`, `slot_logits(..., swapped_products=...)`).
 """
 from __future__ import annotations
 
