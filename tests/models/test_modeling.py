@@ -55,6 +55,31 @@ def test_packed_documents_equal_separate_forwards(name, make_model):
     torch.testing.assert_close(by_positions, separate, atol=1e-5, rtol=1e-5)
 
 
+def test_a_mask_without_padding_reaches_no_layer(make_model, monkeypatch):
+    # an all-ones mask over an empty cache (what HF training and a first prefill pass) is dropped once by the model:
+    # same logits, and no layer syncs on it or builds a dense mask; padding or a filled cache keeps it
+    model = make_model("nha-h")
+    ids = torch.randint(0, 256, (2, 21))
+    seen = []
+    for layer in model.model.layers:
+        forward = layer.self_attn.forward
+        monkeypatch.setattr(layer.self_attn, "forward", lambda *a, f=forward, **kw: seen.append(kw.get(
+            "attention_mask")) or f(*a, **kw))
+    ones = torch.ones_like(ids)
+    torch.testing.assert_close(model(ids, attention_mask=ones).logits, model(ids).logits, atol=0, rtol=0)
+    assert seen and all(m is None for m in seen)
+    seen.clear()
+    padded = ones.clone()
+    padded[1, :3] = 0
+    model(ids, attention_mask=padded)
+    assert seen and all(m is padded for m in seen)
+    seen.clear()
+    out = model(ids[:, :11], past_key_values=NHACache(model.config.layer_windows), use_cache=True)
+    model(ids[:, 11:12], attention_mask=torch.ones(2, 12, dtype=torch.long), past_key_values=out.past_key_values,
+          use_cache=True)
+    assert seen[-1] is not None
+
+
 def test_packed_documents_reject_a_batch_or_a_cache(model):
     cu = torch.tensor([0, 3, 6], dtype=torch.int32)
     with pytest.raises(ValueError, match="batch size must be 1"):

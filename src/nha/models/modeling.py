@@ -187,6 +187,11 @@ class NHAModel(NHAPreTrainedModel):
             use_cache = False
         if use_cache and past_key_values is None:
             past_key_values = NHACache(self.config.layer_windows)
+        if (attention_mask is not None and attention_mask.shape[-1] == T and bool(attention_mask.all())
+                and (past_key_values is None or past_key_values.get_seq_length() == 0)):
+            # no padding and nothing cached (a training batch, a first prefill): the same as no mask, with one host
+            # sync here instead of one per NHA layer, and full-attention layers keep SDPA's causal (flash) path
+            attention_mask = None
         if position_ids is None:
             position_ids = self._default_positions(B, T, attention_mask, past_key_values, cu_seqlens,
                                                    inputs_embeds.device)
