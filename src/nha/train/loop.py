@@ -129,10 +129,11 @@ def inputs(batch: dict, device: torch.device) -> dict:
 
 def next_token_loss(model, batch: dict, device: torch.device) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy over the scored targets of one micro-batch, and their count."""
+    count = int((batch["targets"] != IGNORE).sum())  # counted where the batch was made (a CPU batch: no GPU sync)
     targets = batch["targets"].to(device, non_blocking=True)
     logits = model(**inputs(batch, device), use_cache=False).logits
     loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum")
-    return loss, int((targets != IGNORE).sum())
+    return loss, count
 
 
 class _Log:
@@ -198,15 +199,15 @@ def run_steps(model, optimizer, scheduler, source, loss_fn, cfg: TrainConfig, d,
     for step in range(start, stop):
         t0 = time.perf_counter()
         batches = [source.batch(step, j) for j in mine]
-        loss_sum = count = 0.0
+        loss_sum, count = 0.0, 0
         for i, batch in enumerate(batches):
             with no_grad_sync(model, sync=i == len(batches) - 1):
                 with bf16_autocast(d.device, bf16):
                     loss, n = loss_fn(model, batch, d.device)
                 loss.backward()
-            loss_sum, count = loss_sum + float(loss.detach()), count + n
+            loss_sum, count = loss_sum + loss.detach().double(), count + n  # on the device: read once per step
         tokens = sum(b["input_ids"].numel() for b in batches)
-        loss_sum, count, tokens = d.all_reduce_sum([loss_sum, count, tokens])
+        loss_sum, count, tokens = d.all_reduce_sum([float(loss_sum), count, tokens])
         # DDP/FSDP averaged the summed gradients over ranks: times world_size / global count gives the global mean's
         scale = d.world_size / max(count, 1)
         for p in model.parameters():
