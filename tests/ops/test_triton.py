@@ -219,13 +219,16 @@ def test_gpu_long_forward(w):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("w", [64, None])
-def test_gpu_training_call_makes_no_host_sync(w):
-    # a layer's training call (no cu_seqlens, no gate check) must let the host run ahead of the GPU: a sync per layer
-    # would leave the GPU idle while the next layer's launches are prepared. Warm (compiled) first, then any
-    # synchronizing operation in the forward or the backward is an error.
-    x = make_inputs(2, 300, 4, 2, 64, 64, 16, device="cuda", dtype=torch.bfloat16, requires_grad=True, seed=5,
-                    shared_window_inputs=True)
-    run = lambda: triton_nha(x["q"], x["k"], x["v"], x["g"], w, check_gates=False)[0].float().square().sum()  # noqa: E731
+@pytest.mark.parametrize("packed", [False, True])
+def test_gpu_training_call_makes_no_host_sync(w, packed):
+    # a layer's training call (no gate check; packed documents with their offsets on the CPU, as the model passes
+    # them) must let the host run ahead of the GPU: a sync per layer would leave the GPU idle while the next layer's
+    # launches are prepared. Warm (compiled) first, then any synchronizing operation in forward or backward is an error.
+    x = make_inputs(1 if packed else 2, 300, 4, 2, 64, 64, 16, device="cuda", dtype=torch.bfloat16,
+                    requires_grad=True, seed=5, shared_window_inputs=True)
+    cu = torch.tensor([0, 100, 100, 300], dtype=torch.int32) if packed else None
+    run = lambda: triton_nha(x["q"], x["k"], x["v"], x["g"], w, check_gates=False,  # noqa: E731
+                             cu_seqlens=cu)[0].float().square().sum()
     run().backward()
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")

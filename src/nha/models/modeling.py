@@ -185,6 +185,9 @@ class NHAModel(NHAPreTrainedModel):
                 raise ValueError("cu_seqlens (packed documents) is for training: pass it without attention_mask "
                                  "or past_key_values")
             use_cache = False
+            # the operator reads the offsets on the host (the layout's length, their checks): a GPU copy would cost
+            # each layer host syncs, so it moves to the CPU once here (free when it already is there)
+            cu_seqlens = cu_seqlens.cpu()
         if use_cache and past_key_values is None:
             past_key_values = NHACache(self.config.layer_windows)
         if (attention_mask is not None and attention_mask.shape[-1] == T and bool(attention_mask.all())
@@ -223,8 +226,8 @@ class NHAModel(NHAPreTrainedModel):
         """Absolute positions inside each sequence, as `NativeHybridAttention.default_positions` counts them."""
         if cu_seqlens is not None:
             t = torch.arange(T, device=device)
-            doc = torch.searchsorted(cu_seqlens[1:].to(device), t, right=True)
-            return (t - cu_seqlens.to(device).long()[doc])[None]
+            cu = cu_seqlens.to(device, torch.long, non_blocking=True)
+            return (t - cu[torch.searchsorted(cu[1:], t, right=True)])[None]
         if attention_mask is not None:
             return (attention_mask.long().cumsum(-1) - 1)[:, -T:].clamp(min=0)
         past = cache.get_seq_length() if cache is not None else 0

@@ -68,9 +68,12 @@ def _extend(q, k, v, g, q_win, k_win, shapes: NHAShapes, cu_seqlens, state: Opti
         lengths = torch.full((N,), T, dtype=torch.long, device=device)
         t_max = T if N > 0 else 0  # known on the host: no sync
     else:
-        cu = cu_seqlens.to(device=device, dtype=torch.long)
+        # the longest sequence sets the layout: read where the offsets live (a CPU cu_seqlens costs no sync, a GPU
+        # one a host sync), then they move to the inputs' device without waiting for the GPU
+        cu = cu_seqlens.long()
+        t_max = int((cu[1:] - cu[:-1]).max()) if N > 0 else 0
+        cu = cu.to(device, non_blocking=True)
         starts, lengths = cu[:-1], cu[1:] - cu[:-1]
-        t_max = int(lengths.max()) if N > 0 else 0  # the longest sequence sets the layout: one host sync
     t = torch.arange(t_max, device=device)
     keep = t[None, :] < lengths[:, None]  # [N, t_max]
     if cu_seqlens is None:  # already one row per sequence
@@ -366,9 +369,11 @@ def _to_input_layout(o: torch.Tensor, shapes: NHAShapes, cu_seqlens, lengths) ->
     """`[N, t_max, HQ, V]` per-sequence rows -> `[B, T, HQ, V]` (packed back when `cu_seqlens` is given)."""
     if cu_seqlens is None:
         return o
-    t = torch.arange(o.shape[1], device=o.device)
-    keep = t[None, :] < lengths[:, None]
-    return o[keep][None]
+    # packed row p of sequence n is its row p - start_n: an integer gather (a boolean mask would sync on its count)
+    cu = F.pad(lengths.cumsum(0), (1, 0))
+    p = torch.arange(shapes.time, device=o.device)
+    n = torch.searchsorted(cu[1:], p, right=True)
+    return o[n, p - cu[n]][None]
 
 
 def _final_state(ext: Extended, w, shapes: NHAShapes, slots: Optional[SlotChunks], acc) -> NHAState:

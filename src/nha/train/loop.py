@@ -123,8 +123,9 @@ def bf16_autocast(device: torch.device, enabled: bool):
 
 
 def inputs(batch: dict, device: torch.device) -> dict:
-    """A batch's model inputs (everything but `targets`) on `device`."""
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "targets"}
+    """A batch's model inputs (everything but `targets`) on `device`; `cu_seqlens` stays where it is (the model reads
+    the document offsets on the host: a CPU tensor costs no GPU sync)."""
+    return {k: v if k == "cu_seqlens" else v.to(device, non_blocking=True) for k, v in batch.items() if k != "targets"}
 
 
 def next_token_loss(model, batch: dict, device: torch.device) -> tuple[torch.Tensor, int]:
