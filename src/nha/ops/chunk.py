@@ -369,11 +369,11 @@ def _to_input_layout(o: torch.Tensor, shapes: NHAShapes, cu_seqlens, lengths) ->
     """`[N, t_max, HQ, V]` per-sequence rows -> `[B, T, HQ, V]` (packed back when `cu_seqlens` is given)."""
     if cu_seqlens is None:
         return o
-    # packed row p of sequence n is its row p - start_n: an integer gather (a boolean mask would sync on its count)
+    # packed row p of sequence n is its row p - start_n: an index_select (a boolean mask would sync on its count)
     cu = F.pad(lengths.cumsum(0), (1, 0))
     p = torch.arange(shapes.time, device=o.device)
     n = torch.searchsorted(cu[1:], p, right=True)
-    return o[n, p - cu[n]][None]
+    return o.flatten(0, 1).index_select(0, n * o.shape[1] + p - cu[n])[None]
 
 
 def _final_state(ext: Extended, w, shapes: NHAShapes, slots: Optional[SlotChunks], acc) -> NHAState:
