@@ -14,6 +14,7 @@ import torch
 from nha.ops import chunk_nha, naive_recurrent_nha, recurrent_nha_step
 from nha.ops.testing import INPUT_NAMES, make_inputs, random_state, rel_rmse
 from nha.ops.triton import common, triton_nha, triton_nha_step
+from nha.ops.triton import nha as triton_nha_module
 from nha.ops.triton.decode import _launch_decode
 
 STATE_GRADS = ("slot_k", "slot_v", "window_k", "window_v", "window_g", "window_k_win")
@@ -215,6 +216,23 @@ def test_gpu_shared_window_inputs(dtype):
 def test_gpu_long_forward(w):
     T = 65536 if w is not None else 16384
     _check(*_half_case(1, T, 2, 2, 128, 128, 64, w, torch.bfloat16, grads=False), torch.bfloat16)
+
+
+@pytest.mark.parametrize("w", [64, None])
+@pytest.mark.parametrize("packed", [False, True])
+def test_the_operators_glue_reads_no_device_value(w, packed, monkeypatch):
+    # everything triton_nha does around its kernels (checks, layout, packing back) on meta tensors, which hold no
+    # values: reading one back (what syncs the host with a GPU) raises. The kernels' Function is replaced by one that
+    # only shapes its output; the offsets of packed documents come on the CPU, as the model passes them.
+    def shapes_only(q, k, v, g, q_win, k_win, h0_k, h0_v, plan):
+        return q.new_empty(*q.shape[:3], v.shape[-1]), None, None
+
+    monkeypatch.setattr(triton_nha_module.NHAFunction, "apply", shapes_only)
+    B, T, cu = (1, 300, torch.tensor([0, 100, 100, 300], dtype=torch.int32)) if packed else (2, 300, None)
+    q, k = torch.empty(B, T, 4, 16, device="meta"), torch.empty(B, T, 2, 16, device="meta")
+    g = torch.empty(B, T, 2, 8, device="meta")
+    o, _ = triton_nha(q, k, k, g, w, check_gates=False, cu_seqlens=cu)
+    assert o.shape == (B, T, 4, 16)
 
 
 @pytest.mark.gpu
