@@ -4,7 +4,7 @@ B batch, T time, H heads, D head dim, M slots, w window. Every training row proc
 16 heads, K = V = 128, M = 64, bf16: FlashAttention (torch SDPA, flash backend) causal, fla's sliding-window
 attention and gated slot attention (when fla is installed), NHA for w in {64, 512, 2048} as the layers call it on a
 GPU (`check_gates=False`; w = 64 also with the check, a host sync, as a direct call does by default); median ms by
-triton.testing.do_bench, as ../shared/bench/anchors_gpu.py does. Decoding: one token at batch 1 and 16 (32 query
+triton.testing.do_bench, as ../shared/bench/anchors_gpu.py does. Decoding: one token at batch 1, 16 and 64 (32 query
 heads, 8 key/value heads, head dim 128), SDPA over a 4k/32k/128k KV cache against NHA's step over its state, as the
 wall-clock mean of a loop of calls (`wall_ms`: host work included).
 Prints markdown tables; writes gpu_ops.json, gpu_ops.md and gpu_ops.png to --out (default $OUT or /tmp).
@@ -238,7 +238,7 @@ def main() -> None:
     training_rows(lengths, fla, False, train, args.windows)
     save()
     if not args.no_decode:
-        decode += decoding_rows((4096, 32768, 131072), (1,) if args.quick else (1, 16))
+        decode += decoding_rows((4096, 32768, 131072), (1,) if args.quick else (1, 16, 64))
         save()
     # fla's gated slot attention autotunes for minutes on its first calls: it goes last, one length at a time
     for T in lengths if fla is not None else ():
