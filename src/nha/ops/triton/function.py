@@ -178,9 +178,9 @@ def _backward(do, dht_k, dht_v, saved, plan: Plan, shared):
         a_qk = chunk_products(q_in, k_in, gc, C, prec)
     dk_other = dk_w if shared[1] else None
     ds, dk, dv, dh0_k, dh0_v = reverse_scans(s_in, g_in, gc, (dz, q_in, k_in, dht_k, h0_k), (p, do_in, v_in, dht_v, h0_v),
-                                             C, prec, dk_out=_layer_rows_out(plan, S, G, dk_other, k.dtype),
-                                             dv_out=_layer_rows_out(plan, S, G, dv_w, v.dtype), weights=(w_dq, w_o),
-                                             products=(a_qk, a_dov))
+                                             (w_dq, w_o), (a_qk, a_dov), C, prec,
+                                             dk_out=_layer_rows_out(plan, S, G, dk_other, k.dtype),
+                                             dv_out=_layer_rows_out(plan, S, G, dv_w, v.dtype))
     finals = [t for t in (final_term(dht_k, ht_k), final_term(dht_v, ht_v)) if t is not None]
     dg = slot_gates_grad(g, plan.valid_i8, plan.ends, plan.shift, C, s_in, pass_term, ds,
                          sum(finals) if finals else None)

@@ -97,8 +97,8 @@ def gate_chunk_totals_kernel(pass_term, s, ds, tot, E, HQ, M, BT: tl.constexpr, 
 
 @triton.jit
 def _later_block(tot, later, o_r, m_r, i_b, NT, carry, BC: tl.constexpr):
-    # block i_b of BC chunks of _later's rows: the sum after each chunk is its block's reverse cumsum, less itself,
-    # plus `carry` (the blocks after it); returns the carry of the block before it
+    # block i_b of BC chunks of later_totals_kernel's rows: the sum after each chunk is its block's reverse cumsum,
+    # less itself, plus `carry` (the blocks after it); returns the carry of the block before it
     c = i_b * BC + tl.arange(0, BC)
     m = m_r[:, None] & (c < NT)[None, :]
     p = o_r[:, None].to(tl.int64) * NT + c[None, :]

@@ -530,6 +530,7 @@ def _logits_chunk(q, gc, y, h, shape: tuple, chunk: int, prec: str, reverse: boo
     z = new_output(N, E, H, M, device=gc.device) if with_z else None
     a_qy = new_output(N, E, H, chunk, device=gc.device) if with_a else None
     (q, *q_map), (y, *y_map) = source_rows(q, E, H), source_rows(y, E, H)
+    # an output or input the kernel's WITH_Z / WITH_A leave untouched gets gc in its place (any pointer will do)
     logits_chunk_kernel[(E // chunk, N * H)](q, gc, y, h if with_z else gc, z if with_z else gc,
                                              a_qy if with_a else gc, E, H, M, D, *q_map, *y_map, BT=chunk, BM=BM,
                                              BD=BD, ND=triton.cdiv(D, BD), REVERSE=reverse,
@@ -540,8 +541,9 @@ def _logits_chunk(q, gc, y, h, shape: tuple, chunk: int, prec: str, reverse: boo
 
 def chunk_products(q, y, gc, chunk: int, prec: str, block_d: int = 0, num_warps: int = 4) -> torch.Tensor:
     """`A[t, j] = q_t . y_j` for the rows j of t's chunk, `[N, E, H, chunk]` float32 (column j - chunk start), as
-    `slot_logits(q, x, gc, y, ...)` computes them for its in-chunk part (`keep_products`); q a `[N, E, H, D]` tensor,
-    y as `slot_logits`' (a tensor or a `Shifted`), gc the scan's `[N, E, H, M]` chunk cumsums (for its shape)."""
+    `slot_logits(q, x, gc, y, ...)` computes them for its in-chunk part (`keep_products`), bit for bit; q a
+    `[N, E, H, D]` tensor, y as `slot_logits`' (a tensor or a `Shifted`), gc the scan's `[N, E, H, M]` chunk cumsums
+    (for its shape: M sets the D blocks, hence the order of the sums)."""
     return _logits_chunk(q, gc, y, None, tuple(gc.shape), chunk, prec, False, block_d, num_warps, with_z=False)[1]
 
 

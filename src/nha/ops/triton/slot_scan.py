@@ -76,8 +76,8 @@ def read_dq(dz, s, gc, k, h0, chunk: int, prec: str, h=None, **out):
     return slot_read(dz, s, gc, k, h, chunk, prec, weights=w, **out), w
 
 
-def reverse_scans(s, g, gc, logits: tuple, read: tuple, chunk: int, prec: str, dk_out: Optional[dict] = None,
-                  dv_out: Optional[dict] = None, weights: tuple = (None, None), products: Optional[tuple] = None):
+def reverse_scans(s, g, gc, logits: tuple, read: tuple, weights: tuple, products: tuple, chunk: int, prec: str,
+                  dk_out: Optional[dict] = None, dv_out: Optional[dict] = None):
     """`(ds, dk, dv, dh0_k, dh0_v)`: the rest of both passes' gradients but the gates', from their states R run
     backwards in time (the module docstring), both scans side by side so their logits read-outs share the decays.
 
@@ -87,11 +87,10 @@ def reverse_scans(s, g, gc, logits: tuple, read: tuple, chunk: int, prec: str, d
     The kernels read r, c, s, y back to front and write in place order; only the gates' chunk cumsums are laid out in
     the flipped order (one `reverse_chunk_cumsum` for both scans). Both scans' float32 chunk-start states
     `[N, H, E / chunk, M, K + V]` are alive together (one scan at a time would hold one of them).
-    weights: the in-chunk weights of `read_dq` and of `read_forward` (None: computed here): a reverse read of
-    (s, r) has the forward read of (r, s)'s weights swapped (`slot_read`'s `swapped_weights`), so dk and dv take
-    them instead of computing their own. products: the in-chunk products of `logits_forward` and of `read_dp`
-    (`q_t . k_j`, `do_t . v_j`; None: computed here): the paired reverse logits take them swapped
-    (`slot_logits`' `swapped_products`)."""
+    weights: the in-chunk weights of `read_dq` and of `read_forward`: a reverse read of (s, r) has the forward read
+    of (r, s)'s weights swapped (`slot_read`'s `swapped_weights`), so dk and dv take them instead of computing their
+    own. products: the in-chunk products of `logits_forward` and of `read_dp` (`q_t . k_j`, `do_t . v_j`): the
+    paired reverse logits take them swapped (`slot_logits`' `swapped_products`)."""
     gcr = reverse_chunk_cumsum(g, chunk)
     (dz, q, k, dht_k, h0_k), (p, do, v, dht_v, h0_v) = logits, read
     hr_k, r0_k = slot_states(dz, gcr, q, dht_k, chunk, prec, reverse=True)
