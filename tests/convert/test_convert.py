@@ -125,6 +125,16 @@ def test_gates_derive_from_keys_at_the_from_scratch_spread():
     assert -0.2 < float(g.mean()) < -0.04  # decays around exp(log(1/2) / 8) = 0.92 per token
 
 
+def test_gates_derive_on_the_keys_device():
+    # a source already on a GPU converts there: the pooling rows (drawn on the CPU) follow the keys. "meta" stands in
+    # for another device here; it fails the same way (CPU rows against the keys' device) when they do not follow
+    w = gate_from_keys(torch.empty(2 * 8, 32, device="meta"), num_kv_heads=2, num_slots=4, target_std=0.5)
+    assert w.device.type == "meta" and w.shape == (8, 32)
+    w = gate_from_keys(torch.empty(2 * 8, 32, device="meta"), num_kv_heads=2, num_slots=4, target_std=0.5,
+                       norm_weight=torch.empty(32, device="meta"))
+    assert w.device.type == "meta"
+
+
 def test_unsupported_models_and_bad_layouts_fail_clearly():
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64))
     with pytest.raises(ValueError, match="supported architectures are LlamaForCausalLM, MistralForCausalLM"):

@@ -68,9 +68,9 @@ def gate_from_keys(
     if HD % num_kv_heads:
         raise ValueError(f"k_proj has {HD} rows, not a multiple of num_kv_heads={num_kv_heads}")
     D = HD // num_kv_heads
-    P = pooling_matrix(num_slots, D, seed=seed)
-    gamma = torch.ones(hidden) if norm_weight is None else norm_weight.detach().float()
     k = k_weight.detach().float().view(num_kv_heads, D, hidden)
+    P = pooling_matrix(num_slots, D, seed=seed).to(k.device)  # drawn on the CPU: the same rows on every device
+    gamma = torch.ones(hidden, device=k.device) if norm_weight is None else norm_weight.detach().float()
     w = torch.einsum("md,hdc->hmc", P, k)  # [H, M, hidden]
     spread = (w * gamma).pow(2).sum(-1).mean(-1).sqrt()  # [H]: RMS of the gate rows' effective norms
     w = w * (target_std / spread.clamp_min(1e-12))[:, None, None]
