@@ -1,4 +1,6 @@
 """Dispatch of nha_attention, and bad input: each mistake raises ValueError with a sentence naming it."""
+import warnings
+
 import pytest
 import torch
 
@@ -128,3 +130,13 @@ def test_check_gates_false_skips_only_the_value_check(fn):
     x["k"] = x["k"][:, :, :1]
     with pytest.raises(ValueError, match="must have shape"):
         run(check_gates=False)
+
+
+def test_gate_check_on_gates_that_need_gradients_warns_nothing():
+    # a CPU training call checks its gates; reading the max of a tensor that requires grad used to warn every call
+    x = make_inputs(1, 12, 2, 2, 8, 8, 4, requires_grad=True, seed=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        o, _ = chunk_nha(x["q"], x["k"], x["v"], x["g"], 4)
+        o.sum().backward()
+    assert x["g"].grad is not None

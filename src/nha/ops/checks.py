@@ -90,7 +90,7 @@ def check_inputs(
     if M == 0 and window_size == 0:
         raise ValueError("num_slots == 0 with window_size == 0 leaves nothing to attend to: give slots or a window")
     if check_gate_values and M > 0 and g.numel() > 0:
-        top = float(g.amax())  # one reduction and one host sync: amax propagates NaN
+        top = float(g.detach().amax())  # one reduction and one host sync: amax propagates NaN
         if top != top:
             raise ValueError("`g` (log forget gates) contains NaN")
         if top > 0:
