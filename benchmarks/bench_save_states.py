@@ -1,8 +1,9 @@
-"""Time and peak memory of one Triton NHA forward+backward with the forward's chunk-start states saved for the
-backward (`save_states=True`, the default) and recomputed (`False`), on a GPU.
+"""Time and peak memory of one Triton NHA forward+backward with the forward's chunk-start states and in-chunk
+tensors saved for the backward (`save_states=True`, the default) and recomputed (`False`), on a GPU, and of SDPA's
+(FlashAttention) causal attention on the same inputs for scale.
 
 T time, H heads, D head dim, M slots, w window; bf16, one sequence of 65,536 tokens. Peak = the most memory allocated
-during one step above what the inputs hold. Figures: BENCHMARKS.md, session 8 (gpu_session8_h200.log, call 2).
+during one step above what the inputs hold. Figures: BENCHMARKS.md, sessions 8 and 11.
 
     PYTHONPATH=src python benchmarks/bench_save_states.py
 """
@@ -31,15 +32,23 @@ def main() -> None:
                 o, _ = triton_nha(q, k, v, g, w, save_states=save, check_gates=False)
                 o.backward(do)
 
-            step()
-            torch.cuda.synchronize()
-            base = torch.cuda.memory_allocated()
-            torch.cuda.reset_peak_memory_stats()
-            step()
-            torch.cuda.synchronize()
-            peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-            ms = triton.testing.do_bench(step, warmup=5, rep=40)
-            print(f"w={w} save_states={save}: fwd+bwd {ms:.2f} ms, peak above inputs {peak:.0f} MiB", flush=True)
+            report(f"w={w} save_states={save}", step)
+    q, k, v = (torch.randn(1, H, T, D, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    do = torch.randn(1, H, T, D, device="cuda", dtype=torch.bfloat16)
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
+        report("SDPA causal", lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True).backward(do))
+
+
+def report(name: str, step) -> None:
+    step()
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    ms = triton.testing.do_bench(step, warmup=5, rep=40)
+    print(f"{name}: fwd+bwd {ms:.2f} ms, peak above inputs {peak:.0f} MiB", flush=True)
 
 
 if __name__ == "__main__":
