@@ -112,6 +112,23 @@ def test_recomputed_states_give_the_same_gradients():
     assert ga.keys() == gb.keys() and all(torch.equal(ga[n], gb[n]) for n in ga), "gradients differ"
 
 
+def test_recomputing_mode_saves_only_the_logits_of_the_slot_path():
+    # save_states=False (the low-memory mode) keeps, of the per-token per-slot float32 tensors, only the slot logits z:
+    # the scan's gates (three), the slot probabilities and the in-chunk tensors are recomputed in the backward
+    x = make_inputs(1, 140, 4, 2, 16, 16, 8, device=DEVICE, requires_grad=True, seed=4)
+
+    def saved(save_states):
+        shapes = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: shapes.append((t.dtype, t.shape)) or t, lambda t: t):
+            triton_nha(x["q"], x["k"], x["v"], x["g"], 6, save_states=save_states)
+        per_slot = sum(dt == torch.float32 and len(sh) == 4 and sh[2] == 4 and sh[3] == 8 for dt, sh in shapes)
+        return per_slot, sum(sh.numel() * dt.itemsize for dt, sh in shapes)
+
+    (kept, full), (kept_low, low) = saved(True), saved(False)
+    assert kept == 5 and kept_low == 1  # g_in, s_in, gc, z, p -> z
+    assert full - low >= 4 * 140 * 4 * 8 * 4  # at least those four tensors' bytes (the states and weights besides)
+
+
 def test_steep_gates_stay_finite():
     # decays far below exp(-88) inside one chunk: every exp() factor in the kernels must stay <= 1
     x = make_inputs(1, 70, 1, 1, 16, 16, 4, device=DEVICE, requires_grad=True, seed=3)

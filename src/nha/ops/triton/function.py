@@ -16,8 +16,9 @@ once (chunk totals, then every chunk's reverse cumsum summed over the group and 
 g's dtype). dk and dv leave their read-outs at the layer's rows in
 the input's dtype with the window path's share added when G = 1; with G > 1 one pass each sums the group, shifts them
 back and adds that share (`unshift`). Both passes' chunk-start states, the output read's in-chunk weights and the
-logits' in-chunk products are saved by the forward (`Plan.save_states`; else the backward recomputes them as the
-forward made them).
+logits' in-chunk products are saved by the forward (`Plan.save_states`); else the backward recomputes them, the
+scan's gates and the slot probabilities too, as the forward made them (bit-identical; only the window path's output
+and the slot logits stay saved besides the inputs).
 """
 from __future__ import annotations
 
@@ -43,8 +44,8 @@ class Plan:
     ends: `[N]` int64 end of each sequence's rows; window: rows of the window path (0: none); shift: the scan's delay
     (w, or past the end for an unbounded window); use_slots: whether the slot path runs at all; group: G;
     length: E; chunk: the scan's chunk; scale: logit scale; prec: slot-scan product precision (slot_chunk.py);
-    save_states: keep both passes' chunk-start states and the forward's in-chunk read weights and q . k products for
-        the backward instead of recomputing them.
+    save_states: keep both passes' chunk-start states, the forward's in-chunk read weights and q . k products, the
+        scan's gates and the slot probabilities for the backward instead of recomputing them.
     """
 
     valid_i8: torch.Tensor
@@ -104,7 +105,8 @@ class NHAFunction(torch.autograd.Function):
         p, a = merge_forward(z, lse_win, plan.live_i8, plan.scale)
         o, ht_v, h_v, w_o = read_forward(p, s_in, gc, v_in, h0_v, C, prec, a=a, o_win=o_win, dtype=q.dtype,
                                          out_rows=S)
-        h_k, h_v, w_o, a_qk = (h_k, h_v, w_o, a_qk) if plan.save_states else (None, None, None, None)
+        if not plan.save_states:  # the backward recomputes these, as the forward made them
+            h_k = h_v = w_o = a_qk = g_in = s_in = gc = p = None
         ctx.save_for_backward(qw, kw, v, o_win, lse_win, g, q_in, k, g_in, s_in, gc, z, p, a, h0_k, h0_v, ht_k, ht_v,
                               h_k, h_v, w_o, a_qk)
         return o, ht_k, ht_v
@@ -158,6 +160,9 @@ def _backward(do, dht_k, dht_v, saved, plan: Plan, shared):
     N, S, HQ = qw.shape[0], qw.shape[1], q_in.shape[2]
     E, C, G, prec = plan.length, plan.chunk, plan.group, plan.prec
     k_in, v_in = shifted(k, plan.shift, E, G), shifted(v, plan.shift, E, G)
+    if gc is None:  # not saved (`save_states=False`): the scan's gates and the slot probabilities, recomputed
+        g_in, s_in, gc = slot_gates(g, plan.valid_i8, plan.ends, plan.shift, G, E, C)
+        p, _ = merge_forward(z, lse_win, plan.live_i8, plan.scale)
     do = q_in.new_zeros(N, S, HQ, v.shape[-1]) if do is None else do.contiguous()
     dht_k = None if dht_k is None else dht_k.float().contiguous()
     dht_v = None if dht_v is None else dht_v.float().contiguous()
