@@ -1,15 +1,17 @@
 """GPU timings of the Triton NHA operator against the baselines, re-measured in the same run.
 
 B batch, T time, H heads, D head dim, M slots, w window. Every training row processes 65,536 tokens (B = 65536 / T),
-16 heads, K = V = 128, M = 64, bf16: FlashAttention (torch SDPA, flash backend) causal, fla's sliding-window
-attention and gated slot attention (when fla is installed), NHA for w in {64, 512, 2048} as the layers call it on a
-GPU (`check_gates=False`; w = 64 also with the check, a host sync, as a direct call does by default); median ms by
-triton.testing.do_bench, as ../shared/bench/anchors_gpu.py does. Decoding: one token at batch 1, 16 and 64 (32 query
-heads, 8 key/value heads, head dim 128), SDPA over a 4k/32k/128k KV cache against NHA's step over its state, as the
-wall-clock mean of a loop of calls (`wall_ms`: host work included).
+16 heads (`--heads HQ HKV`: GQA), K = V = 128, M = 64, bf16: FlashAttention (torch SDPA, flash backend) causal,
+fla's sliding-window attention and gated slot attention (when fla is installed; GSA only without GQA), NHA for w in
+{64, 512, 2048} as the layers call it on a GPU (`check_gates=False`; w = 64 also with the check, a host sync, as a
+direct call does by default); median ms by triton.testing.do_bench, as ../shared/bench/anchors_gpu.py does.
+Decoding: one token at batch 1, 16 and 64 (32 query heads, 8 key/value heads, head dim 128), SDPA over a
+4k/32k/128k KV cache against NHA's step over its state, as the wall-clock mean of a loop of calls (`wall_ms`: host
+work included).
 Prints markdown tables; writes gpu_ops.json, gpu_ops.md and gpu_ops.png to --out (default $OUT or /tmp).
 
-    PYTHONPATH=src python benchmarks/bench_gpu_ops.py [--quick] [--lengths 65536] [--windows 64] [--no-decode | --no-train]
+    PYTHONPATH=src python benchmarks/bench_gpu_ops.py [--quick] [--lengths 65536] [--windows 64] [--heads 32 8]
+        [--no-decode | --no-train]
 """
 from __future__ import annotations
 
@@ -85,8 +87,10 @@ def fwd_bwd(fn, inputs, do):
     return run
 
 
-def training_rows(lengths, fla, with_gsa: bool, rows: list[dict], windows=WINDOWS) -> list[dict]:
-    dt, dev = torch.bfloat16, "cuda"
+def training_rows(lengths, fla, with_gsa: bool, rows: list[dict], windows=WINDOWS, heads=(H, H)) -> list[dict]:
+    """Time every method at each T; `heads` = (query heads, key/value heads): GQA when they differ (SDPA with
+    `enable_gqa`; fla's GSA, which takes one head count, only without GQA)."""
+    dt, dev, (HQ, HKV) = torch.bfloat16, "cuda", heads
     for T in lengths:
         B = max(1, TOKENS // T)
         row = next((r for r in rows if r["T"] == T), None)
@@ -94,13 +98,13 @@ def training_rows(lengths, fla, with_gsa: bool, rows: list[dict], windows=WINDOW
             row = {"T": T, "B": B}
             rows.append(row)
         rnd = lambda *s: torch.randn(*s, device=dev, dtype=dt, requires_grad=True)  # noqa: E731
-        q, k, v = rnd(B, T, H, D), rnd(B, T, H, D), rnd(B, T, H, D)
-        do = torch.randn(B, T, H, D, device=dev, dtype=dt)
-        g = F.logsigmoid(torch.randn(B, T, H, M, device=dev)).div(8).to(dt).requires_grad_()
+        q, k, v = rnd(B, T, HQ, D), rnd(B, T, HKV, D), rnd(B, T, HKV, D)
+        do = torch.randn(B, T, HQ, D, device=dev, dtype=dt)
+        g = F.logsigmoid(torch.randn(B, T, HKV, M, device=dev)).div(8).to(dt).requires_grad_()
         qt, kt, vt = (x.detach().transpose(1, 2).contiguous().requires_grad_() for x in (q, k, v))
         dot = do.transpose(1, 2).contiguous()
         with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
-            f = lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=True)  # noqa: E731
+            f = lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, enable_gqa=HQ != HKV)  # noqa: E731
             if not with_gsa:
                 row["sdpa"] = (bench(f, name=f"T{T} sdpa"), bench(fwd_bwd(f, (qt, kt, vt), dot), name="bwd"))
         del qt, kt, vt, dot
@@ -115,9 +119,12 @@ def training_rows(lengths, fla, with_gsa: bool, rows: list[dict], windows=WINDOW
                 row["nha_w64_checked"] = (bench(f, name="checked"), bench(fwd_bwd(f, (q, k, v, g), do), name="bwd"))
             if fla is not None:
                 f = lambda w=w: fla["swa"](q, k, v, window_size=w)  # noqa: E731
-                row[f"fla_swa_w{w}"] = (bench(f, name=f"swa w{w}"), bench(fwd_bwd(f, (q, k, v), do), name="bwd"))
-        if fla is not None and with_gsa:
-            s = torch.randn(B, T, H, M, device=dev, dtype=dt, requires_grad=True)
+                try:
+                    row[f"fla_swa_w{w}"] = (bench(f, name=f"swa w{w}"), bench(fwd_bwd(f, (q, k, v), do), name="bwd"))
+                except Exception as e:  # noqa: BLE001 (a baseline that cannot run these shapes leaves its cell empty)
+                    print(f"  fla swa w{w} failed: {type(e).__name__}: {e}", flush=True)
+        if fla is not None and with_gsa and HQ == HKV:
+            s = torch.randn(B, T, HKV, M, device=dev, dtype=dt, requires_grad=True)
             f = lambda: fla["gsa"](q, k, v, s, g)[0]  # noqa: E731
             row["fla_gsa"] = (bench(f, name=f"T{T} gsa"), bench(fwd_bwd(f, (q, k, v, s, g), do), name="bwd"))
             del s
@@ -152,9 +159,11 @@ def decoding_rows(contexts, batches, w=64) -> list[dict]:
     return rows
 
 
-def tables(device: str, train: list[dict], decode: list[dict]) -> str:
-    out = [f"Card: {device}. bf16, {TOKENS} tokens per batch, {H} heads, K = V = {D}, M = {M}; median ms. NHA as the "
-           "layers call it on a GPU (check_gates=False); nha_w64_checked: with the gate check (a host sync).", ""]
+def tables(device: str, train: list[dict], decode: list[dict], heads=(H, H)) -> str:
+    heads_text = f"{heads[0]} heads" if heads[0] == heads[1] else f"{heads[0]} query / {heads[1]} key-value heads"
+    out = [f"Card: {device}. bf16, {TOKENS} tokens per batch, {heads_text}, K = V = {D}, M = {M}; median ms. "
+           "NHA as the layers call it on a GPU (check_gates=False); nha_w64_checked: with the gate check "
+           "(a host sync).", ""]
     for mode, i in (("forward", 0), ("forward+backward", 1)):
         cols = ["sdpa"] + [f"{p}_w{w}" for w in WINDOWS for p in ("nha", "fla_swa")] + ["fla_gsa"]
         cols += ["nha_w64_checked"] if any("nha_w64_checked" in r for r in train) else []
@@ -174,7 +183,7 @@ def tables(device: str, train: list[dict], decode: list[dict]) -> str:
     return "\n".join(out)
 
 
-def plot(device: str, train: list[dict], path: str) -> None:
+def plot(device: str, train: list[dict], path: str, heads=(H, H)) -> None:
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
@@ -191,7 +200,8 @@ def plot(device: str, train: list[dict], path: str) -> None:
         ax.minorticks_off()
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7)
-    fig.suptitle(f"NHA Triton vs baselines, bf16, H=16, K=V=128, M=64 ({device})")
+    heads_text = f"H={heads[0]}" if heads[0] == heads[1] else f"HQ={heads[0]}, H={heads[1]}"
+    fig.suptitle(f"NHA Triton vs baselines, bf16, {heads_text}, K=V={D}, M={M} ({device})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -205,6 +215,8 @@ def main() -> None:
                     help="NHA / SWA windows (default 64 512 2048)")
     ap.add_argument("--no-decode", action="store_true", help="skip the decoding rows")
     ap.add_argument("--no-train", action="store_true", help="skip the training rows (and fla's GSA): decoding only")
+    ap.add_argument("--heads", type=int, nargs=2, default=[H, H], metavar=("HQ", "HKV"),
+                    help="query and key/value heads of the training rows (default 16 16; e.g. 32 8 for GQA)")
     ap.add_argument("--plot-from", help="only redraw the plot and tables from a gpu_ops.json written earlier")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -212,8 +224,9 @@ def main() -> None:
         with open(args.plot_from) as f:
             saved = json.load(f)
         saved["train"] = [{k: tuple(v) if isinstance(v, list) else v for k, v in r.items()} for r in saved["train"]]
-        print(tables(saved["device"], saved["train"], saved["decode"]))
-        plot(saved["device"], saved["train"], os.path.join(args.out, "gpu_ops.png"))
+        heads = tuple(saved.get("heads", (H, H)))
+        print(tables(saved["device"], saved["train"], saved["decode"], heads))
+        plot(saved["device"], saved["train"], os.path.join(args.out, "gpu_ops.png"), heads)
         return
     torch.backends.cuda.matmul.allow_tf32 = True
     try:
@@ -227,30 +240,31 @@ def main() -> None:
     device = torch.cuda.get_device_name()
     lengths = args.lengths or ((2048, 65536) if args.quick else (2048, 8192, 32768, 65536))
     train, decode = [], []
+    heads = tuple(args.heads)
 
     def save() -> None:  # after every phase, so a run cut short still leaves its numbers
-        text = tables(device, train, decode)
+        text = tables(device, train, decode, heads)
         print(text, flush=True)
         with open(os.path.join(args.out, "gpu_ops.md"), "w") as f:
             f.write(text + "\n")
         with open(os.path.join(args.out, "gpu_ops.json"), "w") as f:
-            json.dump({"device": device, "torch": torch.__version__, "triton": triton.__version__, "train": train,
-                       "decode": decode}, f, indent=1)
+            json.dump({"device": device, "torch": torch.__version__, "triton": triton.__version__, "heads": heads,
+                       "train": train, "decode": decode}, f, indent=1)
         try:
             if train:
-                plot(device, train, os.path.join(args.out, "gpu_ops.png"))
+                plot(device, train, os.path.join(args.out, "gpu_ops.png"), heads)
         except ImportError as e:  # the GPU image may lack matplotlib: plot later with --plot-from
             print("no plot:", e)
 
     if not args.no_train:
-        training_rows(lengths, fla, False, train, args.windows)
+        training_rows(lengths, fla, False, train, args.windows, heads)
         save()
     if not args.no_decode:
         decode += decoding_rows((4096, 32768, 131072), (1,) if args.quick else (1, 16, 64))
         save()
     # fla's gated slot attention autotunes for minutes on its first calls: it goes last, one length at a time
     for T in lengths if fla is not None and not args.no_train else ():
-        training_rows((T,), fla, True, train)
+        training_rows((T,), fla, True, train, heads=heads)
         save()
 
 
