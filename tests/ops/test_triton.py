@@ -100,14 +100,19 @@ def test_matches_reference_fp32(B, T, HQ, H, K, V, M, w, cu, seen, shared):
     _against_float64(x, w, state, None if cu is None else torch.tensor(cu, device=DEVICE))
 
 
-def test_recomputed_states_give_the_same_gradients():
-    # save_states=False recomputes both scans' chunk-start states in the backward: every output, state and gradient
-    # must equal the saved-state run's bit for bit (two chunks, GQA, an initial state)
-    x = make_inputs(2, 70, 2, 1, 16, 16, 4, device=DEVICE, gate_scale=3.0, requires_grad=True, seed=2)
-    state = random_state(2, 1, 4, 16, 16, 6, [3, 20]).map(lambda t: t.to(DEVICE))
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+def test_recomputed_states_give_the_same_gradients(packed):
+    # save_states=False recomputes both scans' chunk-start states, in-chunk tensors, gates and slot probabilities in
+    # the backward: every output, state and gradient must equal the saved-state run's bit for bit (two chunks, GQA,
+    # an initial state; packed: three documents, one empty, whose gates the recomputation masks per document)
+    B, T, cu, seen = (1, 140, torch.tensor([0, 70, 70, 140], dtype=torch.int32), [3, 0, 20]) if packed else \
+        (2, 70, None, [3, 20])
+    x = make_inputs(B, T, 2, 1, 16, 16, 4, device=DEVICE, gate_scale=3.0, requires_grad=True, seed=2)
+    state = random_state(len(seen), 1, 4, 16, 16, 6, seen).map(lambda t: t.to(DEVICE))
     state = state.map(lambda t: t.detach().requires_grad_() if t.is_floating_point() else t)
+    cu = None if cu is None else cu.to(DEVICE)
     recompute = functools.partial(triton_nha, save_states=False)
-    (oa, fa, ga), (ob, fb, gb) = run_with_grads(triton_nha, x, 6, state), run_with_grads(recompute, x, 6, state)
+    (oa, fa, ga), (ob, fb, gb) = run_with_grads(triton_nha, x, 6, state, cu), run_with_grads(recompute, x, 6, state, cu)
     assert torch.equal(oa, ob) and all(torch.equal(a, b) for a, b in zip(fa.tensors(), fb.tensors()))
     assert ga.keys() == gb.keys() and all(torch.equal(ga[n], gb[n]) for n in ga), "gradients differ"
 
