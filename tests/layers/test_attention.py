@@ -145,3 +145,32 @@ def test_bf16_autocast_forward_and_backward(w):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in used)
     packed, _ = layer(x.view(1, 24, 64), cu_seqlens=torch.tensor([0, 12, 24]))
     assert (packed.view(2, 12, 64) - layer(x)[0]).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("low_memory", [False, True])
+def test_low_memory_backward_reaches_the_operator(low_memory, monkeypatch):
+    # the layer asks the operator to recompute its slot path's intermediates in the backward (Triton path) or not
+    import nha.layers.attention as attention
+
+    seen = []
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs["save_states"])
+        return real(*args, **kwargs)
+
+    real = attention.nha_attention
+    monkeypatch.setattr(attention, "nha_attention", recording)
+    make_layer(3, low_memory_backward=low_memory)(torch.randn(2, 9, 64))
+    assert seen == [not low_memory]
+
+
+@pytest.mark.gpu
+def test_gpu_low_memory_backward_gives_the_same_gradients():
+    # on CUDA the layer runs the Triton operator; recomputing in the backward changes no bit of any gradient
+    x = torch.randn(2, 300, 64, device="cuda", dtype=torch.bfloat16)
+    grads = []
+    for low_memory in (False, True):
+        layer = make_layer(64, low_memory_backward=low_memory).cuda().bfloat16().train()
+        layer(x)[0].float().square().mean().backward()
+        grads.append([p.grad for p in layer.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))

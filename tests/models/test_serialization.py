@@ -33,3 +33,13 @@ def test_layer_switched_to_full_attention_keeps_its_gates_through_save_and_load(
     assert torch.equal(loaded.model.layers[1].self_attn.f_proj.weight, gate)
     ids = torch.randint(0, 256, (1, 12))
     assert torch.equal(loaded(ids).logits, model(ids).logits)
+
+
+def test_low_memory_backward_is_a_saved_config_field_every_layer_takes(tmp_path):
+    config = preset_config("nha", "tiny", vocab_size=64, num_hidden_layers=2, low_memory_backward=True)
+    NHAForCausalLM(config).save_pretrained(tmp_path)
+    loaded = NHAForCausalLM.from_pretrained(tmp_path)
+    assert loaded.config.low_memory_backward
+    assert all(layer.self_attn.low_memory_backward for layer in loaded.model.layers)
+    assert not NHAForCausalLM(preset_config("nha", "tiny", vocab_size=64, num_hidden_layers=2)).model.layers[0] \
+        .self_attn.low_memory_backward

@@ -36,6 +36,9 @@ class NativeHybridAttention(nn.Module):
         v_silu, slot_feature_map, output_norm: the from-scratch GSA-block options (off for converted models).
         layer_idx: index into the cache.
         backend: operator backend for `nha_attention` ("auto" picks the fastest correct one).
+        low_memory_backward: on the Triton path, recompute the slot path's intermediates in the backward instead of
+            keeping them from the forward (`nha_attention(..., save_states=False)`): bit-identical gradients, a third
+            of the memory kept until the backward, a slower backward (BENCHMARKS.md, session 11).
 
     Example:
         >>> layer = NativeHybridAttention(256, 4, num_slots=16, window_size=32)
@@ -63,6 +66,7 @@ class NativeHybridAttention(nn.Module):
         output_norm: bool = False,
         layer_idx: int = 0,
         backend: str = "auto",
+        low_memory_backward: bool = False,
     ):
         super().__init__()
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
@@ -82,7 +86,7 @@ class NativeHybridAttention(nn.Module):
             raise ValueError(f"slot_feature_map must be one of {list(FEATURE_MAPS)}, got {slot_feature_map!r}")
         self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim = hidden_size, num_heads, num_kv_heads, head_dim
         self.num_slots, self.window_size, self.gate_normalizer = num_slots, window_size, gate_normalizer
-        self.layer_idx, self.backend = layer_idx, backend
+        self.layer_idx, self.backend, self.low_memory_backward = layer_idx, backend, low_memory_backward
         self.v_silu, self.slot_feature_map = v_silu, slot_feature_map
         self.scaling = head_dim ** -0.5
 
@@ -179,7 +183,7 @@ class NativeHybridAttention(nn.Module):
         run = lambda *xs, cu=cu_seqlens: nha_attention(  # noqa: E731
             *xs[:4], self.window_size, q_win=xs[4], k_win=xs[5], scale=self.scaling, initial_state=state,
             output_final_state=layer is not None, cu_seqlens=cu, backend=self.backend,
-            check_gates=not q.is_cuda)  # logsigmoid(f) / tau <= 0: on a GPU, skip the check's host sync
+            check_gates=not q.is_cuda, save_states=not self.low_memory_backward)  # logsigmoid(f) / tau <= 0: on a GPU, skip the check's host sync
         if new_mask is None or bool(new_mask.all()):
             o, new_state = run(q, k, v, g, q_win, k_win)
         else:

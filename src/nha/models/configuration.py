@@ -32,6 +32,9 @@ class NHAConfig(PretrainedConfig):
         gate_normalizer: tau in `g = logsigmoid(W_f x) / tau`.
         qk_norm: per-head RMSNorm on q and k (Qwen3).
         v_silu, slot_feature_map, output_norm: the from-scratch GSA-block options (off for converted models).
+        low_memory_backward: NHA layers on the Triton (GPU) path recompute their slot path's intermediates in the
+            backward instead of keeping them: the same gradients, a third of the attention's memory kept until the
+            backward, a slower backward. A middle ground before gradient checkpointing; no effect on CPU.
         full_attention_every: construction helper: layers `k-1, 2k-1, ...` become full attention (0 slots).
         full_attention_layers: construction helper: these layer indices become full attention (0 slots).
         The two helpers are folded into `window_size` (saved as a per-layer list) and not stored.
@@ -77,6 +80,7 @@ class NHAConfig(PretrainedConfig):
     v_silu: bool = False
     slot_feature_map: Optional[str] = None
     output_norm: bool = False
+    low_memory_backward: bool = False
 
     def __post_init__(self, **kwargs):
         every = kwargs.pop("full_attention_every", None)

@@ -62,6 +62,7 @@ class NHADecoderLayer(GradientCheckpointingLayer):
             slot_feature_map=config.slot_feature_map,
             output_norm=config.output_norm,
             layer_idx=layer_idx,
+            low_memory_backward=config.low_memory_backward,
         )
         self.mlp = NHAMLP(config)
         self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)

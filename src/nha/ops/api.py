@@ -5,7 +5,7 @@ B batch, T time, HQ query heads, H key/value heads, K/V head dims, M slots.
 from __future__ import annotations
 
 import importlib.util
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Optional
 
 import torch
@@ -50,6 +50,7 @@ def nha_attention(
     cu_seqlens: Optional[torch.Tensor] = None,
     backend: str = "auto",
     check_gates: bool = True,
+    save_states: bool = True,
 ) -> tuple[torch.Tensor, Optional[NHAState]]:
     """Native Hybrid Attention with the fastest correct implementation for these inputs.
 
@@ -61,6 +62,9 @@ def nha_attention(
             path), or one of "naive", "chunk", "recurrent", "triton" to force it.
         check_gates: check that g holds no NaN and nothing > 0. On CUDA that reads g back to the host (a sync per
             call); callers whose gates are `<= 0` by construction (the layer) pass False.
+        save_states: Triton backend with gradients: keep the slot path's intermediates for the backward (False:
+            recompute them there, bit-identical: a third of the memory kept between forward and backward, a slower
+            backward; `triton_nha`'s argument). The other backends keep what PyTorch's autograd keeps.
 
     Returns:
         `o` `[B, T, HQ, V]` and the final `NHAState` (None unless `output_final_state`).
@@ -88,6 +92,6 @@ def nha_attention(
             raise ValueError("the triton backend needs CUDA tensors and an installed triton")
         from nha.ops.triton import triton_nha  # noqa: PLC0415
 
-        fn = triton_nha
+        fn = partial(triton_nha, save_states=save_states)
     return fn(q, k, v, g, window_size, initial_state=initial_state, output_final_state=output_final_state,
               cu_seqlens=cu_seqlens, **kwargs)
