@@ -20,8 +20,8 @@ import torch.nn.functional as F
 import triton
 
 from nha.ops.triton import slot_chunk, triton_nha
-from nha.ops.triton.common import chunk_cumsum
 from nha.ops.triton.gates import reverse_chunk_cumsum, slot_gates_grad
+from scan_inputs import scan_inputs
 
 CHUNK = 64
 
@@ -40,11 +40,8 @@ def main() -> None:
     p.add_argument("--heads", type=int, default=16)
     args = p.parse_args()
     N, E, H, M, D = 1, args.tokens, args.heads, 64, 128
-    g = F.logsigmoid(torch.randn(N, E, H, M, device="cuda")).div(8)
-    s, gc = -torch.expm1(g), chunk_cumsum(g, CHUNK)
-    y, q = (torch.randn(N, E, H, D, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    p_ = torch.softmax(torch.randn(N, E, H, M, device="cuda"), -1)
-    r = torch.randn(N, E, H, M, device="cuda") * 0.01  # a row gradient (dz or p) of a reverse scan
+    x = scan_inputs(N, E, H, M, D, CHUNK)
+    g, s, gc, y, q, p_, r = (x[n] for n in ("g", "s", "gc", "y", "q", "p", "r"))
     ms = lambda f: triton.testing.do_bench(f, warmup=10, rep=40, return_mode="median")  # noqa: E731
     print(f"card: {torch.cuda.get_device_name(0)}; E={E}, H={H}, M={M}, D={D}, median ms (triton do_bench)")
     trees = [(path, _load(path, f"old_slot_chunk_{i}")) for i, path in enumerate(args.old)]

@@ -15,11 +15,10 @@ import json
 import os
 
 import torch
-import torch.nn.functional as F
 import triton
 
-from nha.ops.triton.common import chunk_cumsum
 from nha.ops.triton.slot_chunk import slot_logits, slot_read, slot_states
+from scan_inputs import scan_inputs
 
 
 def main() -> None:
@@ -37,13 +36,8 @@ def main() -> None:
     args = p.parse_args()
     CHUNK = args.chunk
     N, E, H, M, D = 1, args.tokens, args.heads, args.slots, args.dim
-    dev = "cuda"
-    g = F.logsigmoid(torch.randn(N, E, H, M, device=dev)).div(8)
-    s = -torch.expm1(g)
-    gc = chunk_cumsum(g, CHUNK)
-    y = torch.randn(N, E, H, D, device=dev, dtype=torch.bfloat16)
-    q = torch.randn(N, E, H, D, device=dev, dtype=torch.bfloat16)
-    pr = torch.softmax(torch.randn(N, E, H, M, device=dev), -1)
+    x = scan_inputs(N, E, H, M, D, CHUNK)
+    s, gc, y, q, pr = (x[n] for n in ("s", "gc", "y", "q", "p"))
     rows = []
 
     def time(name, fn, **cfg):
@@ -57,8 +51,7 @@ def main() -> None:
 
     rev = args.reverse
     if rev:  # as slot_scan's _reverse_scan: states from a float32 row gradient r, read-outs of y and of s
-        r = torch.randn(N, E, H, M, device=dev) * 0.01
-        s, q, pr = r, y, s
+        s, q, pr = x["r"], y, s
     for bd, warps in itertools.product([64, 128], [4, 8]):
         time("states", lambda: slot_states(s, gc, y, None, CHUNK, "tf32x3", reverse=rev, block_d=bd,
                                            num_warps=warps), prec="tf32x3", bd=bd, warps=warps)
