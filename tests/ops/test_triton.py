@@ -7,6 +7,7 @@ B batch, T time, HQ query heads, H key/value heads, K/V head dims, M slots, w wi
 from __future__ import annotations
 
 import functools
+import weakref
 
 import pytest
 import torch
@@ -132,6 +133,35 @@ def test_recomputing_mode_saves_only_the_logits_of_the_slot_path():
     (kept, full), (kept_low, low) = saved(True), saved(False)
     assert kept == 5 and kept_low == 1  # g_in, s_in, gc, z, p -> z
     assert full - low >= 4 * 140 * 4 * 8 * 4  # at least those four tensors' bytes (the states and weights besides)
+
+
+def test_window_transients_are_freed_before_the_reverse_scans(monkeypatch):
+    # the backward's memory peaks in the reverse scans: the window path's float32 dq (added into dq by then) and
+    # its input do_win must be gone when they start (each [N, T, HQ, D], 512 / 256 MiB at 64k tokens x 16 heads)
+    from nha.ops.triton import function
+
+    watched, alive = {}, []
+
+    def watch(name, fn, pick):
+        def wrapper(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            watched[name] = weakref.ref(pick(out))
+            return out
+        monkeypatch.setattr(function, fn.__name__, wrapper)
+
+    watch("do_win", function.merge_backward, lambda out: out[2])
+    watch("dq_w", function.window_backward, lambda out: out[0])
+    reverse_scans = function.reverse_scans
+
+    def checking(*args, **kwargs):
+        alive.extend(name for name, ref in watched.items() if ref() is not None)
+        return reverse_scans(*args, **kwargs)
+
+    monkeypatch.setattr(function, "reverse_scans", checking)
+    x = make_inputs(1, 70, 2, 1, 16, 16, 4, device=DEVICE, requires_grad=True, seed=6, shared_window_inputs=True)
+    o, _ = triton_nha(x["q"], x["k"], x["v"], x["g"], 6)
+    o.sum().backward()
+    assert set(watched) == {"do_win", "dq_w"} and alive == []
 
 
 def test_steep_gates_stay_finite():

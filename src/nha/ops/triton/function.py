@@ -172,9 +172,12 @@ def _backward(do, dht_k, dht_v, saved, plan: Plan, shared):
     dq_w = dk_w = dv_w = None
     if o_win is not None:
         dq_w, dk_w, dv_w = window_backward(qw, kw, v, plan.valid_i8, lse_win, delta, do_win, plan.window, plan.scale)
+    del delta, do_win  # transients die before the reverse scans, where the backward's memory peaks
     # dq comes out of its slot read-out in q's dtype with the window path's share added (when q is shared)
     dq, w_dq = read_dq(dz, s_in, gc, k_in, h0_k, C, prec, h=h_k, o_win=dq_w if shared[0] else None,
                        dtype=q_in.dtype, out_rows=S)
+    dq_win = None if shared[0] or dq_w is None else dq_w.to(qw.dtype)
+    del dq_w  # float32 [N, S, HQ, K]: in dq or in dq_win by now
     # k and v: the slot path's gradients moved back to the layer's rows, plus the window path's (k's when it shares k);
     # their reads take dq's and the output's in-chunk weights swapped (the latter recomputed as the forward did)
     if w_o is None:
@@ -191,6 +194,5 @@ def _backward(do, dht_k, dht_v, saved, plan: Plan, shared):
                          sum(finals) if finals else None)
     dk = _at_layer_rows(dk, plan, S, G, dk_other, k.dtype)
     dv = _at_layer_rows(dv, plan, S, G, dv_w, v.dtype)
-    dq_win = None if shared[0] or dq_w is None else dq_w.to(qw.dtype)
     dk_win = None if shared[1] or dk_w is None else dk_w.to(kw.dtype)
     return dq, dk, dv, dg, dq_win, dk_win, _group_sum(dh0_k, G), _group_sum(dh0_v, G)
