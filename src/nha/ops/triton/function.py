@@ -17,8 +17,8 @@ g's dtype). dk and dv leave their read-outs at the layer's rows in
 the input's dtype with the window path's share added when G = 1; with G > 1 one pass each sums the group, shifts them
 back and adds that share (`unshift`). Both passes' chunk-start states, the output read's in-chunk weights and the
 logits' in-chunk products are saved by the forward (`Plan.save_states`); else the backward recomputes them, the
-scan's gates and the slot probabilities too, as the forward made them (bit-identical; only the window path's output
-and the slot logits stay saved besides the inputs).
+scan's gates and the slot probabilities too, as the forward made them (bit-identical; of the forward's own tensors
+only the window path's output and log-sum-exp, the slot logits, the merge weights a and the final slots stay).
 """
 from __future__ import annotations
 
