@@ -5,6 +5,7 @@ B batch, T time, H heads, D head dim, M slots, w window. Every training row proc
 fla's sliding-window attention and gated slot attention (when fla is installed; GSA only without GQA), NHA for w in
 {64, 512, 2048} as the layers call it on a GPU (`check_gates=False`; w = 64 also with the check, a host sync, as a
 direct call does by default); median ms by triton.testing.do_bench, as ../shared/bench/anchors_gpu.py does.
+A prefill table: SDPA, NHA w = 64 and fla's GSA forward without gradients (`torch.no_grad()`).
 Decoding: one token at batch 1, 16 and 64 (32 query heads, 8 key/value heads, head dim 128), SDPA over a
 4k/32k/128k KV cache against NHA's step over its state, as the wall-clock mean of a loop of calls (`wall_ms`: host
 work included).
@@ -87,6 +88,13 @@ def fwd_bwd(fn, inputs, do):
     return run
 
 
+def no_grad(fn):
+    def run():
+        with torch.no_grad():
+            return fn()
+    return run
+
+
 def training_rows(lengths, fla, with_gsa: bool, rows: list[dict], windows=WINDOWS, heads=(H, H)) -> list[dict]:
     """Time every method at each T; `heads` = (query heads, key/value heads): GQA when they differ (SDPA with
     `enable_gqa`; fla's GSA, which takes one head count, only without GQA)."""
@@ -107,6 +115,7 @@ def training_rows(lengths, fla, with_gsa: bool, rows: list[dict], windows=WINDOW
             f = lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, enable_gqa=HQ != HKV)  # noqa: E731
             if not with_gsa:
                 row["sdpa"] = (bench(f, name=f"T{T} sdpa"), bench(fwd_bwd(f, (qt, kt, vt), dot), name="bwd"))
+                row.setdefault("prefill", {})["sdpa"] = bench(no_grad(f), name="sdpa no grad")
         del qt, kt, vt, dot
         for w in windows if not with_gsa else ():
             if w >= T:
@@ -114,6 +123,8 @@ def training_rows(lengths, fla, with_gsa: bool, rows: list[dict], windows=WINDOW
             # as the layers call it on a GPU: their gates are <= 0 by construction, so no check (a host sync)
             f = lambda w=w: triton_nha(q, k, v, g, w, check_gates=False)[0]  # noqa: E731
             row[f"nha_w{w}"] = (bench(f, name=f"nha w{w}"), bench(fwd_bwd(f, (q, k, v, g), do), name="bwd"))
+            if w == 64:  # a prefill: the forward without gradients (nothing saved, one tf32 product per float32 one)
+                row.setdefault("prefill", {})["nha_w64"] = bench(no_grad(f), name="nha w64 no grad")
             if w == 64:  # what the gate check costs a direct call (its default)
                 f = lambda w=w: triton_nha(q, k, v, g, w)[0]  # noqa: E731
                 row["nha_w64_checked"] = (bench(f, name="checked"), bench(fwd_bwd(f, (q, k, v, g), do), name="bwd"))
@@ -127,6 +138,7 @@ def training_rows(lengths, fla, with_gsa: bool, rows: list[dict], windows=WINDOW
             s = torch.randn(B, T, HKV, M, device=dev, dtype=dt, requires_grad=True)
             f = lambda: fla["gsa"](q, k, v, s, g)[0]  # noqa: E731
             row["fla_gsa"] = (bench(f, name=f"T{T} gsa"), bench(fwd_bwd(f, (q, k, v, s, g), do), name="bwd"))
+            row.setdefault("prefill", {})["fla_gsa"] = bench(no_grad(f), name="gsa no grad")
             del s
         print({k: v if not isinstance(v, tuple) else tuple(round(x, 3) for x in v) for k, v in row.items()}, flush=True)
         del q, k, v, g, do
@@ -171,6 +183,15 @@ def tables(device: str, train: list[dict], decode: list[dict], heads=(H, H)) -> 
         for r in train:
             out.append(f"| {r['T']:,} | " + " | ".join(f"{r[c][i]:.2f}" if c in r else "-" for c in cols) + " |")
         out.append("")
+    prefill = [r for r in train if r.get("prefill")]
+    if prefill:
+        cols = ["sdpa", "nha_w64", "fla_gsa"]
+        out += ["**forward without gradients** (a prefill: nothing saved for a backward)", "",
+                "| T | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        for r in prefill:
+            out.append(f"| {r['T']:,} | " + " | ".join(f"{r['prefill'][c]:.2f}" if c in r["prefill"] else "-"
+                                                      for c in cols) + " |")
+        out.append("")
     if decode:
         ctx = sorted({int(k.split("_")[1]) for r in decode for k in r if k.startswith("sdpa_")})
         out += ["**decoding one token** (32 query heads, 8 KV heads, head dim 128; NHA w = 64, M = 64)", "",
@@ -190,7 +211,7 @@ def plot(device: str, train: list[dict], path: str, heads=(H, H)) -> None:
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    methods = sorted({k for r in train for k in r if k not in ("T", "B")})
+    methods = sorted({k for r in train for k in r if k not in ("T", "B", "prefill")})
     for ax, i, title in ((axes[0], 0, "forward"), (axes[1], 1, "forward+backward")):
         for m in methods:
             pts = [(r["T"], r[m][i]) for r in train if m in r]

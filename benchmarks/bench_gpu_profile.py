@@ -1,6 +1,6 @@
-"""Where the Triton NHA operator spends its time: CUDA kernel totals from torch.profiler, forward and backward, then
-every compiled Triton kernel's registers per thread and local-memory (spill) bytes (spills are what tile-size sweeps
-swing on; Triton's `n_spills` counts 4-byte words).
+"""Where the Triton NHA operator spends its time: CUDA kernel totals from torch.profiler, forward without gradients
+(a prefill), forward and forward+backward, then every compiled Triton kernel's registers per thread and local-memory
+(spill) bytes (spills are what tile-size sweeps swing on; Triton's `n_spills` counts 4-byte words).
 
 B batch, T time, H heads, D head dim, M slots, w window (bf16, 65,536 tokens per batch as in bench_gpu_ops.py).
 
@@ -37,13 +37,14 @@ def main() -> None:
         for _ in range(2):  # compile and warm up
             forward_backward()
         torch.cuda.synchronize()
-        for phase in ("forward", "forward+backward"):
+        for phase in ("forward without gradients", "forward", "forward+backward"):
             with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
                 for _ in range(3):
-                    if phase == "forward":
-                        triton_nha(q, k, v, g, W, check_gates=False)
-                    else:
+                    if phase == "forward+backward":
                         forward_backward()
+                    else:
+                        with torch.set_grad_enabled(phase == "forward"):
+                            triton_nha(q, k, v, g, W, check_gates=False)
                 torch.cuda.synchronize()
             print(f"\n=== T={T} B={B} {phase} (3 iterations) ===")
             print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=40, max_name_column_width=60))
