@@ -247,6 +247,25 @@ def test_half_inputs_keep_float32_accuracy(dtype):
     assert all(e < 1e-4 for e in errs.values()), errs
 
 
+@pytest.mark.gpu
+def test_a_prefill_splits_its_mixed_products():
+    # without gradients the operator asks for "tf32": a float32 operand against a bf16 one still goes through two
+    # bf16 parts (as tf32x3 does), so the chunk states are tf32x3's bit for bit, and the read's products with the
+    # state and the chunk's rows stay near float32 (one tf32 product is ~5e-4 off)
+    N, E, H, M, D, chunk = 1, 4096, 4, 64, 128, 64
+    g = F.logsigmoid(torch.randn(N, E, H, M, device="cuda")).div(8)
+    s, gc = -torch.expm1(g), chunk_cumsum(g, chunk)
+    y = torch.randn(N, E, H, D, device="cuda", dtype=torch.bfloat16)
+    p = torch.softmax(torch.randn(N, E, H, M, device="cuda"), -1)
+    h, ht = slot_states(s, gc, y, None, chunk, "tf32x3")
+    h_tf32, ht_tf32 = slot_states(s, gc, y, None, chunk, "tf32")
+    assert torch.equal(h_tf32, h) and torch.equal(ht_tf32, ht)
+    w = read_weights(p, s, gc, chunk, "ieee")
+    o = slot_read(p, s, gc, y, h, chunk, "tf32", weights=w)
+    o32 = slot_read(p, s, gc, y.float(), h.float(), chunk, "ieee", weights=w)
+    assert ((o - o32).norm() / o32.norm()).item() < 1e-4
+
+
 class _FakeBinary:
     def __init__(self):
         self.calls = []
