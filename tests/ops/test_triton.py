@@ -101,6 +101,28 @@ def test_matches_reference_fp32(B, T, HQ, H, K, V, M, w, cu, seen, shared):
     _against_float64(x, w, state, None if cu is None else torch.tensor(cu, device=DEVICE))
 
 
+def test_a_forward_without_gradients_skips_the_scan_gates(monkeypatch):
+    # only a backward reads the scan's gates g_in: a call without gradients must not write them, and gives the same
+    # output as one with them
+    from nha.ops.triton import function  # noqa: PLC0415
+
+    asked = []
+
+    def spy(*args, **kwargs):
+        result = slot_gates(*args, **kwargs)
+        asked.append(result[0] is not None)
+        return result
+
+    slot_gates = function.slot_gates
+    monkeypatch.setattr(function, "slot_gates", spy)
+    x = make_inputs(1, 70, 2, 1, 16, 16, 4, device=DEVICE, requires_grad=True, seed=7)
+    o, _ = triton_nha(x["q"], x["k"], x["v"], x["g"], 6)
+    with torch.no_grad():
+        o_no_grad, _ = triton_nha(x["q"], x["k"], x["v"], x["g"], 6)
+    assert asked == [True, False]
+    assert torch.equal(o.detach(), o_no_grad)
+
+
 @pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
 def test_recomputed_states_give_the_same_gradients(packed):
     # save_states=False recomputes both scans' chunk-start states, in-chunk tensors, gates and slot probabilities in

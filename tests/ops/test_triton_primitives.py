@@ -57,6 +57,10 @@ def test_slot_gates_and_their_gradient(shift, group, with_final, S):
     torch.testing.assert_close(g_in, ref.float(), rtol=0, atol=0)
     torch.testing.assert_close(s_in.double(), -torch.expm1(ref), rtol=1e-6, atol=1e-12)
     torch.testing.assert_close(gc, chunk_cumsum(ref.float(), chunk), rtol=1e-5, atol=1e-5)
+    # a forward without gradients skips g_in, and only it
+    none, s_only, gc_only = slot_gates(g.detach(), valid.to(torch.int8), ends, shift, group, length, chunk,
+                                       with_g_in=False)
+    assert none is None and torch.equal(s_only, s_in) and torch.equal(gc_only, gc)
     # what both slot passes pass back: to the chunk cumsums G through dG = dz z + p dp - s (ds1 + ds2) (plus the final
     # states' term at the last step), and to s = 1 - exp(g_in) through ds1 + ds2
     dz, z, p, dp, ds1, ds2 = (torch.randn_like(g_in) for _ in range(6))

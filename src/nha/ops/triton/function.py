@@ -46,6 +46,7 @@ class Plan:
     length: E; chunk: the scan's chunk; scale: logit scale; prec: slot-scan product precision (slot_chunk.py);
     save_states: keep both passes' chunk-start states, the forward's in-chunk read weights and q . k products, the
         scan's gates and the slot probabilities for the backward instead of recomputing them.
+    backward: whether gradients were asked for (without them the forward skips what only a backward reads).
     """
 
     valid_i8: torch.Tensor
@@ -60,6 +61,7 @@ class Plan:
     scale: float
     prec: str
     save_states: bool
+    backward: bool
 
 
 def _group_sum(x: Optional[torch.Tensor], group: int) -> Optional[torch.Tensor]:
@@ -97,7 +99,7 @@ class NHAFunction(torch.autograd.Function):
         if lse_win is None:
             lse_win = q.new_full((N, S, HQ), MASKED, dtype=torch.float32)
         E, C, G, prec = plan.length, plan.chunk, plan.group, plan.prec
-        g_in, s_in, gc = slot_gates(g, plan.valid_i8, plan.ends, plan.shift, G, E, C)
+        g_in, s_in, gc = slot_gates(g, plan.valid_i8, plan.ends, plan.shift, G, E, C, with_g_in=plan.backward)
         k_in, v_in = shifted(k, plan.shift, E, G), shifted(v, plan.shift, E, G)
         q_in = pad_time(q, E).contiguous()
         h0_k, h0_v = _expand(h0_k, G), _expand(h0_v, G)

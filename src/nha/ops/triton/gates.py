@@ -38,8 +38,10 @@ def _source_rows(t, i_n, ends, valid, SHIFT, S):
 
 
 @triton.jit
-def slot_gates_kernel(g, valid, ends, g_in, s_in, gc, S, E, H, HQ, M, SHIFT, BT: tl.constexpr, BM: tl.constexpr):
+def slot_gates_kernel(g, valid, ends, g_in, s_in, gc, S, E, H, HQ, M, SHIFT, BT: tl.constexpr, BM: tl.constexpr,
+                      STORE_G: tl.constexpr):
     # step t of query head hq absorbs the gates of row t - SHIFT of key/value head hq // G, clamped; 0 elsewhere
+    # (g_in itself stored if STORE_G: only a backward reads it)
     i_t, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_hq = (i_nh // HQ).to(tl.int64), (i_nh % HQ).to(tl.int64)
     i_h = i_hq // (HQ // H)
@@ -51,7 +53,8 @@ def slot_gates_kernel(g, valid, ends, g_in, s_in, gc, S, E, H, HQ, M, SHIFT, BT:
     b_g = tl.load(g + p_src, mask=ok[:, None] & m_m[None, :], other=0.0).to(tl.float32)
     b_g = tl.maximum(b_g, MIN_LOG_GATE)
     p = ((i_n * E + o_t.to(tl.int64))[:, None] * HQ + i_hq) * M + o_m[None, :]
-    tl.store(g_in + p, b_g, mask=m_m[None, :])
+    if STORE_G:
+        tl.store(g_in + p, b_g, mask=m_m[None, :])
     tl.store(s_in + p, _neg_expm1(b_g), mask=m_m[None, :])
     tl.store(gc + p, tl.cumsum(b_g, axis=0), mask=m_m[None, :])
 
@@ -166,23 +169,27 @@ def reverse_chunk_cumsum(g: torch.Tensor, chunk: int) -> torch.Tensor:
     return gcr
 
 
-def slot_gates(g, valid_i8, ends, shift: int, group: int, length: int, chunk: int):
+def slot_gates(g, valid_i8, ends, shift: int, group: int, length: int, chunk: int, with_g_in: bool = True):
     """The slot scan's gates from the layer's: step t of query head hq absorbs row `t - shift` of key/value head
     `hq // group`, clamped at MIN_LOG_GATE, while it is a valid row and t < `ends[n]`; 0 (an identity step) elsewhere.
 
     Args:
         g: `[N, S, H, M]` log gates in any float dtype; valid_i8: `[N, S]` int8; ends: `[N]` int64.
         shift: the window w (rows enter the slots w steps late); group: G; length: E, a multiple of `chunk`.
+        with_g_in: return g_in (only the backward needs it; a forward without gradients skips its 4 bytes per
+            element and slot).
 
     Returns:
-        `(g_in, s_in, gc)`, each `[N, E, H * G, M]` float32: the gates, the write strengths `1 - exp(g_in)` and the
-        chunk cumsums of g_in.
+        `(g_in, s_in, gc)`, each `[N, E, H * G, M]` float32: the gates (None without `with_g_in`), the write
+        strengths `1 - exp(g_in)` and the chunk cumsums of g_in.
     """
     N, S, H, M = g.shape
     HQ = H * group
-    g_in, s_in, gc = (new_output(N, length, HQ, M, device=g.device) for _ in range(3))
-    slot_gates_kernel[(length // chunk, N * HQ)](g, valid_i8, ends, g_in, s_in, gc, S, length, H, HQ, M, shift,
-                                                 BT=chunk, BM=block(M))
+    s_in, gc = (new_output(N, length, HQ, M, device=g.device) for _ in range(2))
+    g_in = new_output(N, length, HQ, M, device=g.device) if with_g_in else None
+    slot_gates_kernel[(length // chunk, N * HQ)](g, valid_i8, ends, s_in if g_in is None else g_in, s_in, gc, S,
+                                                 length, H, HQ, M, shift, BT=chunk, BM=block(M),
+                                                 STORE_G=with_g_in)
     return g_in, s_in, gc
 
 

@@ -120,6 +120,7 @@ def triton_nha(
         # forward's outputs stay well inside half precision; the gradients, the gate's above all, need tf32x3)
         prec="tf32" if not grads and q.dtype != torch.float32 else dot_precision(q.dtype),
         save_states=save_states and grads,
+        backward=grads,
     )
     h0_k, h0_v = (None, None) if initial_state is None else (ext.slot_k, ext.slot_v)
     # the window path shares q (and k, unless the state's window rows hold separate window keys): one gradient each
