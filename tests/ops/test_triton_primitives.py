@@ -224,6 +224,30 @@ def test_kernels_read_shifted_inputs_in_place(shift, group):
             torch.testing.assert_close(got, want, **exact)
 
 
+@pytest.mark.parametrize("group", [2, 4])
+def test_one_state_serves_a_group_of_heads(group):
+    # GQA: a group's query heads hold the same gates, so `slot_states(..., group)` makes one state per key/value head
+    # (from the group's first head, over the group's shared keys/values) and both read-outs take it for every head
+    # of the group: the same states and read-outs, bit for bit, as one state per query head
+    N, S, KV, M, D, chunk, E = 1, 100, 2, 5, 6, 64, 128
+    H = KV * group
+    ys = shifted(torch.randn(N, S, KV, D, device=DEVICE), 3, E, group)
+    x = torch.rand(N, E, KV, M, device=DEVICE).repeat_interleave(group, 2)
+    gc = chunk_cumsum(-torch.rand(N, E, KV, M, device=DEVICE), chunk).repeat_interleave(group, 2)
+    h0 = torch.randn(N, KV, M, D, device=DEVICE)
+    q, p = torch.randn(N, E, H, D, device=DEVICE), torch.rand(N, E, H, M, device=DEVICE)
+    h, ht = slot_states(x, gc, ys, h0, chunk, "ieee", group=group)
+    h_each, ht_each = slot_states(x, gc, ys, h0.repeat_interleave(group, 1), chunk, "ieee")
+    assert h.shape == (N, KV, E // chunk, M, D) and ht.shape == (N, KV, M, D)
+    assert torch.equal(h, h_each[:, ::group]) and torch.equal(ht, ht_each[:, ::group])
+    assert torch.equal(slot_logits(q, x, gc, ys, h, chunk, "ieee"), slot_logits(q, x, gc, ys, h_each, chunk, "ieee"))
+    assert torch.equal(slot_read(p, x, gc, ys, h, chunk, "ieee"), slot_read(p, x, gc, ys, h_each, chunk, "ieee"))
+    with pytest.raises(ValueError, match="must divide"):
+        slot_states(x, gc, ys, h0, chunk, "ieee", group=3)
+    with pytest.raises(ValueError, match="heads dividing"):
+        slot_read(p, x, gc, ys, h[:, :1].expand(N, 3, *h.shape[2:]), chunk, "ieee")
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_half_inputs_keep_float32_accuracy(dtype):

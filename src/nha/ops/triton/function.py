@@ -69,12 +69,18 @@ def _group_sum(x: Optional[torch.Tensor], group: int) -> Optional[torch.Tensor]:
     return x if x is None or group == 1 else x.view(x.shape[0], -1, group, *x.shape[2:]).sum(2)
 
 
-def _expand(x: Optional[torch.Tensor], group: int) -> Optional[torch.Tensor]:
-    return x if x is None or group == 1 else x.repeat_interleave(group, dim=1).contiguous()
+def _first_of_group(x: Optional[torch.Tensor], group: int) -> Optional[torch.Tensor]:
+    # `[N, H, ...]` per key/value head -> `[N, HQ, ...]` per query head: each group's first head, zeros in the rest
+    # (a final slot state's gradient, which reaches every forward scan state of the group once)
+    if x is None or group == 1:
+        return x
+    out = x.new_zeros(x.shape[0], x.shape[1] * group, *x.shape[2:])
+    out[:, ::group] = x
+    return out
 
 
 class NHAFunction(torch.autograd.Function):
-    """`(o [N, S, HQ, V] in q's dtype, final slot keys [N, HQ, M, K], final slot values [N, HQ, M, V])`.
+    """`(o [N, S, HQ, V] in q's dtype, final slot keys [N, H, M, K], final slot values [N, H, M, V])`.
 
     Inputs in the extended layout, contiguous: q `[N, S, HQ, K]`, k `[N, S, H, K]`, v `[N, S, H, V]`, g `[N, S, H, M]`
     (as given: clamped and masked here), q_win/k_win (None: the window path uses q/k), h0_k `[N, H, M, K]` and h0_v
@@ -102,10 +108,10 @@ class NHAFunction(torch.autograd.Function):
         g_in, s_in, gc = slot_gates(g, plan.valid_i8, plan.ends, plan.shift, G, E, C, with_g_in=plan.backward)
         k_in, v_in = shifted(k, plan.shift, E, G), shifted(v, plan.shift, E, G)
         q_in = pad_time(q, E).contiguous()
-        h0_k, h0_v = _expand(h0_k, G), _expand(h0_v, G)
-        z, ht_k, h_k, a_qk = logits_forward(q_in, s_in, gc, k_in, h0_k, C, prec)
+        # a group's query heads hold the same gates: one chunk-start state per key/value head serves them all
+        z, ht_k, h_k, a_qk = logits_forward(q_in, s_in, gc, k_in, h0_k, C, prec, group=G)
         p, a = merge_forward(z, lse_win, plan.live_i8, plan.scale)
-        o, ht_v, h_v, w_o = read_forward(p, s_in, gc, v_in, h0_v, C, prec, a=a, o_win=o_win, dtype=q.dtype,
+        o, ht_v, h_v, w_o = read_forward(p, s_in, gc, v_in, h0_v, C, prec, group=G, a=a, o_win=o_win, dtype=q.dtype,
                                          out_rows=S)
         if not plan.save_states:  # the backward recomputes these, as the forward made them
             h_k = h_v = w_o = a_qk = g_in = s_in = gc = p = None
@@ -168,15 +174,19 @@ def _backward(do, dht_k, dht_v, saved, plan: Plan, shared):
     do = q_in.new_zeros(N, S, HQ, v.shape[-1]) if do is None else do.contiguous()
     dht_k = None if dht_k is None else dht_k.float().contiguous()
     dht_v = None if dht_v is None else dht_v.float().contiguous()
+    finals = [t for t in (final_term(dht_k, ht_k), final_term(dht_v, ht_v)) if t is not None]
+    final_sum = _first_of_group(sum(finals), G) if finals else None
+    # the reverse scans run per query head: a group's final-state gradient enters once, at its first head
+    dht_k, dht_v = _first_of_group(dht_k, G), _first_of_group(dht_v, G)
     do_in = pad_time(do, E).contiguous()
-    dp, a_dov = read_dp(do_in, s_in, gc, v_in, h0_v, C, prec, h=h_v)
+    dp, a_dov = read_dp(do_in, s_in, gc, v_in, h0_v, C, prec, h=h_v, group=G)
     dz, delta, do_win, pass_term = merge_backward(p, dp, z, a, do, o_win, plan.live_i8, plan.scale)
     dq_w = dk_w = dv_w = None
     if o_win is not None:
         dq_w, dk_w, dv_w = window_backward(qw, kw, v, plan.valid_i8, lse_win, delta, do_win, plan.window, plan.scale)
     del delta, do_win  # transients die before the reverse scans, where the backward's memory peaks
     # dq comes out of its slot read-out in q's dtype with the window path's share added (when q is shared)
-    dq, w_dq = read_dq(dz, s_in, gc, k_in, h0_k, C, prec, h=h_k, o_win=dq_w if shared[0] else None,
+    dq, w_dq = read_dq(dz, s_in, gc, k_in, h0_k, C, prec, h=h_k, group=G, o_win=dq_w if shared[0] else None,
                        dtype=q_in.dtype, out_rows=S)
     dq_win = None if shared[0] or dq_w is None else dq_w.to(qw.dtype)
     del dq_w  # float32 [N, S, HQ, K]: in dq or in dq_win by now
@@ -191,9 +201,7 @@ def _backward(do, dht_k, dht_v, saved, plan: Plan, shared):
                                              (w_dq, w_o), (a_qk, a_dov), C, prec,
                                              dk_out=_layer_rows_out(plan, S, G, dk_other, k.dtype),
                                              dv_out=_layer_rows_out(plan, S, G, dv_w, v.dtype))
-    finals = [t for t in (final_term(dht_k, ht_k), final_term(dht_v, ht_v)) if t is not None]
-    dg = slot_gates_grad(g, plan.valid_i8, plan.ends, plan.shift, C, s_in, pass_term, ds,
-                         sum(finals) if finals else None)
+    dg = slot_gates_grad(g, plan.valid_i8, plan.ends, plan.shift, C, s_in, pass_term, ds, final_sum)
     dk = _at_layer_rows(dk, plan, S, G, dk_other, k.dtype)
     dv = _at_layer_rows(dv, plan, S, G, dv_w, v.dtype)
     dk_win = None if shared[1] or dk_w is None else dk_w.to(kw.dtype)

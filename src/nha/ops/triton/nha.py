@@ -133,8 +133,7 @@ def triton_nha(
     if not output_final_state:
         return o, None
     slots = None
-    if final_k is not None:  # every query head of a group holds the same slots: keep the group's first
-        final = torch.cat([final_k, final_v], dim=-1)
-        slots = SimpleNamespace(final_state=final.view(N, shapes.kv_heads, G, *final.shape[2:])[:, :, 0])
+    if final_k is not None:  # one per key/value head (a group's query heads share their slots)
+        slots = SimpleNamespace(final_state=torch.cat([final_k, final_v], dim=-1))
     ext = replace(ext, g=clamp_gates(ext.g, ext.valid, torch.float32))  # the window rows keep clamped gates
     return o, _final_state(ext, w, shapes, slots, torch.float32)

@@ -50,11 +50,15 @@ def chunk_sums_kernel(
     x, gc, y, h,
     E, H, M, D, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP,
     BT: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, REVERSE: tl.constexpr, DOT_PREC: tl.constexpr,
+    X_GROUP: tl.constexpr = 1,
 ):
     # what one chunk adds to the state, decayed to the chunk end: sum_j exp(G_last - G_j) x_j (x) y_j `[M, D]`
-    # (chunks are independent: every chunk of every (sequence, head) in parallel); written where its state will go
+    # (chunks are independent: every chunk of every (sequence, head) in parallel); written where its state will go.
+    # H state heads; x and gc have H * X_GROUP heads, of which state head i reads head i * X_GROUP (GQA: a group's
+    # query heads hold the same gates, so one state serves them all)
     i_d, i_t, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
+    XH, x_h = H * X_GROUP, i_h * X_GROUP
     NT = E // BT
     o_m = tl.arange(0, BM)
     o_d = i_d * BD + tl.arange(0, BD)
@@ -63,10 +67,10 @@ def chunk_sums_kernel(
     rows = i_n * E + (i_t * BT + o_t).to(tl.int64)
     t = _time(i_t * BT + o_t, E, REVERSE)
     rows_in = i_n * E + t.to(tl.int64)
-    b_x = tl.load(x + (rows_in[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0).to(tl.float32)
-    b_gc = tl.load(gc + (rows[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0)
+    b_x = tl.load(x + (rows_in[:, None] * XH + x_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0).to(tl.float32)
+    b_gc = tl.load(gc + (rows[:, None] * XH + x_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0)
     last = (i_n * E + i_t * BT + BT - 1).to(tl.int64)
-    b_glast = tl.load(gc + (last * H + i_h) * M + o_m, mask=m_m, other=0.0)
+    b_glast = tl.load(gc + (last * XH + x_h) * M + o_m, mask=m_m, other=0.0)
     y_rows, y_ok = _source(t, i_n, i_h, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP)
     b_y = tl.load(y + y_rows[:, None] * D + o_d[None, :], mask=y_ok[:, None] & m_d[None, :], other=0.0)
     b_xw = b_x * tl.exp(b_glast[None, :] - b_gc)  # every factor <= 1
@@ -77,7 +81,8 @@ def chunk_sums_kernel(
 
 @triton.jit
 def _chunk_step(h, gc, base, i_n, i_h, i_t, o_e, o_m, m_e, E, H, M, D, NT, BT: tl.constexpr):
-    # chunk i_t's sum `[BLOCK]` and its decay exp(G_last) per element (sum 0, decay 1 past the last chunk)
+    # chunk i_t's sum `[BLOCK]` and its decay exp(G_last) per element (sum 0, decay 1 past the last chunk); i_h, H:
+    # gc's head and head count
     m = m_e & (i_t < NT)
     b_sum = tl.load(h + base + i_t * M * D + o_e, mask=m, other=0.0)
     b_g = tl.load(gc + ((i_n * E + (i_t + 1) * BT - 1) * H + i_h) * M + o_m, mask=m, other=0.0)
@@ -88,13 +93,14 @@ def _chunk_step(h, gc, base, i_n, i_h, i_t, o_e, o_m, m_e, E, H, M, D, NT, BT: t
 def state_scan_kernel(
     gc, h0, h, states, ht,
     E, H, M, D,
-    BT: tl.constexpr, BLOCK: tl.constexpr, HAS_H0: tl.constexpr,
+    BT: tl.constexpr, BLOCK: tl.constexpr, HAS_H0: tl.constexpr, X_GROUP: tl.constexpr = 1,
 ):
     # S_(c+1) = exp(G_last(c)) * S_c + sum_c, element by element (the gates are diagonal): a sequential walk over
     # chunks with no matrix product in it; h holds the chunk sums, `states` gets the chunk-start states in its dtype
     # (it may be h itself: then every sum is overwritten by its state; the walk stays float32 either way). The
     # walk is latency-bound, so it goes four chunks at a time with the next four's loads in flight (every thread
-    # stores only elements it loaded itself, so overwriting a sum with a state needs no barrier).
+    # stores only elements it loaded itself, so overwriting a sum with a state needs no barrier). gc has
+    # H * X_GROUP heads, as chunk_sums_kernel's.
     i_e, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
     NT = E // BT
@@ -105,16 +111,17 @@ def state_scan_kernel(
     b_h = tl.zeros([BLOCK], dtype=tl.float32)
     if HAS_H0:
         b_h = tl.load(h0 + (i_n * H + i_h) * M * D + o_e, mask=m_e, other=0.0).to(tl.float32)
-    args = (h, gc, base, i_n, i_h)
-    s0, a0 = _chunk_step(*args, 0, o_e, o_m, m_e, E, H, M, D, NT, BT)
-    s1, a1 = _chunk_step(*args, 1, o_e, o_m, m_e, E, H, M, D, NT, BT)
-    s2, a2 = _chunk_step(*args, 2, o_e, o_m, m_e, E, H, M, D, NT, BT)
-    s3, a3 = _chunk_step(*args, 3, o_e, o_m, m_e, E, H, M, D, NT, BT)
+    args = (h, gc, base, i_n, i_h * X_GROUP)
+    XH = H * X_GROUP
+    s0, a0 = _chunk_step(*args, 0, o_e, o_m, m_e, E, XH, M, D, NT, BT)
+    s1, a1 = _chunk_step(*args, 1, o_e, o_m, m_e, E, XH, M, D, NT, BT)
+    s2, a2 = _chunk_step(*args, 2, o_e, o_m, m_e, E, XH, M, D, NT, BT)
+    s3, a3 = _chunk_step(*args, 3, o_e, o_m, m_e, E, XH, M, D, NT, BT)
     for i_t in range(0, NT, 4):
-        n0, d0 = _chunk_step(*args, i_t + 4, o_e, o_m, m_e, E, H, M, D, NT, BT)
-        n1, d1 = _chunk_step(*args, i_t + 5, o_e, o_m, m_e, E, H, M, D, NT, BT)
-        n2, d2 = _chunk_step(*args, i_t + 6, o_e, o_m, m_e, E, H, M, D, NT, BT)
-        n3, d3 = _chunk_step(*args, i_t + 7, o_e, o_m, m_e, E, H, M, D, NT, BT)
+        n0, d0 = _chunk_step(*args, i_t + 4, o_e, o_m, m_e, E, XH, M, D, NT, BT)
+        n1, d1 = _chunk_step(*args, i_t + 5, o_e, o_m, m_e, E, XH, M, D, NT, BT)
+        n2, d2 = _chunk_step(*args, i_t + 6, o_e, o_m, m_e, E, XH, M, D, NT, BT)
+        n3, d3 = _chunk_step(*args, i_t + 7, o_e, o_m, m_e, E, XH, M, D, NT, BT)
         p_s = states + base + i_t * M * D + o_e
         tl.store(p_s, b_h.to(states.dtype.element_ty), mask=m_e)
         b_h = b_h * a0 + s0
@@ -261,12 +268,14 @@ def slot_read_kernel(
     E, H, M, D, OUT_ROWS, OUT_SHIFT, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP,
     BT: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr,
     REVERSE: tl.constexpr, DOT_PREC: tl.constexpr, WIN: tl.constexpr, SCALED: tl.constexpr, W_SWAPPED: tl.constexpr,
+    H_GROUP: tl.constexpr = 1,
 ):
     # o_t = S_t^T p_t for one chunk of BT rows and one D block: the chunk-start state's part plus the in-chunk part
     # from read_weights_kernel's W (its j <= t part), stored in o's dtype at row t - OUT_SHIFT of o's OUT_ROWS (t in
     # storage order; rows outside them are dropped); with WIN, plus o_win at that row, scaled by a_t if SCALED
     # (NHA's output). W_SWAPPED (REVERSE only): w holds the forward read's weights of the swapped pair (row input x,
-    # state writes p), whose entry [t_c, place of t_r in its chunk] is this read's W[r, c] (slot_read says why)
+    # state writes p), whose entry [t_c, place of t_r in its chunk] is this read's W[r, c] (slot_read says why).
+    # h holds one state per H_GROUP heads (GQA: `slot_states(..., group)`)
     i_d, i_t, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
     NT = E // BT
@@ -279,7 +288,7 @@ def slot_read_kernel(
     rows_in = i_n * E + t.to(tl.int64)
     b_p = tl.load(p + (rows_in[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0).to(tl.float32)
     b_gc = tl.load(gc + (rows[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0)
-    p_h = h + ((i_n * H + i_h) * NT + i_t) * M * D + o_m[:, None] * D + o_d[None, :]
+    p_h = h + ((i_n * (H // H_GROUP) + i_h // H_GROUP) * NT + i_t) * M * D + o_m[:, None] * D + o_d[None, :]
     b_h = tl.load(p_h, mask=m_m[:, None] & m_d[None, :], other=0.0)
     b_o = _mm(b_p * tl.exp(b_gc), b_h, DOT_PREC)
     if W_SWAPPED:
@@ -308,10 +317,11 @@ def logits_chunk_kernel(
     E, H, M, D, Q_ROWS, Q_HEADS, Q_SHIFT, Q_GROUP, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP,
     BT: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, ND: tl.constexpr,
     REVERSE: tl.constexpr, DOT_PREC: tl.constexpr, WITH_Z: tl.constexpr, WITH_A: tl.constexpr,
+    H_GROUP: tl.constexpr = 1,
 ):
     # the D-contracted products of z_t = S_t q_t for one chunk of BT rows (D walked in ND blocks of BD): the
     # chunk-start state's part exp(G_t) * (S_c q_t) `[BT, M]`, written to z (if WITH_Z), and A[t, j] = q_t . y_j
-    # `[BT, BT]` (if WITH_A)
+    # `[BT, BT]` (if WITH_A); h holds one state per H_GROUP heads
     i_t, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
     NT = E // BT
@@ -330,7 +340,7 @@ def logits_chunk_kernel(
         m_d = o_d < D
         b_q = tl.load(q + q_rows[:, None] * D + o_d[None, :], mask=q_ok[:, None] & m_d[None, :], other=0.0)
         if WITH_Z:
-            p_h = h + ((i_n * H + i_h) * NT + i_t) * M * D + o_m[:, None] * D + o_d[None, :]
+            p_h = h + ((i_n * (H // H_GROUP) + i_h // H_GROUP) * NT + i_t) * M * D + o_m[:, None] * D + o_d[None, :]
             b_h = tl.load(p_h, mask=m_m[:, None] & m_d[None, :], other=0.0)
             b_qh += _mm(b_q, tl.trans(b_h), DOT_PREC)
         if WITH_A:
@@ -410,6 +420,13 @@ def _tiles(M: int, D: int, block_d: int = 0) -> tuple[int, int]:
     return block(M), block_d or min(128 if M <= 64 else 64, block(D))
 
 
+def _state_group(h: torch.Tensor, H: int) -> int:
+    # how many of a read-out's H heads share each of h's `[N, H / group, NT, M, D]` chunk-start states
+    if h.dim() != 5 or H % h.shape[1]:
+        raise ValueError(f"chunk-start states must be [N, heads dividing {H}, chunks, M, D], got {tuple(h.shape)}")
+    return H // h.shape[1]
+
+
 def _levels(sub: int) -> int:
     # the pair levels of _split_decays inside a sub-chunk: log2(sub) (a power of two, at least 16: a GPU product's rows)
     if sub < 16 or sub & (sub - 1):
@@ -433,8 +450,13 @@ def source_rows(y, E: int, H: int) -> tuple:
 
 
 def slot_states(x, gc, y, h0, chunk: int, prec: str, reverse: bool = False, block_d: int = 0,
-                num_warps: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+                num_warps: int = 4, group: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """States at every chunk start `[N, H, NT, M, D]` and the final state `[N, H, M, D]` (float32).
+
+    `group` > 1 (GQA, forward scans): x and gc `[N, E, H * group, M]` repeat every state's values over a group of
+    `group` heads (the query heads of one key/value head), y is a `Shifted` of that group or an `[N, E, H, D]`
+    tensor, and h0 is `[N, H, M, D]`: one state per group, which the read-outs take for each of its heads (they see
+    the states' head count), instead of `group` equal ones.
 
     Two kernels: every chunk's own sum in parallel (the matrix products), then an element-wise walk over the chunks
     (up to 1024 state elements per program). A forward scan over bf16 y gets bf16 chunk-start states (rounded once
@@ -443,15 +465,22 @@ def slot_states(x, gc, y, h0, chunk: int, prec: str, reverse: bool = False, bloc
     computed from them (bf16 there put dg at ~1e-2 relative error in a CPU emulation).
     `gc` is always in scan order; with `reverse`, x and y are read back to front (time t is row E - 1 - t).
     `block_d` and `num_warps` are the chunk sums' D block (default: `_tiles`) and warps."""
-    N, E, H, M = x.shape
+    N, E, HX, M = x.shape
     D = y.shape[-1]
+    if group < 1 or HX % group:
+        raise ValueError(f"a group of {group} heads must divide x's {HX} heads")
+    H = HX // group
     BM, BD = _tiles(M, D, block_d)
     h = new_output(N, H, E // chunk, M, D, device=x.device)
     ht = new_output(N, H, M, D, device=x.device)
-    y, *y_map = source_rows(y, E, H)
-    chunk_sums_kernel[(triton.cdiv(D, BD), E // chunk, N * H)](x, gc, y, h, E, H, M, D, *y_map, BT=chunk, BM=BM, BD=BD,
+    if isinstance(y, Shifted) and y.group % group or not isinstance(y, Shifted) and y.shape[2] != H:
+        raise ValueError(f"with a group of {group} heads, y must be a Shifted of that group or have {H} heads")
+    y, y_rows, y_heads, y_shift, y_group = source_rows(y, E, H)
+    y_group = y_group // group if y_heads != H else 1  # a Shifted's group maps x's heads to y's: states map 1 to 1
+    chunk_sums_kernel[(triton.cdiv(D, BD), E // chunk, N * H)](x, gc, y, h, E, H, M, D, y_rows, y_heads, y_shift,
+                                                              y_group, BT=chunk, BM=BM, BD=BD,
                                                               REVERSE=reverse, DOT_PREC=kernel_precision(prec),
-                                                              num_warps=num_warps)
+                                                              X_GROUP=group, num_warps=num_warps)
     half = y.dtype == torch.bfloat16 and not reverse and prec != "ieee"
     states = new_output(N, H, E // chunk, M, D, dtype=torch.bfloat16, device=x.device) if half else h
     # the walk: 512 elements per program at 8 warps (H200, 64k tokens x 16 heads, M = 64, D = 128;
@@ -460,7 +489,7 @@ def slot_states(x, gc, y, h0, chunk: int, prec: str, reverse: bool = False, bloc
     width = min(512, block(M * D, least=1))
     state_scan_kernel[(triton.cdiv(M * D, width), N * H)](gc, h0 if h0 is not None else ht, h, states, ht, E, H, M, D,
                                                           BT=chunk, BLOCK=width, HAS_H0=h0 is not None,
-                                                          num_warps=max(1, width // 64))
+                                                          X_GROUP=group, num_warps=max(1, width // 64))
     return states, ht
 
 
@@ -518,7 +547,8 @@ def slot_read(p, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub:
     slot_read_kernel[grid](p, gc, y, h, w, o, a if a is not None else o, o_win if win else o, E, H, M, D,
                            out_rows, out_shift, *y_map, BT=chunk, BM=BM, BD=BD, REVERSE=reverse,
                            DOT_PREC=kernel_precision(prec), WIN=win, SCALED=a is not None,
-                           W_SWAPPED=swapped_weights is not None, num_warps=num_warps)
+                           W_SWAPPED=swapped_weights is not None, H_GROUP=_state_group(h, H),
+                           num_warps=num_warps)
     return o
 
 
@@ -537,7 +567,7 @@ def _logits_chunk(q, gc, y, h, shape: tuple, chunk: int, prec: str, reverse: boo
                                              a_qy if with_a else gc, E, H, M, D, *q_map, *y_map, BT=chunk, BM=BM,
                                              BD=BD, ND=triton.cdiv(D, BD), REVERSE=reverse,
                                              DOT_PREC=kernel_precision(prec), WITH_Z=with_z, WITH_A=with_a,
-                                             num_warps=num_warps)
+                                             H_GROUP=_state_group(h, H) if with_z else 1, num_warps=num_warps)
     return z, a_qy
 
 

@@ -36,42 +36,44 @@ def _initial_state_grad(h0, gc, r0):
     return None if h0 is None else torch.exp(gc[:, 0])[..., None] * r0
 
 
-def logits_forward(q, s, gc, k, h0, chunk: int, prec: str):
-    """Pass 1: `z = S_t q_t` over states built from (s, g, k) -> z `[N, E, H, M]`, `S_E` `[N, H, M, K]` (float32),
-    the chunk-start states `[N, H, NT, M, K]` and the in-chunk products `q_t . k_j` `[N, E, H, chunk]` (for the
-    backward to keep or drop: its reverse logits reuse the products, `reverse_scans`).
+def logits_forward(q, s, gc, k, h0, chunk: int, prec: str, group: int = 1):
+    """Pass 1: `z = S_t q_t` over states built from (s, g, k) -> z `[N, E, H, M]`, `S_E` `[N, H / group, M, K]`
+    (float32), the chunk-start states `[N, H / group, NT, M, K]` and the in-chunk products `q_t . k_j`
+    `[N, E, H, chunk]` (for the backward to keep or drop: its reverse logits reuse the products, `reverse_scans`).
 
-    `gc`: the chunk cumsums of g (computed once for both passes)."""
-    h, ht = slot_states(s, gc, k, h0, chunk, prec)
+    `gc`: the chunk cumsums of g (computed once for both passes); `group`: GQA's G, one state per key/value head
+    (`slot_states`; h0 `[N, H / group, M, K]`)."""
+    h, ht = slot_states(s, gc, k, h0, chunk, prec, group=group)
     z, a_qk = slot_logits(q, s, gc, k, h, chunk, prec, keep_products=True)
     return z, ht, h, a_qk
 
 
-def read_forward(p, s, gc, v, h0, chunk: int, prec: str, **out):
+def read_forward(p, s, gc, v, h0, chunk: int, prec: str, group: int = 1, **out):
     """Pass 2: `o = S_t^T p_t` over states built from (s, g, v) -> o `[N, E, H, V]` float32 (or as `out` says:
-    `slot_read`'s dtype, rows and `a * o_win` of NHA's output), `S_E` `[N, H, M, V]` float32, the chunk-start
-    states `[N, H, NT, M, V]` and the read's in-chunk weights `[N, E, H, chunk]` (the backward's dv read reuses
-    them: `reverse_scans`)."""
-    h, ht = slot_states(s, gc, v, h0, chunk, prec)
+    `slot_read`'s dtype, rows and `a * o_win` of NHA's output), `S_E` `[N, H / group, M, V]` float32, the chunk-start
+    states `[N, H / group, NT, M, V]` and the read's in-chunk weights `[N, E, H, chunk]` (the backward's dv read
+    reuses them: `reverse_scans`); `group` as `logits_forward`'s."""
+    h, ht = slot_states(s, gc, v, h0, chunk, prec, group=group)
     w = read_weights(p, s, gc, chunk, prec)
     return slot_read(p, s, gc, v, h, chunk, prec, weights=w, **out), ht, h, w
 
 
-def read_dp(do, s, gc, v, h0, chunk: int, prec: str, h=None):
+def read_dp(do, s, gc, v, h0, chunk: int, prec: str, h=None, group: int = 1):
     """`(dp, a)`: `dp_t = S_t do_t` `[N, E, H, M]` float32, the gradient of `read_forward`'s p, given its output
     gradient do `[N, E, H, V]` (any float dtype), and the in-chunk products `do_t . v_j` `[N, E, H, chunk]` (the
-    reverse logits reuse them); `h`: the forward's chunk-start states, recomputed when None."""
+    reverse logits reuse them); `h`: the forward's chunk-start states, recomputed when None (`group` as the
+    forward's)."""
     if h is None:
-        h, _ = slot_states(s, gc, v, h0, chunk, prec)
+        h, _ = slot_states(s, gc, v, h0, chunk, prec, group=group)
     return slot_logits(do, s, gc, v, h, chunk, prec, keep_products=True)
 
 
-def read_dq(dz, s, gc, k, h0, chunk: int, prec: str, h=None, **out):
+def read_dq(dz, s, gc, k, h0, chunk: int, prec: str, h=None, group: int = 1, **out):
     """`(dq, w)`: `dq_t = S_t^T dz_t`, the gradient of `logits_forward`'s q, given its logits' gradient dz
     `[N, E, H, M]` (`h` as `read_dp`, `out` as `slot_read`'s: rows, dtype, an added window share), and the read's
     in-chunk weights `[N, E, H, chunk]` (the dk read reuses them: `reverse_scans`)."""
     if h is None:
-        h, _ = slot_states(s, gc, k, h0, chunk, prec)
+        h, _ = slot_states(s, gc, k, h0, chunk, prec, group=group)
     w = read_weights(dz, s, gc, chunk, prec)
     return slot_read(dz, s, gc, k, h, chunk, prec, weights=w, **out), w
 
