@@ -98,10 +98,9 @@ def rounded_slot_states(forward: bool, backward: bool, sums: bool):
         h = new_output(N, H, E // chunk_len, M, D, device=x.device)
         ht = new_output(N, H, M, D, device=x.device)
         y, y_rows, y_heads, y_shift, y_group = sc.source_rows(y, E, H)
-        y_group = y_group // group if y_heads != H else 1
         sc.chunk_sums_kernel[(triton.cdiv(D, BD), E // chunk_len, N * H)](
-            x, gc, y, h, E, H, M, D, y_rows, y_heads, y_shift, y_group, BT=chunk_len, BM=BM, BD=BD, REVERSE=reverse,
-            DOT_PREC=kernel_precision(prec), X_GROUP=group)
+            x, gc, y, h, E, H, M, D, y_rows, y_heads, y_shift, y_group // group, BT=chunk_len, BM=BM, BD=BD,
+            REVERSE=reverse, DOT_PREC=kernel_precision(prec), X_GROUP=group)
         h.copy_(h.bfloat16())  # each chunk's sum rounded before the walk
         width = min(512, block(M * D, least=1))
         sc.state_scan_kernel[(triton.cdiv(M * D, width), N * H)](gc, h0 if h0 is not None else ht, h, h, ht, E, H, M,

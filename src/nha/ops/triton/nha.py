@@ -67,11 +67,11 @@ def triton_nha(
         initial_state: `NHAState` with one entry per sequence; output_final_state: return the final `NHAState`.
         cu_seqlens: `[N + 1]` offsets of N sequences packed in a `B == 1` batch.
         check_gates: check that g holds no NaN and nothing > 0 (on CUDA that reads g back: a host sync).
-        save_states: with gradients, keep for the backward the slot scans' chunk-start states (`[N, HQ, T / 64, M,
-            K + V]`, bf16 for half inputs), two in-chunk tensors of the forward (the output read's weights and the
-            logits' q . k products, `[N, T, HQ, 64]` float32 each), the scan's gates (three `[N, T, HQ, M]` float32)
-            and the slot probabilities (one more): faster. False recomputes them all in the backward (the same
-            results, bit for bit): the low-memory mode.
+        save_states: with gradients, keep for the backward the slot scans' chunk-start states (`[N, H, T / 64, M,
+            K + V]`, one per key/value head, bf16 for half inputs), two in-chunk tensors of the forward (the output
+            read's weights and the logits' q . k products, `[N, T, HQ, 64]` float32 each), the scan's gates (three
+            `[N, T, HQ, M]` float32) and the slot probabilities (one more): faster. False recomputes them all in the
+            backward (the same results, bit for bit): the low-memory mode.
 
     Returns:
         `o` `[B, T, HQ, V]` in the input dtype, and the final `NHAState` (or None).

@@ -454,9 +454,9 @@ def slot_states(x, gc, y, h0, chunk: int, prec: str, reverse: bool = False, bloc
     """States at every chunk start `[N, H, NT, M, D]` and the final state `[N, H, M, D]` (float32).
 
     `group` > 1 (GQA, forward scans): x and gc `[N, E, H * group, M]` repeat every state's values over a group of
-    `group` heads (the query heads of one key/value head), y is a `Shifted` of that group or an `[N, E, H, D]`
-    tensor, and h0 is `[N, H, M, D]`: one state per group, which the read-outs take for each of its heads (they see
-    the states' head count), instead of `group` equal ones.
+    `group` heads (the query heads of one key/value head), y is a `Shifted` whose group `group` divides, and h0 is
+    `[N, H, M, D]`: one state per group, which the read-outs take for each of its heads (they see the states' head
+    count), instead of `group` equal ones.
 
     Two kernels: every chunk's own sum in parallel (the matrix products), then an element-wise walk over the chunks
     (up to 1024 state elements per program). A forward scan over bf16 y gets bf16 chunk-start states (rounded once
@@ -473,12 +473,12 @@ def slot_states(x, gc, y, h0, chunk: int, prec: str, reverse: bool = False, bloc
     BM, BD = _tiles(M, D, block_d)
     h = new_output(N, H, E // chunk, M, D, device=x.device)
     ht = new_output(N, H, M, D, device=x.device)
-    if isinstance(y, Shifted) and y.group % group or not isinstance(y, Shifted) and y.shape[2] != H:
-        raise ValueError(f"with a group of {group} heads, y must be a Shifted of that group or have {H} heads")
+    if group > 1 and not (isinstance(y, Shifted) and y.group % group == 0):
+        raise ValueError(f"with a group of {group} heads, y must be a Shifted whose group {group} divides")
     y, y_rows, y_heads, y_shift, y_group = source_rows(y, E, H)
-    y_group = y_group // group if y_heads != H else 1  # a Shifted's group maps x's heads to y's: states map 1 to 1
+    # a Shifted's group maps x's heads to y's: state head i (x's head i * group) reads y's head i * group // y_group
     chunk_sums_kernel[(triton.cdiv(D, BD), E // chunk, N * H)](x, gc, y, h, E, H, M, D, y_rows, y_heads, y_shift,
-                                                              y_group, BT=chunk, BM=BM, BD=BD,
+                                                              y_group // group, BT=chunk, BM=BM, BD=BD,
                                                               REVERSE=reverse, DOT_PREC=kernel_precision(prec),
                                                               X_GROUP=group, num_warps=num_warps)
     half = y.dtype == torch.bfloat16 and not reverse and prec != "ieee"
