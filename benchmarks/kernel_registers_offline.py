@@ -26,23 +26,24 @@ from triton.compiler import ASTSource
 
 TARGET = GPUTarget("cuda", 90, 32)
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-F32, BF16, I32 = "*fp32", "*bf16", "i32"
+F32, BF16, I8, I32 = "*fp32", "*bf16", "*i8", "i32"
 
 # (kernel, signature, constexprs) as slot_logits / slot_read launch them at M = 64, D = 128 (slot_read_kernel as the
 # backward calls it: no window epilogue, float32 output); REVERSE is added below. Forward-type calls read bf16 chunk
 # states, reverse-type calls float32 ones (slot_states).
 KERNELS = [
-    ("read_weights_kernel", dict(p=F32, x=F32, gc=F32, w=F32, E=I32, H=I32, M=I32),
+    ("read_weights_kernel", dict(p=F32, x=F32, gc=F32, gentle=I8, w=F32, E=I32, H=I32, M=I32),
      dict(BT=64, BC=16, BM=64, LEVELS=4, DOT_PREC="tf32x3")),
-    ("logits_intra_kernel", dict(x=F32, gc=F32, a_qy=F32, z=F32, x2=F32, a_qy2=F32, z2=F32, E=I32, H=I32, M=I32),
+    ("logits_intra_kernel", dict(x=F32, gc=F32, gentle=I8, a_qy=F32, z=F32, x2=F32, a_qy2=F32, E=I32, H=I32, M=I32),
      dict(BT=64, BC=16, BM=64, LEVELS=4, DOT_PREC="tf32x3", DUAL=False, A_SWAPPED=False)),
     # the backward's paired reverse logits (slot_logits' `plus`)
-    ("logits_intra_kernel", dict(x=F32, gc=F32, a_qy=F32, z=F32, x2=F32, a_qy2=F32, z2=F32, E=I32, H=I32, M=I32),
+    ("logits_intra_kernel", dict(x=F32, gc=F32, gentle=I8, a_qy=F32, z=F32, x2=F32, a_qy2=F32, E=I32, H=I32, M=I32),
      dict(BT=64, BC=16, BM=64, LEVELS=4, DOT_PREC="tf32x3", DUAL=True, A_SWAPPED=True)),
-    ("logits_chunk_kernel", dict(q=BF16, gc=F32, y=BF16, h="STATES", z=F32, a_qy=F32, E=I32, H=I32, M=I32, D=I32),
+    ("logits_chunk_kernel", dict(q=BF16, x=F32, gc=F32, gentle=I8, y=BF16, h="STATES", z=F32, a_qy=F32, E=I32, H=I32,
+                                 M=I32, D=I32),
      dict(BT=64, BM=64, BD=128, ND=1, DOT_PREC="tf32x3", WITH_Z=True, WITH_A=True)),
-    ("slot_read_kernel", dict(p=F32, gc=F32, y=BF16, h="STATES", w=F32, o=F32, a=F32, o_win=F32, E=I32, H=I32,
-                              M=I32, D=I32, OUT_ROWS=I32, OUT_SHIFT=I32),
+    ("slot_read_kernel", dict(p=F32, x=F32, gc=F32, gentle=I8, y=BF16, h="STATES", w=F32, o=F32, a=F32, o_win=F32,
+                              E=I32, H=I32, M=I32, D=I32, OUT_ROWS=I32, OUT_SHIFT=I32),
      dict(BT=64, BM=64, BD=128, DOT_PREC="tf32x3", WIN=False, SCALED=False, W_SWAPPED=False)),
 ]
 

@@ -14,7 +14,8 @@ from nha.ops.triton import common
 from nha.ops.triton.common import CompiledLaunch, chunk_cumsum
 from nha.ops.triton.gates import reverse_chunk_cumsum, slot_gates, slot_gates_grad
 from nha.ops.triton.shift import shifted, unshift
-from nha.ops.triton.slot_chunk import chunk_products, read_weights, slot_logits, slot_read, slot_states
+from nha.ops.triton.slot_chunk import (GENTLE_SPAN, chunk_products, gentle_chunks, read_weights, slot_logits,
+                                      slot_read, slot_states)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -51,16 +52,20 @@ def test_slot_gates_and_their_gradient(shift, group, with_final, S):
     g[0, 3, 0, :2] = torch.tensor([-5000.0, -1e-9])  # a clamped gate and one whose 1 - exp(g) cancels in float32
     g.requires_grad_()
     valid = torch.rand(N, S, device=DEVICE) > 0.2
+    valid[0, 3] = True
     ends = torch.tensor([S, 37], device=DEVICE)
-    g_in, s_in, gc = slot_gates(g.detach(), valid.to(torch.int8), ends, shift, group, length, chunk)
+    g_in, s_in, gc, gentle = slot_gates(g.detach(), valid.to(torch.int8), ends, shift, group, length, chunk)
     ref = _scan_gates_reference(g, valid, ends, shift, group, length)
     torch.testing.assert_close(g_in, ref.float(), rtol=0, atol=0)
     torch.testing.assert_close(s_in.double(), -torch.expm1(ref), rtol=1e-6, atol=1e-12)
     torch.testing.assert_close(gc, chunk_cumsum(ref.float(), chunk), rtol=1e-5, atol=1e-5)
+    # the chunks' flags are gentle_chunks' of gc, bit for bit (the flags' own test is the next one)
+    assert torch.equal(gentle, gentle_chunks(gc, chunk))
+    assert not gentle.any()  # M <= 16: every chunk is steep (FUSED_SLOTS)
     # a forward without gradients skips g_in, and only it
-    none, s_only, gc_only = slot_gates(g.detach(), valid.to(torch.int8), ends, shift, group, length, chunk,
-                                       with_g_in=False)
-    assert none is None and torch.equal(s_only, s_in) and torch.equal(gc_only, gc)
+    none, s_only, gc_only, gentle_only = slot_gates(g.detach(), valid.to(torch.int8), ends, shift, group, length,
+                                                    chunk, with_g_in=False)
+    assert none is None and torch.equal(s_only, s_in) and torch.equal(gc_only, gc) and torch.equal(gentle_only, gentle)
     # what both slot passes pass back: to the chunk cumsums G through dG = dz z + p dp - s (ds1 + ds2) (plus the final
     # states' term at the last step), and to s = 1 - exp(g_in) through ds1 + ds2
     dz, z, p, dp, ds1, ds2 = (torch.randn_like(g_in) for _ in range(6))
@@ -107,14 +112,21 @@ def test_slot_states_are_the_recurrence_at_every_chunk_start(with_h0):
     torch.testing.assert_close(ht, S, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("M", [5, 40])
 @pytest.mark.parametrize("sub", [16, 32])
-@pytest.mark.parametrize("steep", [False, True], ids=["mild", "steep"])
-def test_slot_read_outs_are_the_recurrence(sub, steep):
-    # both read-outs in both directions against the loop S_t = exp(g_t) S_(t-1) + x_t (x) y_t, for the in-chunk split
-    # levels of 16- and 32-row sub-chunks; steep gates put decays inside one sub-chunk far below exp(-88)
-    N, E, H, M, D, chunk = 1, 128, 2, 5, 6, 64
+@pytest.mark.parametrize("gates", ["mild", "steep", "mixed"])
+def test_slot_read_outs_are_the_recurrence(sub, gates, M):
+    # both read-outs in both directions against the loop S_t = exp(g_t) S_(t-1) + x_t (x) y_t, for 16- and 32-row
+    # sub-chunks. Mild gates fall by less than GENTLE_SPAN in every chunk (one in-chunk product per chunk); steep ones
+    # put decays inside one sub-chunk far below exp(-88) (the sub-chunk kernels' split levels); mixed has both kinds of
+    # chunk in one launch: one steep gate in one slot (one step, so that the chunk cumsums after it stay near enough
+    # to 0 for float32 to resolve the mild gates that follow: at -1600 its rounding alone is ~1e-4, the tolerance).
+    # With M = 5 (FUSED_SLOTS) every chunk takes the sub-chunk kernels
+    N, E, H, D, chunk = 1, 128, 2, 6, 64
     x = torch.rand(N, E, H, M, device=DEVICE)
-    g = -torch.rand(N, E, H, M, device=DEVICE) * (40.0 if steep else 1.0)
+    g = -torch.rand(N, E, H, M, device=DEVICE) * (40.0 if gates == "steep" else 1.0)
+    if gates == "mixed":
+        g[:, 20, :, 1] = -60.0
     y, q = torch.randn(N, E, H, D, device=DEVICE), torch.randn(N, E, H, D, device=DEVICE)
     p = torch.rand(N, E, H, M, device=DEVICE)
     S = torch.zeros(N, H, M, D, device=DEVICE, dtype=torch.float64)
@@ -138,31 +150,60 @@ def test_slot_read_outs_are_the_recurrence(sub, steep):
     torch.testing.assert_close(o, back(o_ref), **close)
 
 
+def _gentle_and_steep_gates(N: int, E: int, H: int, M: int) -> torch.Tensor:
+    # mild gates (every chunk gentle), but sequence 1 has one steep gate at row 64, the first of forward chunk 1 and
+    # the last of the flipped scan's chunk that pairs with forward chunk 0: both of its chunks are steep
+    g = -torch.rand(N, E, H, M, device=DEVICE) * 0.5
+    g[1, 64, :, 0] = -3 * float(GENTLE_SPAN.value)
+    return g
+
+
+@pytest.mark.parametrize("reverse_steep", [False, True], ids=["forward-steep", "flipped-steep"])
+def test_gentle_chunks_hold_in_both_scan_directions(reverse_steep):
+    # a chunk is gentle when its gates fall by less than GENTLE_SPAN in the forward scan and in the flipped one,
+    # whose chunks are shifted by a row; one steep gate at a chunk's first row (or last) makes both kinds steep
+    N, E, H, M, chunk = 1, 256, 2, 33, 64
+    g = -torch.rand(N, E, H, M, device=DEVICE) * 0.5
+    g[0, 127 if reverse_steep else 128, 1, 2] = -2 * float(GENTLE_SPAN.value)
+    fall_fwd = -chunk_cumsum(g, chunk)[:, chunk - 1::chunk]  # `[N, NT, H, M]`: each slot's fall in each chunk
+    fall_rev = -reverse_chunk_cumsum(g, chunk)[:, chunk - 1::chunk].flip(1)
+    want = ((fall_fwd.amax(-1) < GENTLE_SPAN.value) & (fall_rev.amax(-1) < GENTLE_SPAN.value)).to(torch.int8)
+    got = gentle_chunks(chunk_cumsum(g, chunk), chunk)
+    assert torch.equal(got, want)
+    steep = [(c, h) for c in range(E // chunk) for h in range(H) if got[0, c, h] == 0]
+    # head 1's chunk 1 (the steep gate its last row, or its flipped chunk's last row) and chunk 2 (the gate in it)
+    assert steep == ([(1, 1)] if reverse_steep else [(1, 1), (2, 1)])
+
+
 @pytest.mark.parametrize("M", [5, 64])
 def test_reverse_reads_take_the_forward_reads_weights_swapped(M):
     # the backward's dk / dv reads (reverse, row input s, state writes r) reuse the forward-direction weights of
     # (row input r, state writes s): every in-chunk pair must land where the reverse read's own weights put it
     N, E, H, D, chunk = 2, 128, 2, 6, 64
-    g = -torch.rand(N, E, H, M, device=DEVICE) * 3.0
+    g = _gentle_and_steep_gates(N, E, H, M)
     s, r = torch.rand(N, E, H, M, device=DEVICE), torch.randn(N, E, H, M, device=DEVICE)
     c = torch.randn(N, E, H, D, device=DEVICE)
     gc, gcr = chunk_cumsum(g, chunk), reverse_chunk_cumsum(g, chunk)
+    flags = gentle_chunks(gc, chunk)
     hr, _ = slot_states(r, gcr, c, None, chunk, "ieee", reverse=True)
     own = slot_read(s, r, gcr, c, hr, chunk, "ieee", reverse=True)
-    w = read_weights(r, s, gc, chunk, "ieee")
-    swapped = slot_read(s, r, gcr, c, hr, chunk, "ieee", reverse=True, swapped_weights=w)
+    w = read_weights(r, s, gc, chunk, "ieee", gentle=flags)
+    swapped = slot_read(s, r, gcr, c, hr, chunk, "ieee", reverse=True, swapped_weights=w, gentle=flags.flip(1))
     torch.testing.assert_close(swapped, own, rtol=1e-4, atol=1e-4)  # float32 rounding of sums of 64 products
     with pytest.raises(ValueError, match="swapped_weights"):
         slot_read(s, r, gc, c, hr, chunk, "ieee", swapped_weights=w)
+    with pytest.raises(ValueError, match="gentle"):  # weights made for flags that must come with them
+        slot_read(s, r, gcr, c, hr, chunk, "ieee", reverse=True, swapped_weights=w)
 
 
 @pytest.mark.parametrize("paired", [False, True])
 def test_reverse_logits_take_the_forward_products_swapped(paired):
     # the backward's reverse logits (q-role k, y-role q) reuse the forward read-out's in-chunk products q . k, the
     # pair swapped (and pass 2's take dp's do . v): every product must land where the reverse read-out's own go
-    N, E, H, M, D, chunk = 2, 128, 2, 5, 6, 64
-    g = -torch.rand(N, E, H, M, device=DEVICE) * 3.0
+    N, E, H, M, D, chunk = 2, 128, 2, 40, 6, 64
+    g = _gentle_and_steep_gates(N, E, H, M)
     gc, gcr = chunk_cumsum(g, chunk), reverse_chunk_cumsum(g, chunk)
+    flags = gentle_chunks(gc, chunk)
     reads = []  # (q-role, x, y-role, states) of each reverse read-out
     for _ in range(1 + paired):
         k, x, q = torch.randn(N, E, H, D, device=DEVICE), torch.randn(N, E, H, M, device=DEVICE), \
@@ -171,13 +212,18 @@ def test_reverse_logits_take_the_forward_products_swapped(paired):
     first, plus = reads[0], (reads[1] if paired else None)
     own = slot_logits(*first[:2], gcr, *first[2:], chunk, "ieee", reverse=True, plus=plus)
     # the forward read-outs of the swapped pairs (q-role q, y-role k); their z is not looked at
-    products = tuple(slot_logits(q, x, gc, k, h, chunk, "ieee", keep_products=True)[1] for k, x, q, h in reads)
-    assert torch.equal(products[0], chunk_products(first[2], first[0], gc, chunk, "ieee"))
+    products = tuple(slot_logits(q, x, gc, k, h, chunk, "ieee", keep_products=True, gentle=flags)[1]
+                     for k, x, q, h in reads)
+    steep = flags.view(N, E // chunk, 1, H, 1).expand(N, E // chunk, chunk, H, 1).reshape(N, E, H, 1) == 0
+    kept = chunk_products(first[2], first[0], gc, chunk, "ieee")  # every chunk's: a steep chunk's are the same
+    assert torch.equal(torch.where(steep, products[0], 0.0), torch.where(steep, kept, 0.0))
     swapped = slot_logits(*first[:2], gcr, *first[2:], chunk, "ieee", reverse=True, plus=plus,
-                          swapped_products=products)
+                          swapped_products=products, gentle=flags.flip(1))
     torch.testing.assert_close(swapped, own, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="swapped_products"):
         slot_logits(*first[:2], gcr, *first[2:], chunk, "ieee", reverse=True, swapped_products=products * 3)
+    with pytest.raises(ValueError, match="gentle"):
+        slot_logits(*first[:2], gcr, *first[2:], chunk, "ieee", reverse=True, plus=plus, swapped_products=products)
 
 
 @pytest.mark.parametrize("reverse", [False, True])
@@ -288,10 +334,15 @@ def test_a_prefill_splits_its_mixed_products():
     h, ht = slot_states(s, gc, y, None, chunk, "tf32x3")
     h_tf32, ht_tf32 = slot_states(s, gc, y, None, chunk, "tf32")
     assert torch.equal(h_tf32, h) and torch.equal(ht_tf32, ht)
-    w = read_weights(p, s, gc, chunk, "ieee")
-    o = slot_read(p, s, gc, y, h, chunk, "tf32", weights=w)
-    o32 = slot_read(p, s, gc, y.float(), h.float(), chunk, "ieee", weights=w)
+    # every chunk taken as steep, so that the read takes the given float32 weights and only its products differ
+    steep = torch.zeros(N, E // chunk, H, dtype=torch.int8, device="cuda")
+    w = read_weights(p, s, gc, chunk, "ieee", gentle=steep)
+    o = slot_read(p, s, gc, y, h, chunk, "tf32", weights=w, gentle=steep)
+    o32 = slot_read(p, s, gc, y.float(), h.float(), chunk, "ieee", weights=w, gentle=steep)
     assert ((o - o32).norm() / o32.norm()).item() < 1e-4
+    # gentle chunks make their weights in the read, one tf32 product in a prefill (as read_weights did there)
+    o_own = slot_read(p, s, gc, y, h, chunk, "tf32")
+    assert gentle_chunks(gc, chunk).all() and ((o_own - o32).norm() / o32.norm()).item() < 2e-3
 
 
 class _FakeBinary:

@@ -33,8 +33,8 @@ def block(n: int, least: int = 16) -> int:
 
 
 def new_output(*shape: int, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
-    if POISON_OUTPUTS:
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    if POISON_OUTPUTS:  # NaN, or -1 for integer flags (read as "set")
+        return torch.full(shape, float("nan") if dtype.is_floating_point else -1, dtype=dtype, device=device)
     return torch.empty(*shape, dtype=dtype, device=device)
 
 

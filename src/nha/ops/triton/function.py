@@ -9,9 +9,10 @@ Forward: window path (banded attention, lse) -> scan gates (`slot_gates`: shift 
 read k and v shifted by w and per query head in place (shift.py's `Shifted`): no copies, nothing more saved.
 Backward: pass 2's dp -> merge and output together (`merge_backward`: dz, the window path's do and delta, the gate
 term dz * z + p * dp) -> window path -> pass 1's dq (in q's dtype with the window path's dq added in its epilogue) ->
-both passes' reverse scans side by side (`reverse_scans`: ds1 + ds2, dk, dv; a reverse read-out takes the in-chunk
-tensors of the forward read-out of its pair swapped, transposed: dk dq's weights, dv the output's, the logits the
-forward's q . k and dp's do . v) -> the gates' gradient of both passes at
+both passes' reverse scans side by side (`reverse_scans`: ds1 + ds2, dk, dv; in a steep chunk a reverse read-out takes
+the in-chunk tensors of the forward read-out of its pair swapped, transposed: dk dq's weights, dv the output's, the
+logits the forward's q . k and dp's do . v; a gentle chunk's are one product in the read-out itself, and every
+read-out of both directions takes `slot_gates`' one set of flags) -> the gates' gradient of both passes at
 once (chunk totals, then every chunk's reverse cumsum summed over the group and moved back to the layer's rows, in
 g's dtype). dk and dv leave their read-outs at the layer's rows in
 the input's dtype with the window path's share added when G = 1; with G > 1 one pass each sums the group, shifts them
@@ -105,18 +106,20 @@ class NHAFunction(torch.autograd.Function):
         if lse_win is None:
             lse_win = q.new_full((N, S, HQ), MASKED, dtype=torch.float32)
         E, C, G, prec = plan.length, plan.chunk, plan.group, plan.prec
-        g_in, s_in, gc = slot_gates(g, plan.valid_i8, plan.ends, plan.shift, G, E, C, with_g_in=plan.backward)
+        # with `gentle`, which chunks' in-chunk read-outs take one product each (every read-out of both scan
+        # directions takes these flags: slot_chunk.gentle_chunks)
+        g_in, s_in, gc, gentle = slot_gates(g, plan.valid_i8, plan.ends, plan.shift, G, E, C, with_g_in=plan.backward)
         k_in, v_in = shifted(k, plan.shift, E, G), shifted(v, plan.shift, E, G)
         q_in = pad_time(q, E).contiguous()
         # a group's query heads hold the same gates: one chunk-start state per key/value head serves them all
-        z, ht_k, h_k, a_qk = logits_forward(q_in, s_in, gc, k_in, h0_k, C, prec, group=G)
+        z, ht_k, h_k, a_qk = logits_forward(q_in, s_in, gc, k_in, h0_k, C, prec, group=G, gentle=gentle)
         p, a = merge_forward(z, lse_win, plan.live_i8, plan.scale)
-        o, ht_v, h_v, w_o = read_forward(p, s_in, gc, v_in, h0_v, C, prec, group=G, a=a, o_win=o_win, dtype=q.dtype,
-                                         out_rows=S)
+        o, ht_v, h_v, w_o = read_forward(p, s_in, gc, v_in, h0_v, C, prec, group=G, gentle=gentle, a=a, o_win=o_win,
+                                         dtype=q.dtype, out_rows=S)
         if not plan.save_states:  # the backward recomputes these, as the forward made them
             h_k = h_v = w_o = a_qk = g_in = s_in = gc = p = None
         ctx.save_for_backward(qw, kw, v, o_win, lse_win, g, q_in, k, g_in, s_in, gc, z, p, a, h0_k, h0_v, ht_k, ht_v,
-                              h_k, h_v, w_o, a_qk)
+                              h_k, h_v, w_o, a_qk, gentle)
         return o, ht_k, ht_v
 
     @staticmethod
@@ -164,12 +167,12 @@ def _at_layer_rows(d_in: torch.Tensor, plan: Plan, S: int, G: int, other: Option
 def _backward(do, dht_k, dht_v, saved, plan: Plan, shared):
     """`(dq, dk, dv, dg, dq_win, dk_win, dh0_k, dh0_v)` of the full operator."""
     (qw, kw, v, o_win, lse_win, g, q_in, k, g_in, s_in, gc, z, p, a, h0_k, h0_v, ht_k, ht_v, h_k, h_v, w_o,
-     a_qk) = saved
+     a_qk, gentle) = saved
     N, S, HQ = qw.shape[0], qw.shape[1], q_in.shape[2]
     E, C, G, prec = plan.length, plan.chunk, plan.group, plan.prec
     k_in, v_in = shifted(k, plan.shift, E, G), shifted(v, plan.shift, E, G)
     if gc is None:  # not saved (`save_states=False`): the scan's gates and the slot probabilities, recomputed
-        g_in, s_in, gc = slot_gates(g, plan.valid_i8, plan.ends, plan.shift, G, E, C)
+        g_in, s_in, gc, _ = slot_gates(g, plan.valid_i8, plan.ends, plan.shift, G, E, C)
         p, _ = merge_forward(z, lse_win, plan.live_i8, plan.scale)
     do = q_in.new_zeros(N, S, HQ, v.shape[-1]) if do is None else do.contiguous()
     dht_k = None if dht_k is None else dht_k.float().contiguous()
@@ -179,26 +182,26 @@ def _backward(do, dht_k, dht_v, saved, plan: Plan, shared):
     # the reverse scans run per query head: a group's final-state gradient enters once, at its first head
     dht_k, dht_v = _first_of_group(dht_k, G), _first_of_group(dht_v, G)
     do_in = pad_time(do, E).contiguous()
-    dp, a_dov = read_dp(do_in, s_in, gc, v_in, h0_v, C, prec, h=h_v, group=G)
+    dp, a_dov = read_dp(do_in, s_in, gc, v_in, h0_v, C, prec, h=h_v, group=G, gentle=gentle)
     dz, delta, do_win, pass_term = merge_backward(p, dp, z, a, do, o_win, plan.live_i8, plan.scale)
     dq_w = dk_w = dv_w = None
     if o_win is not None:
         dq_w, dk_w, dv_w = window_backward(qw, kw, v, plan.valid_i8, lse_win, delta, do_win, plan.window, plan.scale)
     del delta, do_win  # transients die before the reverse scans, where the backward's memory peaks
     # dq comes out of its slot read-out in q's dtype with the window path's share added (when q is shared)
-    dq, w_dq = read_dq(dz, s_in, gc, k_in, h0_k, C, prec, h=h_k, group=G, o_win=dq_w if shared[0] else None,
-                       dtype=q_in.dtype, out_rows=S)
+    dq, w_dq = read_dq(dz, s_in, gc, k_in, h0_k, C, prec, h=h_k, group=G, gentle=gentle,
+                       o_win=dq_w if shared[0] else None, dtype=q_in.dtype, out_rows=S)
     dq_win = None if shared[0] or dq_w is None else dq_w.to(qw.dtype)
     del dq_w  # float32 [N, S, HQ, K]: in dq or in dq_win by now
     # k and v: the slot path's gradients moved back to the layer's rows, plus the window path's (k's when it shares k);
     # their reads take dq's and the output's in-chunk weights swapped (the latter recomputed as the forward did)
     if w_o is None:
-        w_o = read_weights(p, s_in, gc, C, prec)
+        w_o = read_weights(p, s_in, gc, C, prec, gentle=gentle)
     if a_qk is None:  # the forward's in-chunk products q . k, for the reverse logits (recomputed as it made them)
         a_qk = chunk_products(q_in, k_in, gc, C, prec)
     dk_other = dk_w if shared[1] else None
     ds, dk, dv, dh0_k, dh0_v = reverse_scans(s_in, g_in, gc, (dz, q_in, k_in, dht_k, h0_k), (p, do_in, v_in, dht_v, h0_v),
-                                             (w_dq, w_o), (a_qk, a_dov), C, prec,
+                                             (w_dq, w_o), (a_qk, a_dov), C, prec, gentle,
                                              dk_out=_layer_rows_out(plan, S, G, dk_other, k.dtype),
                                              dv_out=_layer_rows_out(plan, S, G, dv_w, v.dtype))
     dg = slot_gates_grad(g, plan.valid_i8, plan.ends, plan.shift, C, s_in, pass_term, ds, final_sum)

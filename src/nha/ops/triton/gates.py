@@ -15,6 +15,7 @@ import triton.language as tl
 
 from nha.ops import chunk
 from nha.ops.triton.common import block, new_output
+from nha.ops.triton.slot_chunk import FUSED_SLOTS, GENTLE_SPAN
 
 MIN_LOG_GATE = tl.constexpr(chunk.MIN_LOG_GATE)  # the clamp of every path: exp() of it is 0 in float32
 
@@ -38,25 +39,42 @@ def _source_rows(t, i_n, ends, valid, SHIFT, S):
 
 
 @triton.jit
-def slot_gates_kernel(g, valid, ends, g_in, s_in, gc, S, E, H, HQ, M, SHIFT, BT: tl.constexpr, BM: tl.constexpr,
-                      STORE_G: tl.constexpr):
+def _scan_gates(g, valid, ends, t, i_n, i_h, o_m, m_m, S, H, M, SHIFT):
+    # `[BT, BM]` float32: the scan's gates at steps t (clamped; 0 where no real row enters)
+    src, ok = _source_rows(t, i_n, ends, valid, SHIFT, S)
+    p_src = ((i_n * S + src.to(tl.int64))[:, None] * H + i_h) * M + o_m[None, :]
+    b_g = tl.load(g + p_src, mask=ok[:, None] & m_m[None, :], other=0.0).to(tl.float32)
+    return tl.maximum(b_g, MIN_LOG_GATE)
+
+
+@triton.jit
+def slot_gates_kernel(g, valid, ends, g_in, s_in, gc, gentle, S, E, H, HQ, M, SHIFT,
+                      BT: tl.constexpr, BM: tl.constexpr, STORE_G: tl.constexpr):
     # step t of query head hq absorbs the gates of row t - SHIFT of key/value head hq // G, clamped; 0 elsewhere
-    # (g_in itself stored if STORE_G: only a backward reads it)
+    # (g_in itself stored if STORE_G: only a backward reads it), and the chunk's flag: whether its gates fall by less
+    # than GENTLE_SPAN in every slot, in this scan and in the flipped one (slot_chunk.gentle_chunks, the same arithmetic)
     i_t, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_hq = (i_nh // HQ).to(tl.int64), (i_nh % HQ).to(tl.int64)
     i_h = i_hq // (HQ // H)
-    o_t = i_t * BT + tl.arange(0, BT)
+    o_i = tl.arange(0, BT)
+    o_t = i_t * BT + o_i
     o_m = tl.arange(0, BM)
     m_m = o_m < M
-    src, ok = _source_rows(o_t, i_n, ends, valid, SHIFT, S)
-    p_src = ((i_n * S + src.to(tl.int64))[:, None] * H + i_h) * M + o_m[None, :]
-    b_g = tl.load(g + p_src, mask=ok[:, None] & m_m[None, :], other=0.0).to(tl.float32)
-    b_g = tl.maximum(b_g, MIN_LOG_GATE)
+    b_g = _scan_gates(g, valid, ends, o_t, i_n, i_h, o_m, m_m, S, H, M, SHIFT)
     p = ((i_n * E + o_t.to(tl.int64))[:, None] * HQ + i_hq) * M + o_m[None, :]
     if STORE_G:
         tl.store(g_in + p, b_g, mask=m_m[None, :])
     tl.store(s_in + p, _neg_expm1(b_g), mask=m_m[None, :])
-    tl.store(gc + p, tl.cumsum(b_g, axis=0), mask=m_m[None, :])
+    b_gc = tl.cumsum(b_g, axis=0)
+    tl.store(gc + p, b_gc, mask=m_m[None, :])
+    # the next chunk's first gate (0 after the last chunk: the flipped scan's g'_0), from a block of its rows
+    b_after = _scan_gates(g, valid, ends, o_t + BT, i_n, i_h, o_m, m_m & (i_t * BT + BT < E), S, H, M, SHIFT)
+    after = tl.sum(tl.where(o_i[:, None] == 0, b_after, 0.0), axis=0)
+    first = tl.sum(tl.where(o_i[:, None] == 0, b_g, 0.0), axis=0)
+    last = tl.sum(tl.where(o_i[:, None] == BT - 1, b_gc, 0.0), axis=0)
+    fall = tl.maximum(-last, first - last - after)
+    flag = (tl.max(tl.where(m_m, fall, 0.0), axis=0) < GENTLE_SPAN) & (BM >= FUSED_SLOTS)
+    tl.store(gentle + (i_n * (E // BT) + i_t) * HQ + i_hq, flag.to(tl.int8))
 
 
 @triton.jit
@@ -179,18 +197,21 @@ def slot_gates(g, valid_i8, ends, shift: int, group: int, length: int, chunk: in
         with_g_in: return g_in (only the backward needs it; a forward without gradients skips its 4 bytes per
             element and slot).
 
+
     Returns:
-        `(g_in, s_in, gc)`, each `[N, E, H * G, M]` float32: the gates (None without `with_g_in`), the write
-        strengths `1 - exp(g_in)` and the chunk cumsums of g_in.
+        `(g_in, s_in, gc, gentle)`: `[N, E, H * G, M]` float32 the gates (None without `with_g_in`), the write
+        strengths `1 - exp(g_in)` and the chunk cumsums of g_in; `[N, E / chunk, H * G]` int8 the chunks'
+        `slot_chunk.gentle_chunks(gc, chunk)` flags (the same arithmetic, the same flags).
     """
     N, S, H, M = g.shape
     HQ = H * group
     s_in, gc = (new_output(N, length, HQ, M, device=g.device) for _ in range(2))
     g_in = new_output(N, length, HQ, M, device=g.device) if with_g_in else None
-    slot_gates_kernel[(length // chunk, N * HQ)](g, valid_i8, ends, s_in if g_in is None else g_in, s_in, gc, S,
-                                                 length, H, HQ, M, shift, BT=chunk, BM=block(M),
+    gentle = new_output(N, length // chunk, HQ, dtype=torch.int8, device=g.device)
+    slot_gates_kernel[(length // chunk, N * HQ)](g, valid_i8, ends, s_in if g_in is None else g_in, s_in, gc, gentle,
+                                                 S, length, H, HQ, M, shift, BT=chunk, BM=block(M),
                                                  STORE_G=with_g_in)
-    return g_in, s_in, gc
+    return g_in, s_in, gc, gentle
 
 
 def slot_gates_grad(g, valid_i8, ends, shift: int, chunk: int, s_in, pass_term, ds,

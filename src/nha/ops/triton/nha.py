@@ -69,7 +69,8 @@ def triton_nha(
         check_gates: check that g holds no NaN and nothing > 0 (on CUDA that reads g back: a host sync).
         save_states: with gradients, keep for the backward the slot scans' chunk-start states (`[N, H, T / 64, M,
             K + V]`, one per key/value head, bf16 for half inputs), two in-chunk tensors of the forward (the output
-            read's weights and the logits' q . k products, `[N, T, HQ, 64]` float32 each), the scan's gates (three
+            read's weights and the logits' q . k products, `[N, T, HQ, 64]` float32 each, written for steep chunks
+            only: `slot_chunk.gentle_chunks`), the scan's gates (three
             `[N, T, HQ, M]` float32) and the slot probabilities (one more): faster. False recomputes them all in the
             backward (the same results, bit for bit): the low-memory mode.
 

@@ -5,17 +5,21 @@ N sequences, E time (a multiple of BT), H heads, M slots, D column dim (K or V),
 The scan keeps a state `S_t [M, D] = diag(exp(g_t)) S_{t-1} + x_t (x) y_t` (rows gated) and reads it two ways:
   logits (pass 1):  z_t = S_t q_t        q_t `[D]` -> z_t `[M]`
   read   (pass 2):  o_t = S_t^T p_t      p_t `[M]` -> o_t `[D]`
-Each read-out is two kernels, as in fla's chunked GLA: one per chunk for what contracts over D (the chunk-start
-state's part, and for the logits q . y over the chunk), one per sub-chunk for the in-chunk part, whose decays are per
-slot. A pair of tokens j < t inside a chunk is decayed relative to a row s between them, exp(G_t - G_s) *
-exp(G_s - G_j), so every exp() factor is <= 1 and nothing overflows whatever the gates: s is the query's sub-chunk
-start for earlier sub-chunks, and inside a sub-chunk the middle of the smallest power-of-two block holding both
-(_split_decays: log2(BC) small products instead of BC pair-by-pair steps).
+Each read-out has a kernel per chunk for what contracts over D (the chunk-start state's part, and for the logits
+q . y over the chunk) and an in-chunk part, whose decays are per slot. Where a chunk's gates fall by less than
+GENTLE_SPAN (`gentle_chunks`, almost every chunk of a trained model), the in-chunk decays factor as
+exp(G_t) * exp(-G_j), both bounded, and the per-chunk kernel takes the whole in-chunk part in one more product
+(the chunk-level form of fla's chunked GLA). A steep chunk (gates down to MIN_LOG_GATE) takes a second kernel per
+sub-chunk, whose programs in gentle chunks return at once: a pair of tokens j < t is decayed relative to a row s
+between them, exp(G_t - G_s) * exp(G_s - G_j), so every exp() factor is <= 1 and nothing overflows whatever the
+gates: s is the query's sub-chunk start for earlier sub-chunks, and inside a sub-chunk the middle of the smallest
+power-of-two block holding both (_split_decays: log2(BC) small products instead of BC pair-by-pair steps).
 Backward passes reuse the same kernels (slot_scan.py derives how); the logits' in-chunk kernel can add a second
 read-out over the same gates (`slot_logits(..., plus=...)`), computing the decays once for both. A reverse read-out
 of a pair has the in-chunk tensors of the forward read-out of the pair swapped, transposed (read weights
-`read_weights`, logits products `chunk_products`): the reverse kernels can take those instead of their own
-(`slot_read(..., swapped_weights=...)`, `slot_logits(..., swapped_products=...)`).
+`read_weights`, logits products `chunk_products`): the reverse kernels can take those of the steep chunks instead
+of their own (`slot_read(..., swapped_weights=...)`, `slot_logits(..., swapped_products=...)`), with the forward's
+`gentle_chunks` flags, which hold in both scan directions.
 """
 from __future__ import annotations
 
@@ -200,6 +204,30 @@ def _sub_chunk(x, gc, E, H, M, BT: tl.constexpr, BC: tl.constexpr, BM: tl.conste
     return i_n, i_h, i_t, i_s, i_c * BC, rows, rows_in, b_gc, b_gn
 
 
+# How far the gates may fall inside one chunk for its in-chunk pairs to take their decays as exp(G_t) * exp(-G_j),
+# one product over the chunk (`gentle_chunks`): the second factor grows up to exp(GENTLE_SPAN) ~ 5e21, far inside
+# float32's range for any operand below ~1e15. Steeper chunks (gates down to MIN_LOG_GATE) take the sub-chunk
+# kernels, whose factors are all <= 1 (_split_decays).
+GENTLE_SPAN = tl.constexpr(50.0)
+# The fewest slot columns (BM, a power of two) for which the per-chunk kernels take gentle chunks' in-chunk part in
+# one product: with 16, Triton 3.6 compiles logits_chunk_kernel's [64, 64] x [64, 16] product of float32 parts into
+# shared-memory reads out of bounds on an H200 (compute-sanitizer, session 13), so with M <= 16 every chunk is steep.
+FUSED_SLOTS = tl.constexpr(32)
+
+
+@triton.jit
+def _chunk_flag(gentle, i_n, i_t, i_h, NT, H):
+    # this chunk's `gentle_chunks` flag (`[N, NT, H]` int8, scan order): 1 if its gates fall by less than GENTLE_SPAN
+    return tl.load(gentle + (i_n * NT + i_t) * H + i_h)
+
+
+@triton.jit
+def _sub_chunk_is_gentle(gentle, E, H, BT: tl.constexpr, BC: tl.constexpr):
+    # whether this program's sub-chunk (`_sub_chunk`'s grid) lies in a gentle chunk
+    i_c, i_nh = tl.program_id(0), tl.program_id(1)
+    return _chunk_flag(gentle, (i_nh // H).to(tl.int64), (i_c * BC) // BT, (i_nh % H).to(tl.int64), E // BT, H) != 0
+
+
 @triton.jit
 def _split_decays(x, x2, gc, first, i_n, i_h, o_i, o_m, m_m, b_gc, E, H, M,
                   LEVEL: tl.constexpr, BC: tl.constexpr, REVERSE: tl.constexpr, DUAL: tl.constexpr):
@@ -232,14 +260,17 @@ def _split_decays(x, x2, gc, first, i_n, i_h, o_i, o_m, m_m, b_gc, E, H, M,
 
 @triton.jit
 def read_weights_kernel(
-    p, x, gc, w,
+    p, x, gc, gentle, w,
     E, H, M,
     BT: tl.constexpr, BC: tl.constexpr, BM: tl.constexpr, LEVELS: tl.constexpr, REVERSE: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
     # the in-chunk part of o_t = S_t^T p_t as weights on the chunk's y rows, for one sub-chunk of BC query rows:
     # W[t, j] = sum_m p_tm x_jm exp(G_tm - G_jm) for the chunk's rows j <= t `[BC, BT]` float32 (the blocks after
-    # the diagonal one are left unwritten: slot_read_kernel masks j > t)
+    # the diagonal one are left unwritten: slot_read_kernel masks j > t), in steep chunks only: slot_read_kernel
+    # makes a gentle chunk's weights itself
+    if _sub_chunk_is_gentle(gentle, E, H, BT, BC):  # before any load: most chunks are gentle
+        return
     i_n, i_h, i_t, i_s, first, rows, rows_in, b_gc, b_gn = _sub_chunk(x, gc, E, H, M, BT, BC, BM, REVERSE)
     o_m = tl.arange(0, BM)
     o_i = tl.arange(0, BC)
@@ -264,18 +295,19 @@ def read_weights_kernel(
 
 @triton.jit
 def slot_read_kernel(
-    p, gc, y, h, w, o, a, o_win,
+    p, x, gc, gentle, y, h, w, o, a, o_win,
     E, H, M, D, OUT_ROWS, OUT_SHIFT, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP,
     BT: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr,
     REVERSE: tl.constexpr, DOT_PREC: tl.constexpr, WIN: tl.constexpr, SCALED: tl.constexpr, W_SWAPPED: tl.constexpr,
     H_GROUP: tl.constexpr = 1,
 ):
     # o_t = S_t^T p_t for one chunk of BT rows and one D block: the chunk-start state's part plus the in-chunk part
-    # from read_weights_kernel's W (its j <= t part), stored in o's dtype at row t - OUT_SHIFT of o's OUT_ROWS (t in
-    # storage order; rows outside them are dropped); with WIN, plus o_win at that row, scaled by a_t if SCALED
-    # (NHA's output). W_SWAPPED (REVERSE only): w holds the forward read's weights of the swapped pair (row input x,
-    # state writes p), whose entry [t_c, place of t_r in its chunk] is this read's W[r, c] (slot_read says why).
-    # h holds one state per H_GROUP heads (GQA: `slot_states(..., group)`)
+    # W y. A gentle chunk (`gentle_chunks`) makes its W here, (p_t exp(G_t)) . (x_j exp(-G_j)) in one product; a steep
+    # one takes read_weights_kernel's (its j <= t part). o_t is stored in o's dtype at row t - OUT_SHIFT of o's
+    # OUT_ROWS (t in storage order; rows outside them are dropped); with WIN, plus o_win at that row, scaled by a_t if
+    # SCALED (NHA's output). W_SWAPPED (REVERSE only): w holds the forward read's weights of the swapped pair (row
+    # input x, state writes p), whose entry [t_c, place of t_r in its chunk] is this read's W[r, c] (slot_read says
+    # why). h holds one state per H_GROUP heads (GQA: `slot_states(..., group)`)
     i_d, i_t, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
     NT = E // BT
@@ -290,13 +322,24 @@ def slot_read_kernel(
     b_gc = tl.load(gc + (rows[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0)
     p_h = h + ((i_n * (H // H_GROUP) + i_h // H_GROUP) * NT + i_t) * M * D + o_m[:, None] * D + o_d[None, :]
     b_h = tl.load(p_h, mask=m_m[:, None] & m_d[None, :], other=0.0)
-    b_o = _mm(b_p * tl.exp(b_gc), b_h, DOT_PREC)
+    b_pe = b_p * tl.exp(b_gc)
+    b_o = _mm(b_pe, b_h, DOT_PREC)
+    # no branch on the flag around a product (Triton 3.6 miscompiles some: shared-memory reads out of bounds); a
+    # steep chunk's x and a gentle chunk's stored weights are masked-off loads, which read nothing
+    flag = _chunk_flag(gentle, i_n, i_t, i_h, NT, H)
+    b_w = tl.zeros([BT, BT], dtype=tl.float32)
+    if BM >= FUSED_SLOTS:  # (else every chunk is steep: `gentle_chunks`)
+        b_x = tl.load(x + (rows_in[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :] & (flag != 0),
+                      other=0.0)
+        # exp(-G_j) < exp(GENTLE_SPAN) in a gentle chunk: nothing overflows
+        b_w = _mm(b_pe, tl.trans(b_x.to(tl.float32) * tl.exp(tl.where(flag != 0, -b_gc, 0.0))), DOT_PREC)
+    m_steep = (o_t[:, None] >= 0) & (o_t[None, :] >= 0) & (flag == 0)
     if W_SWAPPED:
         # scan row r is time t_r = E - 1 - (i_t * BT + r), at place BT - 1 - r of its forward chunk (E: chunks)
-        p_w = w + (rows_in[None, :] * H + i_h) * BT + (BT - 1 - o_t)[:, None]
+        b_w += tl.load(w + (rows_in[None, :] * H + i_h) * BT + (BT - 1 - o_t)[:, None], mask=m_steep, other=0.0)
     else:
-        p_w = w + (rows[:, None] * H + i_h) * BT + o_t[None, :]
-    b_w = tl.where(o_t[None, :] <= o_t[:, None], tl.load(p_w), 0.0)
+        b_w += tl.load(w + (rows[:, None] * H + i_h) * BT + o_t[None, :], mask=m_steep, other=0.0)
+    b_w = tl.where(o_t[None, :] <= o_t[:, None], b_w, 0.0)
     y_rows, y_ok = _source(t, i_n, i_h, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP)
     b_y = tl.load(y + y_rows[:, None] * D + o_d[None, :], mask=y_ok[:, None] & m_d[None, :], other=0.0)
     b_o += _mm(b_w, b_y, DOT_PREC)
@@ -313,18 +356,24 @@ def slot_read_kernel(
 
 @triton.jit
 def logits_chunk_kernel(
-    q, gc, y, h, z, a_qy,
+    q, x, gc, gentle, y, h, z, a_qy,
     E, H, M, D, Q_ROWS, Q_HEADS, Q_SHIFT, Q_GROUP, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP,
     BT: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, ND: tl.constexpr,
     REVERSE: tl.constexpr, DOT_PREC: tl.constexpr, WITH_Z: tl.constexpr, WITH_A: tl.constexpr,
-    H_GROUP: tl.constexpr = 1,
+    ACCUMULATE: tl.constexpr = False, H_GROUP: tl.constexpr = 1,
 ):
     # the D-contracted products of z_t = S_t q_t for one chunk of BT rows (D walked in ND blocks of BD): the
-    # chunk-start state's part exp(G_t) * (S_c q_t) `[BT, M]`, written to z (if WITH_Z), and A[t, j] = q_t . y_j
-    # `[BT, BT]` (if WITH_A); h holds one state per H_GROUP heads
+    # chunk-start state's part exp(G_t) * (S_c q_t) `[BT, M]` and A[t, j] = q_t . y_j `[BT, BT]`. With WITH_Z, z gets
+    # the chunk-start part (added to z's values if ACCUMULATE), and in a gentle chunk (`gentle_chunks`) its in-chunk
+    # part too, exp(G_t) * (A (x_j exp(-G_j))) in one product (the whole z_t: logits_intra_kernel skips the chunk);
+    # WITH_A stores A, of steep chunks only with WITH_Z (what logits_intra_kernel reads), of every chunk without (the
+    # products alone, `chunk_products`). h holds one state per H_GROUP heads
     i_t, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
     NT = E // BT
+    flag = 0  # this chunk's `gentle_chunks` flag (every chunk counts as steep for the products alone)
+    if WITH_Z:
+        flag = _chunk_flag(gentle, i_n, i_t, i_h, NT, H)
     o_m = tl.arange(0, BM)
     o_t = tl.arange(0, BT)
     m_m = o_m < M
@@ -346,11 +395,27 @@ def logits_chunk_kernel(
         if WITH_A:
             b_y = tl.load(y + y_rows[:, None] * D + o_d[None, :], mask=y_ok[:, None] & m_d[None, :], other=0.0)
             b_a += _mm(b_q, tl.trans(b_y), DOT_PREC)
+        else:  # a gentle chunk's in-chunk part still needs A (a steep one's load is masked off: it reads nothing)
+            b_y = tl.load(y + y_rows[:, None] * D + o_d[None, :], mask=y_ok[:, None] & m_d[None, :] & (flag != 0),
+                          other=0.0)
+            b_a += _mm(b_q, tl.trans(b_y), DOT_PREC)
     if WITH_Z:
         b_gc = tl.load(gc + (rows[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0)
-        tl.store(z + (rows_in[:, None] * H + i_h) * M + o_m[None, :], b_qh * tl.exp(b_gc), mask=m_m[None, :])
+        p_z = z + (rows_in[:, None] * H + i_h) * M + o_m[None, :]
+        if BM >= FUSED_SLOTS:  # (else every chunk is steep: `gentle_chunks`)
+            # a gentle chunk's in-chunk part (exp(-G_j) < exp(GENTLE_SPAN): nothing overflows); a steep chunk's x is
+            # a masked-off load, so the product adds 0 (no branch around it: slot_read_kernel says why)
+            b_x = tl.load(x + (rows_in[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :] & (flag != 0),
+                          other=0.0)
+            b_xe = b_x.to(tl.float32) * tl.exp(tl.where(flag != 0, -b_gc, 0.0))
+            b_qh += _mm(tl.where(o_t[None, :] <= o_t[:, None], b_a, 0.0), b_xe, DOT_PREC)
+        b_z = b_qh * tl.exp(b_gc)
+        if ACCUMULATE:
+            b_z += tl.load(p_z, mask=m_m[None, :], other=0.0)
+        tl.store(p_z, b_z, mask=m_m[None, :])
     if WITH_A:
-        tl.store(a_qy + (rows[:, None] * H + i_h) * BT + o_t[None, :], b_a)
+        tl.store(a_qy + (rows[:, None] * H + i_h) * BT + o_t[None, :], b_a,
+                 mask=(o_t[:, None] >= 0) & (o_t[None, :] >= 0) & (flag == 0))
 
 
 @triton.jit
@@ -367,22 +432,23 @@ def _a_block(a_qy, rows, i_n, i_h, i_t, i_s, i_j, o_i, E, H, BT: tl.constexpr, B
 
 @triton.jit
 def logits_intra_kernel(
-    x, gc, a_qy, z, x2, a_qy2, z2,
+    x, gc, gentle, a_qy, z, x2, a_qy2,
     E, H, M,
     BT: tl.constexpr, BC: tl.constexpr, BM: tl.constexpr, LEVELS: tl.constexpr, REVERSE: tl.constexpr,
     DOT_PREC: tl.constexpr, DUAL: tl.constexpr, A_SWAPPED: tl.constexpr,
 ):
-    # adds the in-chunk part of z_t = S_t q_t for one sub-chunk of BC rows, from logits_chunk_kernel's A = q . y:
-    # z_tm += sum_(j <= t in the chunk) A[t, j] x_jm exp(G_tm - G_jm). With DUAL, z also gets a second read-out with
-    # the same gates, its partial z2 (logits_chunk_kernel's) and its in-chunk part from (x2, a_qy2), same decays.
+    # adds the in-chunk part of z_t = S_t q_t for one sub-chunk of BC rows of a steep chunk (logits_chunk_kernel did
+    # the whole z_t of gentle ones), from logits_chunk_kernel's A = q . y:
+    # z_tm += sum_(j <= t in the chunk) A[t, j] x_jm exp(G_tm - G_jm). With DUAL, z (holding both chunk-start parts)
+    # also gets a second read-out's in-chunk part, from (x2, a_qy2) with the same gates and decays.
     # A_SWAPPED (REVERSE only): a_qy (and a_qy2) hold the forward-direction products of the pair swapped (`_a_block`)
+    if _sub_chunk_is_gentle(gentle, E, H, BT, BC):  # before any load: most chunks are gentle
+        return
     i_n, i_h, i_t, i_s, first, rows, rows_in, b_gc, b_gn = _sub_chunk(x, gc, E, H, M, BT, BC, BM, REVERSE)
     o_m = tl.arange(0, BM)
     o_i = tl.arange(0, BC)
     m_m = o_m < M
     b_z = tl.load(z + (rows_in[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0)
-    if DUAL:
-        b_z += tl.load(z2 + (rows_in[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0)
     # the earlier sub-chunks one block at a time, decays split at this sub-chunk's first row
     b_e = tl.zeros([BC, BM], dtype=tl.float32)
     for i_j in range(0, i_s):
@@ -493,38 +559,74 @@ def slot_states(x, gc, y, h0, chunk: int, prec: str, reverse: bool = False, bloc
     return states, ht
 
 
+def gentle_chunks(gc: torch.Tensor, chunk: int) -> torch.Tensor:
+    """`[N, NT, H]` int8: 1 where a chunk's gates fall by less than GENTLE_SPAN in every slot, both in this scan and
+    in its time-flipped one, from the chunk cumsums gc `[N, E, H, M]` (scan order).
+
+    A gentle chunk's in-chunk read-outs factor every decay as exp(G_t) * exp(-G_j) (both bounded) and take one
+    product over the whole chunk inside the per-chunk kernels; a steep one (gates down to MIN_LOG_GATE) takes the
+    sub-chunk kernels, whose factors are all <= 1 (with M <= 16 every chunk: FUSED_SLOTS). The backward's reverse scans take the forward's flags flipped
+    (`flags.flip(1)`), so that a reverse read-out can take the in-chunk tensors a forward one left for the same
+    steep chunks: hence both directions here. A chunk of the flipped scan (gates g'_u = g_(E-u), g'_0 = 0:
+    `reverse_chunk_cumsum`) holds the chunk's gates but its first, and the next chunk's first (none after the last)."""
+    N, E, H, M = gc.shape
+    if block(M) < FUSED_SLOTS.value:
+        return torch.zeros(N, E // chunk, H, dtype=torch.int8, device=gc.device)
+    first, last = gc[:, ::chunk], gc[:, chunk - 1::chunk]  # a chunk's first gate and its total `[N, NT, H, M]`
+    after = torch.cat([first[:, 1:], torch.zeros_like(first[:, :1])], dim=1)
+    fall = torch.maximum(-last, first - last - after)  # how far the gates fall in the chunk: forward, flipped
+    return (fall.amax(-1) < GENTLE_SPAN.value).to(torch.int8)
+
+
+def _flags(gentle: Optional[torch.Tensor], gc: torch.Tensor, chunk: int, shared: bool, what: str) -> torch.Tensor:
+    # the `gentle_chunks` flags a launcher uses: as given (checked), or gc's own unless in-chunk tensors of another
+    # scan are shared (`shared`: they were written for that scan's flags, which must be passed)
+    N, E, H, _ = gc.shape
+    if gentle is None:
+        if shared:
+            raise ValueError(f"{what} were made for the flags of their own scan: pass them as `gentle`")
+        return gentle_chunks(gc, chunk)
+    if gentle.shape != (N, E // chunk, H) or gentle.dtype != torch.int8:
+        raise ValueError(f"gentle flags must be int8 {(N, E // chunk, H)}, got {gentle.dtype} {tuple(gentle.shape)}")
+    return gentle.contiguous()
+
+
 def read_weights(p, x, gc, chunk: int, prec: str, reverse: bool = False, sub: int = 16,
-                 num_warps: int = 2) -> torch.Tensor:
-    """The in-chunk weights of `slot_read`: `W[t, j] = sum_m p_tm x_jm exp(G_tm - G_jm)` for the rows j <= t of t's
-    chunk, `[N, E, H, chunk]` float32 (column j - chunk start; columns j > t left unspecified), one program per
-    sub-chunk of `sub` rows (no D in them)."""
+                 num_warps: int = 2, gentle: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The in-chunk weights of `slot_read` for its steep chunks: `W[t, j] = sum_m p_tm x_jm exp(G_tm - G_jm)` for
+    the rows j <= t of t's chunk, `[N, E, H, chunk]` float32 (column j - chunk start; columns j > t and the rows of
+    gentle chunks, which `slot_read` makes itself, left unspecified), one program per sub-chunk of `sub` rows (no D
+    in them); `gentle`: the `gentle_chunks` flags (default: gc's)."""
     N, E, H, M = x.shape
+    gentle = _flags(gentle, gc, chunk, False, "")
     w = new_output(N, E, H, chunk, device=x.device)
-    read_weights_kernel[(E // sub, N * H)](p, x, gc, w, E, H, M, BT=chunk, BC=sub, BM=block(M), LEVELS=_levels(sub),
-                                           REVERSE=reverse, DOT_PREC=kernel_precision(prec), num_warps=num_warps)
+    read_weights_kernel[(E // sub, N * H)](p, x, gc, gentle, w, E, H, M, BT=chunk, BC=sub, BM=block(M),
+                                           LEVELS=_levels(sub), REVERSE=reverse, DOT_PREC=kernel_precision(prec),
+                                           num_warps=num_warps)
     return w
 
 
 def slot_read(p, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub: int = 16, block_d: int = 0,
               num_warps: int = 4, intra_warps: int = 2, a=None, o_win=None,
               dtype: torch.dtype = torch.float32, out_rows: Optional[int] = None, out_shift: int = 0,
-              swapped_weights: Optional[torch.Tensor] = None, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+              swapped_weights: Optional[torch.Tensor] = None, weights: Optional[torch.Tensor] = None,
+              gentle: Optional[torch.Tensor] = None) -> torch.Tensor:
     """`o_t = S_t^T p_t`: p `[N, E, H, M]` -> `[N, out_rows, H, D]` in `dtype` (p, x, y and o back to front if
     `reverse`): o_t lands at row `t - out_shift` (t in storage order) where that row is in `[0, out_rows)`, default E
     rows and no shift; the scan's k/v gradient moved back to the layer's rows is `out_shift = w`.
 
     With `o_win` `[N, out_rows, H, D]` (float32), adds `o_win` at the same row, or `a_t * o_win` with `a`
     `[N, E, H]` (not reverse; NHA's output; the backward's dq plus the window path's).
-    Two kernels, as fla's chunked GLA: the in-chunk weights W `[N, E, H, chunk]` per sub-chunk of `sub` rows (no D in
-    them), then per chunk and D block of `block_d` the products with the chunk-start state and with the chunk's y.
-    (Two reads over the same gates and p gain nothing from one W kernel sharing their decays, unlike the logits: on
-    an H200 the backward's pair took 3.30 ms against 3.28 for two calls; gpu_session9_h200.log call 4.)
+    One kernel per chunk and D block of `block_d`: the products with the chunk-start state and, for the in-chunk
+    part, with the chunk's y under weights W, which a gentle chunk (`gentle_chunks`; `gentle` the flags, default
+    gc's) makes in the same kernel and a steep one takes from `read_weights` (per sub-chunk of `sub` rows, whose
+    programs in gentle chunks return at once; not launched when weights are given).
 
-    `weights`: W from `read_weights(p, x, gc, ...)` with the same direction (computed here when None).
-    `swapped_weights` (reverse only): the forward-direction `read_weights(x, p, gc_forward, ...)`, the pair swapped.
-    A reverse read's W[t, j] (j >= t in time) = sum_m p_tm x_jm exp(G_jm - G_tm) is that W's entry [j, t]: the
-    backward's dk and dv reads take their in-chunk weights from dq's read and the forward's output read instead of
-    computing them again."""
+    `weights`: W from `read_weights(p, x, gc, ...)` with the same direction and flags (computed here when None).
+    `swapped_weights` (reverse only): the forward-direction `read_weights(x, p, gc_forward, ...)`, the pair swapped,
+    with `gentle` the forward's flags flipped (required). A reverse read's W[t, j] (j >= t in time)
+    = sum_m p_tm x_jm exp(G_jm - G_tm) is that W's entry [j, t]: the backward's dk and dv reads take the steep
+    chunks' in-chunk weights from dq's read and the forward's output read instead of computing them again."""
     # measured on an H200 (64k tokens, 16 heads, M = 64, D = 128; gpu_session7_h200.log): 2 warps for the in-chunk
     # kernel, both kernels 1.86 ms against 2.29 with 4 warps (reverse-type calls: 2.10 against 2.39)
     N, E, H, M = x.shape
@@ -532,9 +634,10 @@ def slot_read(p, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub:
     BM, BD = _tiles(M, D, block_d)
     if swapped_weights is not None and (not reverse or weights is not None):
         raise ValueError("swapped_weights serve a reverse read that is given no other weights")
+    gentle = _flags(gentle, gc, chunk, swapped_weights is not None, "swapped_weights")
     w = swapped_weights if swapped_weights is not None else weights
     if w is None:
-        w = read_weights(p, x, gc, chunk, prec, reverse, sub, intra_warps)
+        w = read_weights(p, x, gc, chunk, prec, reverse, sub, intra_warps, gentle=gentle)
     elif w.shape != (N, E, H, chunk):
         raise ValueError(f"in-chunk weights must be {(N, E, H, chunk)}, got {tuple(w.shape)}")
     out_rows = E if out_rows is None else out_rows
@@ -544,7 +647,7 @@ def slot_read(p, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub:
         raise ValueError(f"o_win must have the output's {out_rows} rows, got {o_win.shape[1]}")
     grid = (triton.cdiv(D, BD), E // chunk, N * H)
     y, *y_map = source_rows(y, E, H)
-    slot_read_kernel[grid](p, gc, y, h, w, o, a if a is not None else o, o_win if win else o, E, H, M, D,
+    slot_read_kernel[grid](p, x, gc, gentle, y, h, w, o, a if a is not None else o, o_win if win else o, E, H, M, D,
                            out_rows, out_shift, *y_map, BT=chunk, BM=BM, BD=BD, REVERSE=reverse,
                            DOT_PREC=kernel_precision(prec), WIN=win, SCALED=a is not None,
                            W_SWAPPED=swapped_weights is not None, H_GROUP=_state_group(h, H),
@@ -552,69 +655,81 @@ def slot_read(p, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub:
     return o
 
 
-def _logits_chunk(q, gc, y, h, shape: tuple, chunk: int, prec: str, reverse: bool, block_d: int, num_warps: int,
-                  with_z: bool = True, with_a: bool = True):
-    # slot_logits' first kernel for a scan of shape (N, E, H, M): z's chunk-start state part and A = q . y
-    # `[N, E, H, chunk]` (each None where not asked for)
-    N, E, H, M = shape
+def _logits_chunk(q, x, gc, gentle, y, h, chunk: int, prec: str, reverse: bool, block_d: int, num_warps: int,
+                  z: Optional[torch.Tensor] = None, with_z: bool = True, with_a: bool = True):
+    # slot_logits' per-chunk kernel for a scan with row inputs x `[N, E, H, M]`: z (the whole z of gentle chunks,
+    # the chunk-start part of steep ones; added to `z` when given) and A = q . y `[N, E, H, chunk]` of steep chunks
+    # (of every chunk without z); each None where not asked for
+    N, E, H, M = x.shape
     D = y.shape[-1]
     BM, BD = _tiles(M, D, block_d)
-    z = new_output(N, E, H, M, device=gc.device) if with_z else None
+    accumulate = z is not None
+    if with_z and z is None:
+        z = new_output(N, E, H, M, device=gc.device)
     a_qy = new_output(N, E, H, chunk, device=gc.device) if with_a else None
     (q, *q_map), (y, *y_map) = source_rows(q, E, H), source_rows(y, E, H)
     # an output or input the kernel's WITH_Z / WITH_A leave untouched gets gc in its place (any pointer will do)
-    logits_chunk_kernel[(E // chunk, N * H)](q, gc, y, h if with_z else gc, z if with_z else gc,
-                                             a_qy if with_a else gc, E, H, M, D, *q_map, *y_map, BT=chunk, BM=BM,
-                                             BD=BD, ND=triton.cdiv(D, BD), REVERSE=reverse,
+    logits_chunk_kernel[(E // chunk, N * H)](q, x, gc, gentle if with_z else gc, y, h if with_z else gc,
+                                             z if with_z else gc, a_qy if with_a else gc, E, H, M, D, *q_map, *y_map,
+                                             BT=chunk, BM=BM, BD=BD, ND=triton.cdiv(D, BD), REVERSE=reverse,
                                              DOT_PREC=kernel_precision(prec), WITH_Z=with_z, WITH_A=with_a,
-                                             H_GROUP=_state_group(h, H) if with_z else 1, num_warps=num_warps)
+                                             ACCUMULATE=accumulate, H_GROUP=_state_group(h, H) if with_z else 1,
+                                             num_warps=num_warps)
     return z, a_qy
 
 
 def chunk_products(q, y, gc, chunk: int, prec: str, block_d: int = 0, num_warps: int = 4) -> torch.Tensor:
     """`A[t, j] = q_t . y_j` for the rows j of t's chunk, `[N, E, H, chunk]` float32 (column j - chunk start), as
-    `slot_logits(q, x, gc, y, ...)` computes them for its in-chunk part (`keep_products`), bit for bit; q a
-    `[N, E, H, D]` tensor, y as `slot_logits`' (a tensor or a `Shifted`), gc the scan's `[N, E, H, M]` chunk cumsums
-    (for its shape: M sets the D blocks, hence the order of the sums)."""
-    return _logits_chunk(q, gc, y, None, tuple(gc.shape), chunk, prec, False, block_d, num_warps, with_z=False)[1]
+    `slot_logits(q, x, gc, y, ...)` computes them for its in-chunk part (`keep_products`), bit for bit, for every
+    chunk (slot_logits keeps a steep chunk's only); q a `[N, E, H, D]` tensor, y as `slot_logits`' (a tensor or a
+    `Shifted`), gc the scan's `[N, E, H, M]` chunk cumsums (for its shape: M sets the D blocks, hence the order of
+    the sums)."""
+    return _logits_chunk(q, gc, gc, None, y, None, chunk, prec, False, block_d, num_warps, with_z=False)[1]
 
 
 def slot_logits(q, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub: int = 16, block_d: int = 0,
                 num_warps: int = 4, intra_warps: int = 4, plus: Optional[tuple] = None,
-                swapped_products: Optional[tuple] = None, keep_products: bool = False):
+                swapped_products: Optional[tuple] = None, keep_products: bool = False,
+                gentle: Optional[torch.Tensor] = None):
     """`z_t = S_t q_t`: q `[N, E, H, D]` -> `[N, E, H, M]` float32 (q, x, y and z back to front if `reverse`).
 
-    Two kernels, as fla's gated slot attention: per chunk the D-contracted products (q against the chunk-start state
-    and against the chunk's y, D walked in blocks of `block_d`), then per sub-chunk of `sub` rows the in-chunk part,
-    whose decays are per slot (no D in it). `plus`: `(q2, x2, y2, h2)` of a second read-out with the same gates whose
-    z is added (the backward's reverse scans: ds1 + ds2); its in-chunk part shares the first's decays.
+    As fla's gated slot attention, per chunk the D-contracted products (q against the chunk-start state and against
+    the chunk's y, D walked in blocks of `block_d`), then the in-chunk part, whose decays are per slot (no D in
+    it): in a gentle chunk (`gentle_chunks`; `gentle` the flags, default gc's) one product in the same kernel, in a
+    steep one a second kernel per sub-chunk of `sub` rows (whose programs in gentle chunks return at once). `plus`:
+    `(q2, x2, y2, h2)` of a second read-out with the same gates whose z is added (the backward's reverse scans:
+    ds1 + ds2); its in-chunk part shares the first's decays.
 
-    `keep_products` (not reverse): returns `(z, A)` with the in-chunk products `A[t, j] = q_t . y_j` `[N, E, H, chunk]`.
-    `swapped_products` (reverse only): one such A per read-out (two with `plus`), each of the forward read-out of the
-    pair swapped (q-role y, y-role q): a reverse read-out's `A[t, j] = q_t . y_j` (j after t) is that A's entry
-    `[j, t]`, so the per-chunk kernel skips its q . y products and y's loads (the backward's reverse logits take
+    `keep_products` (not reverse): returns `(z, A)` with the in-chunk products `A[t, j] = q_t . y_j`
+    `[N, E, H, chunk]` of the steep chunks (the rest unspecified). `swapped_products` (reverse only, with `gentle`
+    the forward's flags flipped): one such A per read-out (two with `plus`), each of the forward read-out of the pair
+    swapped (q-role y, y-role q): a reverse read-out's `A[t, j] = q_t . y_j` (j after t) is that A's entry `[j, t]`,
+    so the per-chunk kernel skips a steep chunk's q . y products and y's loads (the backward's reverse logits take
     the forward's and dp's)."""
     # measured as slot_read: 4 warps for the in-chunk kernel, both kernels 1.25 ms against 1.38 with 2 warps
     # (reverse-type calls: 1.32 against 1.50); paired (`plus`), 2.59 ms at 4 warps against 2.86 at 2, 3.03 at 8 and
     # 2.79 for two calls (gpu_session9_h200.log call 4)
-    shape = tuple(x.shape)
-    N, E, H, M = shape
+    N, E, H, M = x.shape
     swapped = swapped_products is not None
     if swapped and (not reverse or keep_products or len(swapped_products) != 1 + (plus is not None)):
         raise ValueError("swapped_products serve a reverse read-out, one per read-out (two with plus)")
     if keep_products and reverse:
         raise ValueError("keep_products keeps a forward read-out's products")
-    z, a_qy = _logits_chunk(q, gc, y, h, shape, chunk, prec, reverse, block_d, num_warps, with_a=not swapped)
-    z2, a_qy2, x2 = z, a_qy, x
+    gentle = _flags(gentle, gc, chunk, swapped, "swapped_products")
+    args = (gc, gentle)
+    z, a_qy = _logits_chunk(q, x, *args, y, h, chunk, prec, reverse, block_d, num_warps, with_a=not swapped)
+    a_qy2, x2 = a_qy, x
     if plus is not None:
         q2, x2, y2, h2 = plus
-        z2, a_qy2 = _logits_chunk(q2, gc, y2, h2, shape, chunk, prec, reverse, block_d, num_warps, with_a=not swapped)
+        _, a_qy2 = _logits_chunk(q2, x2, *args, y2, h2, chunk, prec, reverse, block_d, num_warps, z=z,
+                                 with_a=not swapped)
     if swapped:
         a_qy, a_qy2 = swapped_products[0], swapped_products[-1]
         for a in swapped_products:
             if a.shape != (N, E, H, chunk):
                 raise ValueError(f"in-chunk products must be {(N, E, H, chunk)}, got {tuple(a.shape)}")
-    logits_intra_kernel[(E // sub, N * H)](x, gc, a_qy, z, x2, a_qy2, z2, E, H, M, BT=chunk, BC=sub, BM=block(M),
-                                           LEVELS=_levels(sub), REVERSE=reverse, DOT_PREC=kernel_precision(prec),
-                                           DUAL=plus is not None, A_SWAPPED=swapped, num_warps=intra_warps)
+    logits_intra_kernel[(E // sub, N * H)](x, gc, gentle, a_qy, z, x2, a_qy2, E, H, M, BT=chunk, BC=sub,
+                                           BM=block(M), LEVELS=_levels(sub), REVERSE=reverse,
+                                           DOT_PREC=kernel_precision(prec), DUAL=plus is not None, A_SWAPPED=swapped,
+                                           num_warps=intra_warps)
     return (z, a_qy) if keep_products else z

@@ -36,50 +36,51 @@ def _initial_state_grad(h0, gc, r0):
     return None if h0 is None else torch.exp(gc[:, 0])[..., None] * r0
 
 
-def logits_forward(q, s, gc, k, h0, chunk: int, prec: str, group: int = 1):
+def logits_forward(q, s, gc, k, h0, chunk: int, prec: str, group: int = 1, gentle=None):
     """Pass 1: `z = S_t q_t` over states built from (s, g, k) -> z `[N, E, H, M]`, `S_E` `[N, H / group, M, K]`
     (float32), the chunk-start states `[N, H / group, NT, M, K]` and the in-chunk products `q_t . k_j`
     `[N, E, H, chunk]` (for the backward to keep or drop: its reverse logits reuse the products, `reverse_scans`).
 
     `gc`: the chunk cumsums of g (computed once for both passes); `group`: GQA's G, one state per key/value head
-    (`slot_states`; h0 `[N, H / group, M, K]`)."""
+    (`slot_states`; h0 `[N, H / group, M, K]`); `gentle`: gc's `gentle_chunks` flags (computed when None; every
+    read-out below takes them, so that a reverse one can take another's in-chunk tensors)."""
     h, ht = slot_states(s, gc, k, h0, chunk, prec, group=group)
-    z, a_qk = slot_logits(q, s, gc, k, h, chunk, prec, keep_products=True)
+    z, a_qk = slot_logits(q, s, gc, k, h, chunk, prec, keep_products=True, gentle=gentle)
     return z, ht, h, a_qk
 
 
-def read_forward(p, s, gc, v, h0, chunk: int, prec: str, group: int = 1, **out):
+def read_forward(p, s, gc, v, h0, chunk: int, prec: str, group: int = 1, gentle=None, **out):
     """Pass 2: `o = S_t^T p_t` over states built from (s, g, v) -> o `[N, E, H, V]` float32 (or as `out` says:
     `slot_read`'s dtype, rows and `a * o_win` of NHA's output), `S_E` `[N, H / group, M, V]` float32, the chunk-start
     states `[N, H / group, NT, M, V]` and the read's in-chunk weights `[N, E, H, chunk]` (the backward's dv read
-    reuses them: `reverse_scans`); `group` as `logits_forward`'s."""
+    reuses them: `reverse_scans`); `group` and `gentle` as `logits_forward`'s."""
     h, ht = slot_states(s, gc, v, h0, chunk, prec, group=group)
-    w = read_weights(p, s, gc, chunk, prec)
-    return slot_read(p, s, gc, v, h, chunk, prec, weights=w, **out), ht, h, w
+    w = read_weights(p, s, gc, chunk, prec, gentle=gentle)
+    return slot_read(p, s, gc, v, h, chunk, prec, weights=w, gentle=gentle, **out), ht, h, w
 
 
-def read_dp(do, s, gc, v, h0, chunk: int, prec: str, h=None, group: int = 1):
+def read_dp(do, s, gc, v, h0, chunk: int, prec: str, h=None, group: int = 1, gentle=None):
     """`(dp, a)`: `dp_t = S_t do_t` `[N, E, H, M]` float32, the gradient of `read_forward`'s p, given its output
     gradient do `[N, E, H, V]` (any float dtype), and the in-chunk products `do_t . v_j` `[N, E, H, chunk]` (the
-    reverse logits reuse them); `h`: the forward's chunk-start states, recomputed when None (`group` as the
-    forward's)."""
+    reverse logits reuse them); `h`: the forward's chunk-start states, recomputed when None (`group`, `gentle` as
+    the forward's)."""
     if h is None:
         h, _ = slot_states(s, gc, v, h0, chunk, prec, group=group)
-    return slot_logits(do, s, gc, v, h, chunk, prec, keep_products=True)
+    return slot_logits(do, s, gc, v, h, chunk, prec, keep_products=True, gentle=gentle)
 
 
-def read_dq(dz, s, gc, k, h0, chunk: int, prec: str, h=None, group: int = 1, **out):
+def read_dq(dz, s, gc, k, h0, chunk: int, prec: str, h=None, group: int = 1, gentle=None, **out):
     """`(dq, w)`: `dq_t = S_t^T dz_t`, the gradient of `logits_forward`'s q, given its logits' gradient dz
     `[N, E, H, M]` (`h` as `read_dp`, `out` as `slot_read`'s: rows, dtype, an added window share), and the read's
     in-chunk weights `[N, E, H, chunk]` (the dk read reuses them: `reverse_scans`)."""
     if h is None:
         h, _ = slot_states(s, gc, k, h0, chunk, prec, group=group)
-    w = read_weights(dz, s, gc, chunk, prec)
-    return slot_read(dz, s, gc, k, h, chunk, prec, weights=w, **out), w
+    w = read_weights(dz, s, gc, chunk, prec, gentle=gentle)
+    return slot_read(dz, s, gc, k, h, chunk, prec, weights=w, gentle=gentle, **out), w
 
 
 def reverse_scans(s, g, gc, logits: tuple, read: tuple, weights: tuple, products: tuple, chunk: int, prec: str,
-                  dk_out: Optional[dict] = None, dv_out: Optional[dict] = None):
+                  gentle: torch.Tensor, dk_out: Optional[dict] = None, dv_out: Optional[dict] = None):
     """`(ds, dk, dv, dh0_k, dh0_v)`: the rest of both passes' gradients but the gates', from their states R run
     backwards in time (the module docstring), both scans side by side so their logits read-outs share the decays.
 
@@ -92,13 +93,18 @@ def reverse_scans(s, g, gc, logits: tuple, read: tuple, weights: tuple, products
     weights: the in-chunk weights of `read_dq` and of `read_forward`: a reverse read of (s, r) has the forward read
     of (r, s)'s weights swapped (`slot_read`'s `swapped_weights`), so dk and dv take them instead of computing their
     own. products: the in-chunk products of `logits_forward` and of `read_dp` (`q_t . k_j`, `do_t . v_j`): the
-    paired reverse logits take them swapped (`slot_logits`' `swapped_products`)."""
+    paired reverse logits take them swapped (`slot_logits`' `swapped_products`). gentle: the forward scans'
+    `gentle_chunks` flags, which made those tensors: the reverse kernels take them flipped."""
     gcr = reverse_chunk_cumsum(g, chunk)
+    flags = gentle.flip(1).contiguous()
     (dz, q, k, dht_k, h0_k), (p, do, v, dht_v, h0_v) = logits, read
     hr_k, r0_k = slot_states(dz, gcr, q, dht_k, chunk, prec, reverse=True)
     hr_v, r0_v = slot_states(p, gcr, do, dht_v, chunk, prec, reverse=True)
-    ds = slot_logits(k, dz, gcr, q, hr_k, chunk, prec, reverse=True, plus=(v, p, do, hr_v), swapped_products=products)
+    ds = slot_logits(k, dz, gcr, q, hr_k, chunk, prec, reverse=True, plus=(v, p, do, hr_v), swapped_products=products,
+                     gentle=flags)
     w_k, w_v = weights
-    dk = slot_read(s, dz, gcr, q, hr_k, chunk, prec, reverse=True, swapped_weights=w_k, **(dk_out or {}))
-    dv = slot_read(s, p, gcr, do, hr_v, chunk, prec, reverse=True, swapped_weights=w_v, **(dv_out or {}))
+    dk = slot_read(s, dz, gcr, q, hr_k, chunk, prec, reverse=True, swapped_weights=w_k, gentle=flags,
+                   **(dk_out or {}))
+    dv = slot_read(s, p, gcr, do, hr_v, chunk, prec, reverse=True, swapped_weights=w_v, gentle=flags,
+                   **(dv_out or {}))
     return ds, dk, dv, _initial_state_grad(h0_k, gc, r0_k), _initial_state_grad(h0_v, gc, r0_v)
