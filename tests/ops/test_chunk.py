@@ -134,7 +134,8 @@ def test_chunk_property_random_shapes(T, w, M, group, chunk, seed):
 
 
 @settings(max_examples=25, deadline=None)
-@given(T=st.integers(2, 40), w=st.one_of(st.none(), st.integers(0, 12)), split=st.floats(0, 1), seed=st.integers(0, 999))
+@given(T=st.integers(2, 40), w=st.one_of(st.none(), st.integers(0, 12)), split=st.floats(0, 1),
+       seed=st.integers(0, 999))
 def test_state_handoff_at_random_split_equals_one_call(T, w, split, seed):
     x = make_inputs(2, T, 2, 1, 4, 4, 3, seed=seed)
     cut = int(split * T)

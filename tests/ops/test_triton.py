@@ -37,7 +37,8 @@ def run_with_grads(fn, x, window, state=None, cu_seqlens=None, grads=True):
     gen = torch.Generator().manual_seed(1)
     rnd = lambda t: torch.randn(t.shape, generator=gen).to(t.device)  # noqa: E731
     loss = (o.float() * rnd(o)).sum() + (final.slot_k.float() * rnd(final.slot_k)).sum()
-    loss = loss + (final.slot_v.float() * rnd(final.slot_v)).sum() + (final.window_v.float() * rnd(final.window_v)).sum()
+    loss = loss + (final.slot_v.float() * rnd(final.slot_v)).sum()
+    loss = loss + (final.window_v.float() * rnd(final.window_v)).sum()
     names = [n for n in INPUT_NAMES if x[n] is not None]  # q_win/k_win are None when the window path shares q/k
     if state is not None:
         names += [f"state.{n}" for n in STATE_GRADS]
@@ -219,7 +220,8 @@ def test_bad_input_is_a_value_error():
     with pytest.raises(ValueError, match="log forget gates"):
         triton_nha(x["q"], x["k"], x["v"], x["g"].abs() + 0.1, 4)
     with pytest.raises(ValueError, match="T == 1"):
-        triton_nha_step(x["q"], x["k"], x["v"], x["g"], 4, random_state(1, 2, 4, 16, 16, 4, [0]).map(lambda t: t.to(DEVICE)))
+        state = random_state(1, 2, 4, 16, 16, 4, [0]).map(lambda t: t.to(DEVICE))
+        triton_nha_step(x["q"], x["k"], x["v"], x["g"], 4, state)
 
 
 # ---- GPU: bf16 / fp16 grid against float32 chunk_nha ---------------------------------------------------------------
@@ -241,7 +243,8 @@ def _half_case(B, T, HQ, H, K, V, M, w, dtype, *, cu=None, seen=None, grads=True
     cu = None if cu is None else torch.tensor(cu, device="cuda")
     ref = run_with_grads(chunk_nha, x32, w, state32, cu, grads)
     if grads:
-        return errors(run_with_grads(triton_nha, x, w, state, cu), ref), errors(run_with_grads(chunk_nha, x, w, state, cu), ref)
+        kernels = errors(run_with_grads(triton_nha, x, w, state, cu), ref)
+        return kernels, errors(run_with_grads(chunk_nha, x, w, state, cu), ref)
     o, _, _ = run_with_grads(triton_nha, x, w, state, cu, grads)
     o_half, _, _ = run_with_grads(chunk_nha, x, w, state, cu, grads)
     return {"o": rel_rmse(o, ref[0])}, {"o": rel_rmse(o_half, ref[0])}

@@ -1,6 +1,7 @@
 """The Triton building blocks of the slot path, each against a PyTorch formula: the gate kernels (gates.py), the
 chunk-start states, the slot read-outs against the recurrence and their half-precision products (slot_chunk.py),
-the kernels reading shifted keys and values in place (shift.py's Shifted); and the decoding step's launch cache (common.CompiledLaunch) against a stand-in kernel.
+the kernels reading shifted keys and values in place (shift.py's Shifted), the chunks' gentle flags; and the
+decoding step's launch cache (common.CompiledLaunch) against a stand-in kernel.
 
 N sequences, E time, H heads, M slots, D head dim.
 """

@@ -200,7 +200,8 @@ def _backward(do, dht_k, dht_v, saved, plan: Plan, shared):
     if a_qk is None:  # the forward's in-chunk products q . k, for the reverse logits (recomputed as it made them)
         a_qk = chunk_products(q_in, k_in, gc, C, prec)
     dk_other = dk_w if shared[1] else None
-    ds, dk, dv, dh0_k, dh0_v = reverse_scans(s_in, g_in, gc, (dz, q_in, k_in, dht_k, h0_k), (p, do_in, v_in, dht_v, h0_v),
+    ds, dk, dv, dh0_k, dh0_v = reverse_scans(s_in, g_in, gc, (dz, q_in, k_in, dht_k, h0_k),
+                                             (p, do_in, v_in, dht_v, h0_v),
                                              (w_dq, w_o), (a_qk, a_dov), C, prec, gentle,
                                              dk_out=_layer_rows_out(plan, S, G, dk_other, k.dtype),
                                              dv_out=_layer_rows_out(plan, S, G, dv_w, v.dtype))

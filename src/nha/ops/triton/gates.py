@@ -52,7 +52,8 @@ def slot_gates_kernel(g, valid, ends, g_in, s_in, gc, gentle, S, E, H, HQ, M, SH
                       BT: tl.constexpr, BM: tl.constexpr, STORE_G: tl.constexpr):
     # step t of query head hq absorbs the gates of row t - SHIFT of key/value head hq // G, clamped; 0 elsewhere
     # (g_in itself stored if STORE_G: only a backward reads it), and the chunk's flag: whether its gates fall by less
-    # than GENTLE_SPAN in every slot, in this scan and in the flipped one (slot_chunk.gentle_chunks, the same arithmetic)
+    # than GENTLE_SPAN in every slot, in this scan and in the flipped one (slot_chunk.gentle_chunks: the same
+    # arithmetic)
     i_t, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_hq = (i_nh // HQ).to(tl.int64), (i_nh % HQ).to(tl.int64)
     i_h = i_hq // (HQ // H)

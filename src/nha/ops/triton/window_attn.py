@@ -3,7 +3,8 @@
 N sequences, E time, HQ query heads, H key/value heads, G = HQ // H, K/V head dims, W window, BM/BN query/key blocks.
 
 Query t attends keys j with `t - W < j <= t` that are `valid` (real tokens); key blocks outside the band are never
-visited, so the cost is O(E * W), and W = E gives plain causal attention. Rows with no key get o = 0, lse = -1e30 (chunk.py's MASKED).
+visited, so the cost is O(E * W), and W = E gives plain causal attention. Rows with no key get o = 0, lse = -1e30
+(chunk.py's MASKED).
 The backward takes the gradient of lse too: dS = P * (dP - (rowsum(dO * O) - dlse)).
 """
 from __future__ import annotations
