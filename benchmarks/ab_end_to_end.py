@@ -1,7 +1,8 @@
 """A/B timing of the whole Triton operator: this checkout's `triton_nha` against another source tree's, same run.
 
 T time, B = 65,536 / T batch, 16 heads, K = V = 128, M = 64, bf16, inputs that need gradients (as bench_gpu_ops.py);
-median ms by triton.testing.do_bench of the forward and of forward+backward, per window. Each tree runs in its own
+median ms by triton.testing.do_bench of the forward without gradients (a prefill), the forward and forward+backward,
+per window. Each tree runs in its own
 process (one import of `nha` each). For judging a change; the report with its baselines is `bench_gpu_ops.py`.
 
     git worktree add /tmp/base <commit>   # or: git archive <commit> src | tar -x -C /tmp/base
@@ -42,9 +43,14 @@ def measure(lengths: list[int], windows: list[int]) -> list[dict]:
                     x.grad = None
                 forward(w).backward(do)
 
+            def prefill(w=w):
+                with torch.no_grad():
+                    forward(w)
+
+            pre = triton.testing.do_bench(prefill, warmup=10, rep=200, return_mode="median")
             fwd = triton.testing.do_bench(forward, warmup=10, rep=200, return_mode="median")
             fb = triton.testing.do_bench(forward_backward, warmup=10, rep=400, return_mode="median")
-            rows.append({"T": T, "w": w, "fwd": fwd, "fwd_bwd": fb})
+            rows.append({"T": T, "w": w, "prefill": pre, "fwd": fwd, "fwd_bwd": fb})
     return rows
 
 
@@ -88,10 +94,11 @@ def main() -> None:
         for a, b in zip(results["old"], results["new"]):
             print(f"| {a['B']} | {a['step_ms']:.4f} | {b['step_ms']:.4f} |")
         return
-    print("| T | w | old fwd | new fwd | old fwd+bwd | new fwd+bwd |")
-    print("|---|---|---|---|---|---|")
+    print("| T | w | old prefill | new prefill | old fwd | new fwd | old fwd+bwd | new fwd+bwd |")
+    print("|---|---|---|---|---|---|---|---|")
     for a, b in zip(results["old"], results["new"]):
-        print(f"| {a['T']:,} | {a['w']} | {a['fwd']:.2f} | {b['fwd']:.2f} | {a['fwd_bwd']:.2f} | {b['fwd_bwd']:.2f} |")
+        cells = " | ".join(f"{a[k]:.2f} | {b[k]:.2f}" for k in ("prefill", "fwd", "fwd_bwd"))
+        print(f"| {a['T']:,} | {a['w']} | {cells} |")
 
 
 if __name__ == "__main__":
