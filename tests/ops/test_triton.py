@@ -76,6 +76,10 @@ CASES = [  # (B, T, HQ, H, K, V, M, w, cu_seqlens, seen of an initial state)
     pytest.param(1, 20, 2, 1, 16, 16, 4, 8, [0, 7, 15, 20], None, id="varlen-within-window"),
     pytest.param(2, 20, 2, 1, 16, 16, 4, 6, None, [3, 20], id="initial-state-gqa"),
     pytest.param(2, 20, 2, 1, 16, 16, 4, None, None, [3, 5], id="unbounded-initial-state"),
+    # 40 slots: gentle chunks (in-chunk read-outs of one product each; with M <= 16 every chunk is steep) and, with
+    # these gates, two steep ones, whose reverse read-outs take the forward's swapped tensors; GQA, packed documents
+    # and an initial state
+    pytest.param(1, 140, 2, 1, 16, 16, 40, 6, [0, 75, 75, 140], [2, 0, 9], id="gentle-and-steep-chunks"),
 ]
 
 
@@ -124,15 +128,17 @@ def test_a_forward_without_gradients_skips_the_scan_gates(monkeypatch):
     assert torch.equal(o.detach(), o_no_grad)
 
 
+@pytest.mark.parametrize("M,gate_scale", [(4, 3.0), (40, 4.0)], ids=["steep", "mixed"])
 @pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
-def test_recomputed_states_give_the_same_gradients(packed):
+def test_recomputed_states_give_the_same_gradients(packed, M, gate_scale):
     # save_states=False recomputes both scans' chunk-start states, in-chunk tensors, gates and slot probabilities in
     # the backward: every output, state and gradient must equal the saved-state run's bit for bit (two chunks, GQA,
-    # an initial state; packed: three documents, one empty, whose gates the recomputation masks per document)
+    # an initial state; packed: three documents, one empty, whose gates the recomputation masks per document; with 4
+    # slots every chunk is steep, with 40 and these gates some are gentle)
     B, T, cu, seen = (1, 140, torch.tensor([0, 70, 70, 140], dtype=torch.int32), [3, 0, 20]) if packed else \
         (2, 70, None, [3, 20])
-    x = make_inputs(B, T, 2, 1, 16, 16, 4, device=DEVICE, gate_scale=3.0, requires_grad=True, seed=2)
-    state = random_state(len(seen), 1, 4, 16, 16, 6, seen).map(lambda t: t.to(DEVICE))
+    x = make_inputs(B, T, 2, 1, 16, 16, M, device=DEVICE, gate_scale=gate_scale, requires_grad=True, seed=2)
+    state = random_state(len(seen), 1, M, 16, 16, 6, seen).map(lambda t: t.to(DEVICE))
     state = state.map(lambda t: t.detach().requires_grad_() if t.is_floating_point() else t)
     cu = None if cu is None else cu.to(DEVICE)
     recompute = functools.partial(triton_nha, save_states=False)
