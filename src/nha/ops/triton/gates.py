@@ -198,7 +198,6 @@ def slot_gates(g, valid_i8, ends, shift: int, group: int, length: int, chunk: in
         with_g_in: return g_in (only the backward needs it; a forward without gradients skips its 4 bytes per
             element and slot).
 
-
     Returns:
         `(g_in, s_in, gc, gentle)`: `[N, E, H * G, M]` float32 the gates (None without `with_g_in`), the write
         strengths `1 - exp(g_in)` and the chunk cumsums of g_in; `[N, E / chunk, H * G]` int8 the chunks'

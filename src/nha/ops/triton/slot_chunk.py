@@ -579,13 +579,13 @@ def gentle_chunks(gc: torch.Tensor, chunk: int) -> torch.Tensor:
     return (fall.amax(-1) < GENTLE_SPAN.value).to(torch.int8)
 
 
-def _flags(gentle: Optional[torch.Tensor], gc: torch.Tensor, chunk: int, shared: bool, what: str) -> torch.Tensor:
-    # the `gentle_chunks` flags a launcher uses: as given (checked), or gc's own unless in-chunk tensors of another
-    # scan are shared (`shared`: they were written for that scan's flags, which must be passed)
+def _flags(gentle: Optional[torch.Tensor], gc: torch.Tensor, chunk: int, shared: Optional[str] = None) -> torch.Tensor:
+    # the `gentle_chunks` flags a launcher uses: as given (checked), or gc's own unless `shared` names in-chunk
+    # tensors of another scan that the launch takes (they were written for that scan's flags, which must be passed)
     N, E, H, _ = gc.shape
     if gentle is None:
         if shared:
-            raise ValueError(f"{what} were made for the flags of their own scan: pass them as `gentle`")
+            raise ValueError(f"{shared} were made for the flags of their own scan: pass them as `gentle`")
         return gentle_chunks(gc, chunk)
     if gentle.shape != (N, E // chunk, H) or gentle.dtype != torch.int8:
         raise ValueError(f"gentle flags must be int8 {(N, E // chunk, H)}, got {gentle.dtype} {tuple(gentle.shape)}")
@@ -599,7 +599,7 @@ def read_weights(p, x, gc, chunk: int, prec: str, reverse: bool = False, sub: in
     gentle chunks, which `slot_read` makes itself, left unspecified), one program per sub-chunk of `sub` rows (no D
     in them); `gentle`: the `gentle_chunks` flags (default: gc's)."""
     N, E, H, M = x.shape
-    gentle = _flags(gentle, gc, chunk, False, "")
+    gentle = _flags(gentle, gc, chunk)
     w = new_output(N, E, H, chunk, device=x.device)
     read_weights_kernel[(E // sub, N * H)](p, x, gc, gentle, w, E, H, M, BT=chunk, BC=sub, BM=block(M),
                                            LEVELS=_levels(sub), REVERSE=reverse, DOT_PREC=kernel_precision(prec),
@@ -635,7 +635,7 @@ def slot_read(p, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub:
     BM, BD = _tiles(M, D, block_d)
     if swapped_weights is not None and (not reverse or weights is not None):
         raise ValueError("swapped_weights serve a reverse read that is given no other weights")
-    gentle = _flags(gentle, gc, chunk, swapped_weights is not None, "swapped_weights")
+    gentle = _flags(gentle, gc, chunk, None if swapped_weights is None else "swapped_weights")
     w = swapped_weights if swapped_weights is not None else weights
     if w is None:
         w = read_weights(p, x, gc, chunk, prec, reverse, sub, intra_warps, gentle=gentle)
@@ -716,7 +716,7 @@ def slot_logits(q, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, su
         raise ValueError("swapped_products serve a reverse read-out, one per read-out (two with plus)")
     if keep_products and reverse:
         raise ValueError("keep_products keeps a forward read-out's products")
-    gentle = _flags(gentle, gc, chunk, swapped, "swapped_products")
+    gentle = _flags(gentle, gc, chunk, "swapped_products" if swapped else None)
     args = (gc, gentle)
     z, a_qy = _logits_chunk(q, x, *args, y, h, chunk, prec, reverse, block_d, num_warps, with_a=not swapped)
     a_qy2, x2 = a_qy, x
