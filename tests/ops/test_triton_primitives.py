@@ -16,7 +16,7 @@ from nha.ops.triton.common import CompiledLaunch, chunk_cumsum
 from nha.ops.triton.gates import reverse_chunk_cumsum, slot_gates, slot_gates_grad
 from nha.ops.triton.shift import shifted, unshift
 from nha.ops.triton.slot_chunk import (GENTLE_SPAN, chunk_products, gentle_chunks, read_weights, slot_logits,
-                                      slot_read, slot_states)
+                                      slot_read, slot_states, slot_states_pair)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -111,6 +111,32 @@ def test_slot_states_are_the_recurrence_at_every_chunk_start(with_h0):
     h, ht = slot_states(x, chunk_cumsum(g, chunk), y, h0, chunk, "ieee")
     torch.testing.assert_close(h, torch.stack(starts, 2), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ht, S, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("h0_of, group", [("none", 1), ("first", 2), ("both", 1)])
+def test_paired_states_are_two_scans_bit_for_bit(h0_of, group):
+    # NHA's two forward scans share x and the gates: `slot_states_pair` makes both in one launch of each kernel, into
+    # one tensor whose rows hold both states side by side, and each must be `slot_states`' own, bit for bit (widths
+    # 6 and 9: the wider one sets the D blocks, the narrower one's tail is masked), with either initial state absent;
+    # the read-outs take the states as the views they are (rows D1 + D2 apart), again bit for bit
+    N, S, KV, M, chunk, E = 2, 50, 2, 5, 16, 64
+    H = KV * group
+    k = shifted(torch.randn(N, S, KV, 6, device=DEVICE), 3, E, group)
+    v = shifted(torch.randn(N, S, KV, 9, device=DEVICE), 3, E, group)
+    x = torch.rand(N, E, KV, M, device=DEVICE).repeat_interleave(group, 2)
+    gc = chunk_cumsum(-torch.rand(N, E, KV, M, device=DEVICE), chunk).repeat_interleave(group, 2)
+    h0_k = None if h0_of == "none" else torch.randn(N, KV, M, 6, device=DEVICE)
+    h0_v = torch.randn(N, KV, M, 9, device=DEVICE) if h0_of == "both" else None
+    (h_k, ht_k), (h_v, ht_v) = slot_states_pair(x, gc, k, v, h0_k, h0_v, chunk, "ieee", group=group)
+    for (h, ht), y, h0 in [((h_k, ht_k), k, h0_k), ((h_v, ht_v), v, h0_v)]:
+        h_one, ht_one = slot_states(x, gc, y, h0, chunk, "ieee", group=group)
+        assert torch.equal(h, h_one) and torch.equal(ht, ht_one) and ht.is_contiguous()
+        assert h.stride(3) == 15  # a view: rows of both states
+        q, p = torch.randn(N, E, H, y.shape[-1], device=DEVICE), torch.rand(N, E, H, M, device=DEVICE)
+        assert torch.equal(slot_logits(q, x, gc, y, h, chunk, "ieee"), slot_logits(q, x, gc, y, h_one, chunk, "ieee"))
+        assert torch.equal(slot_read(p, x, gc, y, h, chunk, "ieee"), slot_read(p, x, gc, y, h_one, chunk, "ieee"))
+    with pytest.raises(ValueError, match="contiguous but for a row"):
+        slot_read(p, x, gc, v, h_one.transpose(0, 1), chunk, "ieee")
 
 
 @pytest.mark.parametrize("M", [5, 40])

@@ -33,7 +33,8 @@ from nha.ops.triton.gates import slot_gates, slot_gates_grad
 from nha.ops.triton.merge import merge_backward, merge_forward
 from nha.ops.triton.shift import shifted, unshift
 from nha.ops.triton.slot_chunk import chunk_products, read_weights
-from nha.ops.triton.slot_scan import final_term, logits_forward, read_dp, read_dq, read_forward, reverse_scans
+from nha.ops.triton.slot_scan import (final_term, forward_states, logits_forward, read_dp, read_dq, read_forward,
+                                     reverse_scans)
 from nha.ops.triton.window_attn import window_backward, window_forward
 
 
@@ -112,10 +113,11 @@ class NHAFunction(torch.autograd.Function):
         k_in, v_in = shifted(k, plan.shift, E, G), shifted(v, plan.shift, E, G)
         q_in = pad_time(q, E).contiguous()
         # a group's query heads hold the same gates: one chunk-start state per key/value head serves them all
-        z, ht_k, h_k, a_qk = logits_forward(q_in, s_in, gc, k_in, h0_k, C, prec, group=G, gentle=gentle)
+        h_k, h_v, ht_k, ht_v = forward_states(s_in, gc, k_in, v_in, h0_k, h0_v, C, prec, group=G)
+        z, a_qk = logits_forward(q_in, s_in, gc, k_in, h_k, C, prec, gentle=gentle)
         p, a = merge_forward(z, lse_win, plan.live_i8, plan.scale)
-        o, ht_v, h_v, w_o = read_forward(p, s_in, gc, v_in, h0_v, C, prec, group=G, gentle=gentle, a=a, o_win=o_win,
-                                         dtype=q.dtype, out_rows=S)
+        o, w_o = read_forward(p, s_in, gc, v_in, h_v, C, prec, gentle=gentle, a=a, o_win=o_win, dtype=q.dtype,
+                              out_rows=S)
         if not plan.save_states:  # the backward recomputes these, as the forward made them
             h_k = h_v = w_o = a_qk = g_in = s_in = gc = p = None
         ctx.save_for_backward(qw, kw, v, o_win, lse_win, g, q_in, k, g_in, s_in, gc, z, p, a, h0_k, h0_v, ht_k, ht_v,
@@ -174,6 +176,8 @@ def _backward(do, dht_k, dht_v, saved, plan: Plan, shared):
     if gc is None:  # not saved (`save_states=False`): the scan's gates and the slot probabilities, recomputed
         g_in, s_in, gc, _ = slot_gates(g, plan.valid_i8, plan.ends, plan.shift, G, E, C)
         p, _ = merge_forward(z, lse_win, plan.live_i8, plan.scale)
+    if h_k is None:  # and both passes' chunk-start states (freed before the reverse scans)
+        h_k, h_v, _, _ = forward_states(s_in, gc, k_in, v_in, h0_k, h0_v, C, prec, group=G)
     do = q_in.new_zeros(N, S, HQ, v.shape[-1]) if do is None else do.contiguous()
     dht_k = None if dht_k is None else dht_k.float().contiguous()
     dht_v = None if dht_v is None else dht_v.float().contiguous()
@@ -182,15 +186,17 @@ def _backward(do, dht_k, dht_v, saved, plan: Plan, shared):
     # the reverse scans run per query head: a group's final-state gradient enters once, at its first head
     dht_k, dht_v = _first_of_group(dht_k, G), _first_of_group(dht_v, G)
     do_in = pad_time(do, E).contiguous()
-    dp, a_dov = read_dp(do_in, s_in, gc, v_in, h0_v, C, prec, h=h_v, group=G, gentle=gentle)
+    dp, a_dov = read_dp(do_in, s_in, gc, v_in, h_v, C, prec, gentle=gentle)
+    del h_v
     dz, delta, do_win, pass_term = merge_backward(p, dp, z, a, do, o_win, plan.live_i8, plan.scale)
     dq_w = dk_w = dv_w = None
     if o_win is not None:
         dq_w, dk_w, dv_w = window_backward(qw, kw, v, plan.valid_i8, lse_win, delta, do_win, plan.window, plan.scale)
     del delta, do_win  # transients die before the reverse scans, where the backward's memory peaks
     # dq comes out of its slot read-out in q's dtype with the window path's share added (when q is shared)
-    dq, w_dq = read_dq(dz, s_in, gc, k_in, h0_k, C, prec, h=h_k, group=G, gentle=gentle,
-                       o_win=dq_w if shared[0] else None, dtype=q_in.dtype, out_rows=S)
+    dq, w_dq = read_dq(dz, s_in, gc, k_in, h_k, C, prec, gentle=gentle, o_win=dq_w if shared[0] else None,
+                       dtype=q_in.dtype, out_rows=S)
+    del h_k
     dq_win = None if shared[0] or dq_w is None else dq_w.to(qw.dtype)
     del dq_w  # float32 [N, S, HQ, K]: in dq or in dq_win by now
     # k and v: the slot path's gradients moved back to the layer's rows, plus the window path's (k's when it shares k);

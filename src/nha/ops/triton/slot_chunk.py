@@ -50,14 +50,26 @@ def _source(t, i_n, i_h, SRC_ROWS, SRC_HEADS, SHIFT, GROUP):
 
 
 @triton.jit
+def _chunk_sum(b_xw, y, h, t, i_n, i_h, o_m, m_m, o_d, p_row, D, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP,
+               DOT_PREC: tl.constexpr):
+    # stores (x_j exp(G_last - G_j))^T y_j `[BM, BD]` (D block o_d of y's D columns) at h's offsets p_row `[BM]`
+    y_rows, y_ok = _source(t, i_n, i_h, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP)
+    m_d = o_d < D
+    b_y = tl.load(y + y_rows[:, None] * D + o_d[None, :], mask=y_ok[:, None] & m_d[None, :], other=0.0)
+    tl.store(h + p_row[:, None] + o_d[None, :], _mm(tl.trans(b_xw), b_y, DOT_PREC), mask=m_m[:, None] & m_d[None, :])
+
+
+@triton.jit
 def chunk_sums_kernel(
-    x, gc, y, h,
-    E, H, M, D, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP,
+    x, gc, y, y2, h,
+    E, H, M, D, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP, D2, Y2_ROWS, Y2_HEADS, Y2_SHIFT, Y2_GROUP,
     BT: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, REVERSE: tl.constexpr, DOT_PREC: tl.constexpr,
-    X_GROUP: tl.constexpr = 1,
+    X_GROUP: tl.constexpr = 1, DUAL: tl.constexpr = False,
 ):
     # what one chunk adds to the state, decayed to the chunk end: sum_j exp(G_last - G_j) x_j (x) y_j `[M, D]`
     # (chunks are independent: every chunk of every (sequence, head) in parallel); written where its state will go.
+    # With DUAL, a second state over the same x and gates, of y2 `[.., D2]`, from the same loads of x and gc: h's rows
+    # then hold both, `[D | D2]` (`slot_states_pair`).
     # H state heads; x and gc have H * X_GROUP heads, of which state head i reads head i * X_GROUP (GQA: a group's
     # query heads hold the same gates, so one state serves them all)
     i_d, i_t, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -67,7 +79,7 @@ def chunk_sums_kernel(
     o_m = tl.arange(0, BM)
     o_d = i_d * BD + tl.arange(0, BD)
     o_t = tl.arange(0, BT)
-    m_m, m_d = o_m < M, o_d < D
+    m_m = o_m < M
     rows = i_n * E + (i_t * BT + o_t).to(tl.int64)
     t = _time(i_t * BT + o_t, E, REVERSE)
     rows_in = i_n * E + t.to(tl.int64)
@@ -75,12 +87,13 @@ def chunk_sums_kernel(
     b_gc = tl.load(gc + (rows[:, None] * XH + x_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0)
     last = (i_n * E + i_t * BT + BT - 1).to(tl.int64)
     b_glast = tl.load(gc + (last * XH + x_h) * M + o_m, mask=m_m, other=0.0)
-    y_rows, y_ok = _source(t, i_n, i_h, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP)
-    b_y = tl.load(y + y_rows[:, None] * D + o_d[None, :], mask=y_ok[:, None] & m_d[None, :], other=0.0)
     b_xw = b_x * tl.exp(b_glast[None, :] - b_gc)  # every factor <= 1
-    b_s = _mm(tl.trans(b_xw), b_y, DOT_PREC)
-    p_h = h + ((i_n * H + i_h) * NT + i_t) * M * D + o_m[:, None] * D + o_d[None, :]
-    tl.store(p_h, b_s, mask=m_m[:, None] & m_d[None, :])
+    HR = D + D2 if DUAL else D  # h's row: one state's D columns, or both states'
+    p_row = ((i_n * H + i_h) * NT + i_t) * M * HR + o_m * HR
+    _chunk_sum(b_xw, y, h, t, i_n, i_h, o_m, m_m, o_d, p_row, D, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP, DOT_PREC)
+    if DUAL:
+        _chunk_sum(b_xw, y2, h + D, t, i_n, i_h, o_m, m_m, o_d, p_row, D2, Y2_ROWS, Y2_HEADS, Y2_SHIFT, Y2_GROUP,
+                   DOT_PREC)
 
 
 @triton.jit
@@ -296,7 +309,7 @@ def read_weights_kernel(
 @triton.jit
 def slot_read_kernel(
     p, x, gc, gentle, y, h, w, o, a, o_win,
-    E, H, M, D, OUT_ROWS, OUT_SHIFT, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP,
+    E, H, M, D, H_ROW, OUT_ROWS, OUT_SHIFT, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP,
     BT: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr,
     REVERSE: tl.constexpr, DOT_PREC: tl.constexpr, WIN: tl.constexpr, SCALED: tl.constexpr, W_SWAPPED: tl.constexpr,
     H_GROUP: tl.constexpr = 1,
@@ -307,7 +320,8 @@ def slot_read_kernel(
     # OUT_ROWS (t in storage order; rows outside them are dropped); with WIN, plus o_win at that row, scaled by a_t if
     # SCALED (NHA's output). W_SWAPPED (REVERSE only): w holds the forward read's weights of the swapped pair (row
     # input x, state writes p), whose entry [t_c, place of t_r in its chunk] is this read's W[r, c] (slot_read says
-    # why). h holds one state per H_GROUP heads (GQA: `slot_states(..., group)`)
+    # why). h holds one state per H_GROUP heads (GQA: `slot_states(..., group)`), its rows H_ROW apart
+    # (`slot_states_pair`: one of two states side by side)
     i_d, i_t, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
     NT = E // BT
@@ -320,7 +334,7 @@ def slot_read_kernel(
     rows_in = i_n * E + t.to(tl.int64)
     b_p = tl.load(p + (rows_in[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0).to(tl.float32)
     b_gc = tl.load(gc + (rows[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0)
-    p_h = h + ((i_n * (H // H_GROUP) + i_h // H_GROUP) * NT + i_t) * M * D + o_m[:, None] * D + o_d[None, :]
+    p_h = h + ((i_n * (H // H_GROUP) + i_h // H_GROUP) * NT + i_t) * M * H_ROW + o_m[:, None] * H_ROW + o_d[None, :]
     b_h = tl.load(p_h, mask=m_m[:, None] & m_d[None, :], other=0.0)
     b_pe = b_p * tl.exp(b_gc)
     b_o = _mm(b_pe, b_h, DOT_PREC)
@@ -357,7 +371,7 @@ def slot_read_kernel(
 @triton.jit
 def logits_chunk_kernel(
     q, x, gc, gentle, y, h, z, a_qy,
-    E, H, M, D, Q_ROWS, Q_HEADS, Q_SHIFT, Q_GROUP, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP,
+    E, H, M, D, H_ROW, Q_ROWS, Q_HEADS, Q_SHIFT, Q_GROUP, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP,
     BT: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, ND: tl.constexpr,
     REVERSE: tl.constexpr, DOT_PREC: tl.constexpr, WITH_Z: tl.constexpr, WITH_A: tl.constexpr,
     ACCUMULATE: tl.constexpr = False, H_GROUP: tl.constexpr = 1,
@@ -367,7 +381,7 @@ def logits_chunk_kernel(
     # the chunk-start part (added to z's values if ACCUMULATE), and in a gentle chunk (`gentle_chunks`) its in-chunk
     # part too, exp(G_t) * (A (x_j exp(-G_j))) in one product (the whole z_t: logits_intra_kernel skips the chunk);
     # WITH_A stores A, of steep chunks only with WITH_Z (what logits_intra_kernel reads), of every chunk without (the
-    # products alone, `chunk_products`). h holds one state per H_GROUP heads
+    # products alone, `chunk_products`). h holds one state per H_GROUP heads, its rows H_ROW apart
     i_t, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
     NT = E // BT
@@ -389,7 +403,8 @@ def logits_chunk_kernel(
         m_d = o_d < D
         b_q = tl.load(q + q_rows[:, None] * D + o_d[None, :], mask=q_ok[:, None] & m_d[None, :], other=0.0)
         if WITH_Z:
-            p_h = h + ((i_n * (H // H_GROUP) + i_h // H_GROUP) * NT + i_t) * M * D + o_m[:, None] * D + o_d[None, :]
+            p_h = (h + ((i_n * (H // H_GROUP) + i_h // H_GROUP) * NT + i_t) * M * H_ROW + o_m[:, None] * H_ROW
+                   + o_d[None, :])
             b_h = tl.load(p_h, mask=m_m[:, None] & m_d[None, :], other=0.0)
             b_qh += _mm(b_q, tl.trans(b_h), DOT_PREC)
         if WITH_A:
@@ -486,11 +501,16 @@ def _tiles(M: int, D: int, block_d: int = 0) -> tuple[int, int]:
     return block(M), block_d or min(128 if M <= 64 else 64, block(D))
 
 
-def _state_group(h: torch.Tensor, H: int) -> int:
-    # how many of a read-out's H heads share each of h's `[N, H / group, NT, M, D]` chunk-start states
-    if h.dim() != 5 or H % h.shape[1]:
-        raise ValueError(f"chunk-start states must be [N, heads dividing {H}, chunks, M, D], got {tuple(h.shape)}")
-    return H // h.shape[1]
+def _state_layout(h: torch.Tensor, H: int, M: int, D: int) -> tuple[int, int]:
+    """`(group, row)` of a read-out's chunk-start states h `[N, H / group, NT, M, D]`: how many of its H heads share
+    each state, and how far apart the state's rows lie (D, or more where h is one of `slot_states_pair`'s two)."""
+    if h.dim() != 5 or H % h.shape[1] or h.shape[-2:] != (M, D):
+        raise ValueError(f"chunk-start states must be [N, heads dividing {H}, chunks, {M}, {D}], got {tuple(h.shape)}")
+    row = h.stride(3)
+    if h.stride(4) != 1 or row < D or h.stride(2) != M * row or h.stride(1) != h.shape[2] * M * row or (
+            h.shape[0] > 1 and h.stride(0) != h.shape[1] * h.stride(1)):
+        raise ValueError(f"chunk-start states must be contiguous but for a row longer than D, got strides {h.stride()}")
+    return H // h.shape[1], row
 
 
 def _levels(sub: int) -> int:
@@ -525,38 +545,65 @@ def slot_states(x, gc, y, h0, chunk: int, prec: str, reverse: bool = False, bloc
     count), instead of `group` equal ones.
 
     Two kernels: every chunk's own sum in parallel (the matrix products), then an element-wise walk over the chunks
-    (up to 1024 state elements per program). A forward scan over bf16 y gets bf16 chunk-start states (rounded once
+    (up to 512 state elements per program). A forward scan over bf16 y gets bf16 chunk-start states (rounded once
     each; the sums and the walk stay float32): half the state traffic of its read-outs, native products against bf16
     queries. The backward's reverse scans keep float32 states: the gate gradient is a difference of large terms
-    computed from them (bf16 there put dg at ~1e-2 relative error in a CPU emulation).
+    computed from them (bf16 there put dg at ~1e-2 relative error in a CPU emulation; bf16 chunk sums too, even in
+    the forward scans only: benchmarks/results/emulate_bf16_rounding_cpu.txt).
     `gc` is always in scan order; with `reverse`, x and y are read back to front (time t is row E - 1 - t).
     `block_d` and `num_warps` are the chunk sums' D block (default: `_tiles`) and warps."""
+    (h, ht), = _scan_states(x, gc, (y,), (h0,), chunk, prec, reverse, block_d, num_warps, group)
+    return h, ht
+
+
+def slot_states_pair(x, gc, y1, y2, h0_1, h0_2, chunk: int, prec: str, group: int = 1) -> tuple:
+    """`((h1, ht1), (h2, ht2))`: `slot_states` of two forward scans over the same x and gates (NHA's two passes:
+    y1 = k, y2 = v), in one launch of each kernel. The chunk sums load x and gc and take their decays once for both;
+    the walk runs over both states' rows at once (twice the programs: at 64k tokens it is latency-bound). h1 and h2
+    are views of one `[N, H, NT, M, D1 + D2]` tensor (the read-outs take them as they are: `_state_layout`); the
+    final states are contiguous. Bit for bit each is `slot_states(x, gc, y_i, h0_i, ...)`'s."""
+    return _scan_states(x, gc, (y1, y2), (h0_1, h0_2), chunk, prec, False, 0, 4, group)
+
+
+def _scan_states(x, gc, ys: tuple, h0s: tuple, chunk: int, prec: str, reverse: bool, block_d: int, num_warps: int,
+                 group: int) -> list:
+    # slot_states of one or two y over the same x and gc (`chunk_sums_kernel`'s DUAL): a `(states, final)` per y
     N, E, HX, M = x.shape
-    D = y.shape[-1]
     if group < 1 or HX % group:
         raise ValueError(f"a group of {group} heads must divide x's {HX} heads")
     H = HX // group
-    BM, BD = _tiles(M, D, block_d)
-    h = new_output(N, H, E // chunk, M, D, device=x.device)
-    ht = new_output(N, H, M, D, device=x.device)
-    if group > 1 and not (isinstance(y, Shifted) and y.group % group == 0):
+    widths = [y.shape[-1] for y in ys]
+    row = sum(widths)
+    BM, BD = _tiles(M, max(widths), block_d)
+    if group > 1 and not all(isinstance(y, Shifted) and y.group % group == 0 for y in ys):
         raise ValueError(f"with a group of {group} heads, y must be a Shifted whose group {group} divides")
-    y, y_rows, y_heads, y_shift, y_group = source_rows(y, E, H)
+    h = new_output(N, H, E // chunk, M, row, device=x.device)
+    ht = new_output(N, H, M, row, device=x.device)
     # a Shifted's group maps x's heads to y's: state head i (x's head i * group) reads y's head i * group // y_group
-    chunk_sums_kernel[(triton.cdiv(D, BD), E // chunk, N * H)](x, gc, y, h, E, H, M, D, y_rows, y_heads, y_shift,
-                                                              y_group // group, BT=chunk, BM=BM, BD=BD,
-                                                              REVERSE=reverse, DOT_PREC=kernel_precision(prec),
-                                                              X_GROUP=group, num_warps=num_warps)
-    half = y.dtype == torch.bfloat16 and not reverse and prec != "ieee"
-    states = new_output(N, H, E // chunk, M, D, dtype=torch.bfloat16, device=x.device) if half else h
+    maps = [(y, D, rows, heads, shift, y_group // group)
+            for D, (y, rows, heads, shift, y_group) in zip(widths, (source_rows(y, E, H) for y in ys))]
+    second = maps[1] if len(maps) > 1 else maps[0]
+    chunk_sums_kernel[(triton.cdiv(max(widths), BD), E // chunk, N * H)](
+        x, gc, maps[0][0], second[0], h, E, H, M, *maps[0][1:], *second[1:], BT=chunk, BM=BM, BD=BD, REVERSE=reverse,
+        DOT_PREC=kernel_precision(prec), X_GROUP=group, DUAL=len(ys) > 1, num_warps=num_warps)
+    half = all(y.dtype == torch.bfloat16 for y in ys) and not reverse and prec != "ieee"
+    states = new_output(N, H, E // chunk, M, row, dtype=torch.bfloat16, device=x.device) if half else h
+    h0 = h0s[0]
+    if len(h0s) > 1:  # both initial states side by side, as the sums' rows (an absent one: empty slots)
+        h0 = None if all(a is None for a in h0s) else torch.cat(
+            [x.new_zeros(N, H, M, D, dtype=torch.float32) if a is None else a.float() for a, D in zip(h0s, widths)],
+            dim=-1)
     # the walk: 512 elements per program at 8 warps (H200, 64k tokens x 16 heads, M = 64, D = 128;
     # gpu_session8_h200.log, tune_state_walk.py): 0.316 -> 0.262 ms writing bf16 states, 0.346 -> 0.315 in place,
     # against 1024 at 4
-    width = min(512, block(M * D, least=1))
-    state_scan_kernel[(triton.cdiv(M * D, width), N * H)](gc, h0 if h0 is not None else ht, h, states, ht, E, H, M, D,
-                                                          BT=chunk, BLOCK=width, HAS_H0=h0 is not None,
-                                                          X_GROUP=group, num_warps=max(1, width // 64))
-    return states, ht
+    width = min(512, block(M * row, least=1))
+    state_scan_kernel[(triton.cdiv(M * row, width), N * H)](gc, h0 if h0 is not None else ht, h, states, ht, E, H, M,
+                                                            row, BT=chunk, BLOCK=width, HAS_H0=h0 is not None,
+                                                            X_GROUP=group, num_warps=max(1, width // 64))
+    if len(ys) == 1:
+        return [(states, ht)]
+    D1 = widths[0]
+    return [(states[..., :D1], ht[..., :D1].contiguous()), (states[..., D1:], ht[..., D1:].contiguous())]
 
 
 def gentle_chunks(gc: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -648,10 +695,11 @@ def slot_read(p, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub:
         raise ValueError(f"o_win must have the output's {out_rows} rows, got {o_win.shape[1]}")
     grid = (triton.cdiv(D, BD), E // chunk, N * H)
     y, *y_map = source_rows(y, E, H)
+    h_group, h_row = _state_layout(h, H, M, D)
     slot_read_kernel[grid](p, x, gc, gentle, y, h, w, o, a if a is not None else o, o_win if win else o, E, H, M, D,
-                           out_rows, out_shift, *y_map, BT=chunk, BM=BM, BD=BD, REVERSE=reverse,
+                           h_row, out_rows, out_shift, *y_map, BT=chunk, BM=BM, BD=BD, REVERSE=reverse,
                            DOT_PREC=kernel_precision(prec), WIN=win, SCALED=a is not None,
-                           W_SWAPPED=swapped_weights is not None, H_GROUP=_state_group(h, H),
+                           W_SWAPPED=swapped_weights is not None, H_GROUP=h_group,
                            num_warps=num_warps)
     return o
 
@@ -669,12 +717,14 @@ def _logits_chunk(q, x, gc, gentle, y, h, chunk: int, prec: str, reverse: bool, 
         z = new_output(N, E, H, M, device=gc.device)
     a_qy = new_output(N, E, H, chunk, device=gc.device) if with_a else None
     (q, *q_map), (y, *y_map) = source_rows(q, E, H), source_rows(y, E, H)
+    h_group, h_row = _state_layout(h, H, M, D) if with_z else (1, D)
     # an output or input the kernel's WITH_Z / WITH_A leave untouched gets gc in its place (any pointer will do)
     logits_chunk_kernel[(E // chunk, N * H)](q, x, gc, gentle if with_z else gc, y, h if with_z else gc,
-                                             z if with_z else gc, a_qy if with_a else gc, E, H, M, D, *q_map, *y_map,
+                                             z if with_z else gc, a_qy if with_a else gc, E, H, M, D, h_row, *q_map,
+                                             *y_map,
                                              BT=chunk, BM=BM, BD=BD, ND=triton.cdiv(D, BD), REVERSE=reverse,
                                              DOT_PREC=kernel_precision(prec), WITH_Z=with_z, WITH_A=with_a,
-                                             ACCUMULATE=accumulate, H_GROUP=_state_group(h, H) if with_z else 1,
+                                             ACCUMULATE=accumulate, H_GROUP=h_group,
                                              num_warps=num_warps)
     return z, a_qy
 

@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 
 from nha.ops.triton.gates import reverse_chunk_cumsum
-from nha.ops.triton.slot_chunk import read_weights, slot_logits, slot_read, slot_states
+from nha.ops.triton.slot_chunk import read_weights, slot_logits, slot_read, slot_states, slot_states_pair
 
 
 def final_term(d_final: Optional[torch.Tensor], final: torch.Tensor) -> Optional[torch.Tensor]:
@@ -36,45 +36,42 @@ def _initial_state_grad(h0, gc, r0):
     return None if h0 is None else torch.exp(gc[:, 0])[..., None] * r0
 
 
-def logits_forward(q, s, gc, k, h0, chunk: int, prec: str, group: int = 1, gentle=None):
-    """Pass 1: `z = S_t q_t` over states built from (s, g, k) -> z `[N, E, H, M]`, `S_E` `[N, H / group, M, K]`
-    (float32), the chunk-start states `[N, H / group, NT, M, K]` and the in-chunk products `q_t . k_j`
-    `[N, E, H, chunk]` (for the backward to keep or drop: its reverse logits reuse the products, `reverse_scans`).
-
-    `gc`: the chunk cumsums of g (computed once for both passes); `group`: GQA's G, one state per key/value head
-    (`slot_states`; h0 `[N, H / group, M, K]`); `gentle`: gc's `gentle_chunks` flags (computed when None; every
-    read-out below takes them, so that a reverse one can take another's in-chunk tensors)."""
-    h, ht = slot_states(s, gc, k, h0, chunk, prec, group=group)
-    z, a_qk = slot_logits(q, s, gc, k, h, chunk, prec, keep_products=True, gentle=gentle)
-    return z, ht, h, a_qk
+def forward_states(s, gc, k, v, h0_k, h0_v, chunk: int, prec: str, group: int = 1) -> tuple:
+    """`(h_k, h_v, S_E of k, S_E of v)`: both passes' chunk-start states `[N, H / group, NT, M, K or V]` and final
+    states (float32), over states built from (s, g, k) and (s, g, v) (`slot_states_pair`: one launch each of the
+    chunk sums and the walk). `gc`: the chunk cumsums of g (computed once for both passes); `group`: GQA's G, one
+    state per key/value head (h0 `[N, H / group, M, K or V]`). The backward recomputes them the same way."""
+    (h_k, ht_k), (h_v, ht_v) = slot_states_pair(s, gc, k, v, h0_k, h0_v, chunk, prec, group=group)
+    return h_k, h_v, ht_k, ht_v
 
 
-def read_forward(p, s, gc, v, h0, chunk: int, prec: str, group: int = 1, gentle=None, **out):
-    """Pass 2: `o = S_t^T p_t` over states built from (s, g, v) -> o `[N, E, H, V]` float32 (or as `out` says:
-    `slot_read`'s dtype, rows and `a * o_win` of NHA's output), `S_E` `[N, H / group, M, V]` float32, the chunk-start
-    states `[N, H / group, NT, M, V]` and the read's in-chunk weights `[N, E, H, chunk]` (the backward's dv read
-    reuses them: `reverse_scans`); `group` and `gentle` as `logits_forward`'s."""
-    h, ht = slot_states(s, gc, v, h0, chunk, prec, group=group)
+def logits_forward(q, s, gc, k, h, chunk: int, prec: str, gentle=None):
+    """Pass 1: `z = S_t q_t` over the states h of (s, g, k) (`forward_states`) -> z `[N, E, H, M]` and the in-chunk
+    products `q_t . k_j` `[N, E, H, chunk]` (for the backward to keep or drop: its reverse logits reuse them,
+    `reverse_scans`). `gentle`: gc's `gentle_chunks` flags (computed when None; every read-out below takes them, so
+    that a reverse one can take another's in-chunk tensors)."""
+    return slot_logits(q, s, gc, k, h, chunk, prec, keep_products=True, gentle=gentle)
+
+
+def read_forward(p, s, gc, v, h, chunk: int, prec: str, gentle=None, **out):
+    """Pass 2: `o = S_t^T p_t` over the states h of (s, g, v) -> o `[N, E, H, V]` float32 (or as `out` says:
+    `slot_read`'s dtype, rows and `a * o_win` of NHA's output) and the read's in-chunk weights `[N, E, H, chunk]`
+    (the backward's dv read reuses them: `reverse_scans`); `gentle` as `logits_forward`'s."""
     w = read_weights(p, s, gc, chunk, prec, gentle=gentle)
-    return slot_read(p, s, gc, v, h, chunk, prec, weights=w, gentle=gentle, **out), ht, h, w
+    return slot_read(p, s, gc, v, h, chunk, prec, weights=w, gentle=gentle, **out), w
 
 
-def read_dp(do, s, gc, v, h0, chunk: int, prec: str, h=None, group: int = 1, gentle=None):
+def read_dp(do, s, gc, v, h, chunk: int, prec: str, gentle=None):
     """`(dp, a)`: `dp_t = S_t do_t` `[N, E, H, M]` float32, the gradient of `read_forward`'s p, given its output
-    gradient do `[N, E, H, V]` (any float dtype), and the in-chunk products `do_t . v_j` `[N, E, H, chunk]` (the
-    reverse logits reuse them); `h`: the forward's chunk-start states, recomputed when None (`group`, `gentle` as
-    the forward's)."""
-    if h is None:
-        h, _ = slot_states(s, gc, v, h0, chunk, prec, group=group)
+    gradient do `[N, E, H, V]` (any float dtype) and the forward's chunk-start states h, and the in-chunk products
+    `do_t . v_j` `[N, E, H, chunk]` (the reverse logits reuse them)."""
     return slot_logits(do, s, gc, v, h, chunk, prec, keep_products=True, gentle=gentle)
 
 
-def read_dq(dz, s, gc, k, h0, chunk: int, prec: str, h=None, group: int = 1, gentle=None, **out):
+def read_dq(dz, s, gc, k, h, chunk: int, prec: str, gentle=None, **out):
     """`(dq, w)`: `dq_t = S_t^T dz_t`, the gradient of `logits_forward`'s q, given its logits' gradient dz
-    `[N, E, H, M]` (`h` as `read_dp`, `out` as `slot_read`'s: rows, dtype, an added window share), and the read's
-    in-chunk weights `[N, E, H, chunk]` (the dk read reuses them: `reverse_scans`)."""
-    if h is None:
-        h, _ = slot_states(s, gc, k, h0, chunk, prec, group=group)
+    `[N, E, H, M]` and the forward's chunk-start states h (`out` as `slot_read`'s: rows, dtype, an added window
+    share), and the read's in-chunk weights `[N, E, H, chunk]` (the dk read reuses them: `reverse_scans`)."""
     w = read_weights(dz, s, gc, chunk, prec, gentle=gentle)
     return slot_read(dz, s, gc, k, h, chunk, prec, weights=w, gentle=gentle, **out), w
 
