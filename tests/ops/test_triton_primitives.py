@@ -113,12 +113,13 @@ def test_slot_states_are_the_recurrence_at_every_chunk_start(with_h0):
     torch.testing.assert_close(ht, S, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("h0_of, group", [("none", 1), ("first", 2), ("both", 1)])
-def test_paired_states_are_two_scans_bit_for_bit(h0_of, group):
-    # NHA's two forward scans share x and the gates: `slot_states_pair` makes both in one launch of each kernel, into
-    # one tensor whose rows hold both states side by side, and each must be `slot_states`' own, bit for bit (widths
-    # 6 and 9: the wider one sets the D blocks, the narrower one's tail is masked), with either initial state absent;
-    # the read-outs take the states as the views they are (rows D1 + D2 apart), again bit for bit
+@pytest.mark.parametrize("h0_of, group, span", [("none", 1, 1), ("first", 2, 2), ("both", 1, 3)])
+def test_segment_states_are_the_scans(h0_of, group, span):
+    # NHA's two forward scans share x and the gates: `slot_states_pair` makes both in segments of `span` chunks
+    # (span 1: every chunk its own; 3 of 4 chunks: a short last segment), as local states plus the segments' start
+    # states, in tensors whose rows hold both side by side (widths 6 and 9: the wider one sets the D blocks, the
+    # narrower one's tail is masked), with either initial state absent. Each must be `slot_states`' scan, and the
+    # read-outs, which make every chunk's state from the segments', must read what they read from those states.
     N, S, KV, M, chunk, E = 2, 50, 2, 5, 16, 64
     H = KV * group
     k = shifted(torch.randn(N, S, KV, 6, device=DEVICE), 3, E, group)
@@ -127,16 +128,22 @@ def test_paired_states_are_two_scans_bit_for_bit(h0_of, group):
     gc = chunk_cumsum(-torch.rand(N, E, KV, M, device=DEVICE), chunk).repeat_interleave(group, 2)
     h0_k = None if h0_of == "none" else torch.randn(N, KV, M, 6, device=DEVICE)
     h0_v = torch.randn(N, KV, M, 9, device=DEVICE) if h0_of == "both" else None
-    (h_k, ht_k), (h_v, ht_v) = slot_states_pair(x, gc, k, v, h0_k, h0_v, chunk, "ieee", group=group)
+    (h_k, ht_k), (h_v, ht_v) = slot_states_pair(x, gc, k, v, h0_k, h0_v, chunk, "ieee", group=group, span=span)
+    close = dict(rtol=1e-5, atol=1e-5)
     for (h, ht), y, h0 in [((h_k, ht_k), k, h0_k), ((h_v, ht_v), v, h0_v)]:
         h_one, ht_one = slot_states(x, gc, y, h0, chunk, "ieee", group=group)
-        assert torch.equal(h, h_one) and torch.equal(ht, ht_one) and ht.is_contiguous()
-        assert h.stride(3) == 15  # a view: rows of both states
+        assert h.span == span and h.local.stride(3) == h.start.stride(3) == 15 and ht.is_contiguous()
+        torch.testing.assert_close(h.materialize(), h_one, **close)
+        torch.testing.assert_close(ht, ht_one, **close)
         q, p = torch.randn(N, E, H, y.shape[-1], device=DEVICE), torch.rand(N, E, H, M, device=DEVICE)
-        assert torch.equal(slot_logits(q, x, gc, y, h, chunk, "ieee"), slot_logits(q, x, gc, y, h_one, chunk, "ieee"))
-        assert torch.equal(slot_read(p, x, gc, y, h, chunk, "ieee"), slot_read(p, x, gc, y, h_one, chunk, "ieee"))
+        torch.testing.assert_close(slot_logits(q, x, gc, y, h, chunk, "ieee"),
+                                   slot_logits(q, x, gc, y, h_one, chunk, "ieee"), **close)
+        torch.testing.assert_close(slot_read(p, x, gc, y, h, chunk, "ieee"),
+                                   slot_read(p, x, gc, y, h_one, chunk, "ieee"), **close)
     with pytest.raises(ValueError, match="contiguous but for a row"):
         slot_read(p, x, gc, v, h_one.transpose(0, 1), chunk, "ieee")
+    with pytest.raises(ValueError, match="segment states of span"):
+        slot_read(p, x, gc, v, h_v._replace(span=span + 2), chunk, "ieee")
 
 
 @pytest.mark.parametrize("M", [5, 40])

@@ -32,7 +32,7 @@ from nha.ops.chunk import MASKED, pad_time
 from nha.ops.triton.gates import slot_gates, slot_gates_grad
 from nha.ops.triton.merge import merge_backward, merge_forward
 from nha.ops.triton.shift import shifted, unshift
-from nha.ops.triton.slot_chunk import chunk_products, read_weights
+from nha.ops.triton.slot_chunk import ChunkStates, chunk_products, read_weights
 from nha.ops.triton.slot_scan import (final_term, forward_states, logits_forward, read_dp, read_dq, read_forward,
                                      reverse_scans)
 from nha.ops.triton.window_attn import window_backward, window_forward
@@ -118,10 +118,12 @@ class NHAFunction(torch.autograd.Function):
         p, a = merge_forward(z, lse_win, plan.live_i8, plan.scale)
         o, w_o = read_forward(p, s_in, gc, v_in, h_v, C, prec, gentle=gentle, a=a, o_win=o_win, dtype=q.dtype,
                               out_rows=S)
+        states = (*h_k[:3], *h_v[:3])  # both `ChunkStates`' tensors (local, start, decay); ctx.span their span
+        ctx.span = h_k.span
         if not plan.save_states:  # the backward recomputes these, as the forward made them
-            h_k = h_v = w_o = a_qk = g_in = s_in = gc = p = None
+            states, w_o, a_qk, g_in, s_in, gc, p = (None,) * 6, None, None, None, None, None, None
         ctx.save_for_backward(qw, kw, v, o_win, lse_win, g, q_in, k, g_in, s_in, gc, z, p, a, h0_k, h0_v, ht_k, ht_v,
-                              h_k, h_v, w_o, a_qk, gentle)
+                              *states, w_o, a_qk, gentle)
         return o, ht_k, ht_v
 
     @staticmethod
@@ -131,7 +133,7 @@ class NHAFunction(torch.autograd.Function):
             return (None,) * 9
         if not plan.use_slots:
             return (*_window_only_backward(do, *ctx.saved_tensors, plan, shared), None, None, None, None)
-        return (*_backward(do, dht_k, dht_v, ctx.saved_tensors, plan, shared), None)
+        return (*_backward(do, dht_k, dht_v, ctx.saved_tensors, plan, shared, ctx.span), None)
 
 
 def _window_only_backward(do, qw, kw, v, o_win, lse_win, plan: Plan, shared):
@@ -166,10 +168,13 @@ def _at_layer_rows(d_in: torch.Tensor, plan: Plan, S: int, G: int, other: Option
     return d_in
 
 
-def _backward(do, dht_k, dht_v, saved, plan: Plan, shared):
+def _backward(do, dht_k, dht_v, saved, plan: Plan, shared, span: int):
     """`(dq, dk, dv, dg, dq_win, dk_win, dh0_k, dh0_v)` of the full operator."""
-    (qw, kw, v, o_win, lse_win, g, q_in, k, g_in, s_in, gc, z, p, a, h0_k, h0_v, ht_k, ht_v, h_k, h_v, w_o,
+    (qw, kw, v, o_win, lse_win, g, q_in, k, g_in, s_in, gc, z, p, a, h0_k, h0_v, ht_k, ht_v, *states, w_o,
      a_qk, gentle) = saved
+    h_k = h_v = None
+    if states[0] is not None:
+        h_k, h_v = ChunkStates(*states[:3], span), ChunkStates(*states[3:], span)
     N, S, HQ = qw.shape[0], qw.shape[1], q_in.shape[2]
     E, C, G, prec = plan.length, plan.chunk, plan.group, plan.prec
     k_in, v_in = shifted(k, plan.shift, E, G), shifted(v, plan.shift, E, G)

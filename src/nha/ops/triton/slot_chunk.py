@@ -23,7 +23,7 @@ of their own (`slot_read(..., swapped_weights=...)`, `slot_logits(..., swapped_p
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import triton
@@ -50,26 +50,22 @@ def _source(t, i_n, i_h, SRC_ROWS, SRC_HEADS, SHIFT, GROUP):
 
 
 @triton.jit
-def _chunk_sum(b_xw, y, h, t, i_n, i_h, o_m, m_m, o_d, p_row, D, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP,
-               DOT_PREC: tl.constexpr):
-    # stores (x_j exp(G_last - G_j))^T y_j `[BM, BD]` (D block o_d of y's D columns) at h's offsets p_row `[BM]`
+def _decayed_sum(b_xw, y, t, i_n, i_h, o_d, D, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP, DOT_PREC: tl.constexpr):
+    # (x_j exp(G_last - G_j))^T y_j `[BM, BD]` over one chunk's times t, for the D block o_d of y's D columns
     y_rows, y_ok = _source(t, i_n, i_h, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP)
-    m_d = o_d < D
-    b_y = tl.load(y + y_rows[:, None] * D + o_d[None, :], mask=y_ok[:, None] & m_d[None, :], other=0.0)
-    tl.store(h + p_row[:, None] + o_d[None, :], _mm(tl.trans(b_xw), b_y, DOT_PREC), mask=m_m[:, None] & m_d[None, :])
+    b_y = tl.load(y + y_rows[:, None] * D + o_d[None, :], mask=y_ok[:, None] & (o_d < D)[None, :], other=0.0)
+    return _mm(tl.trans(b_xw), b_y, DOT_PREC)
 
 
 @triton.jit
 def chunk_sums_kernel(
-    x, gc, y, y2, h,
-    E, H, M, D, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP, D2, Y2_ROWS, Y2_HEADS, Y2_SHIFT, Y2_GROUP,
+    x, gc, y, h,
+    E, H, M, D, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP,
     BT: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, REVERSE: tl.constexpr, DOT_PREC: tl.constexpr,
-    X_GROUP: tl.constexpr = 1, DUAL: tl.constexpr = False,
+    X_GROUP: tl.constexpr = 1,
 ):
     # what one chunk adds to the state, decayed to the chunk end: sum_j exp(G_last - G_j) x_j (x) y_j `[M, D]`
     # (chunks are independent: every chunk of every (sequence, head) in parallel); written where its state will go.
-    # With DUAL, a second state over the same x and gates, of y2 `[.., D2]`, from the same loads of x and gc: h's rows
-    # then hold both, `[D | D2]` (`slot_states_pair`).
     # H state heads; x and gc have H * X_GROUP heads, of which state head i reads head i * X_GROUP (GQA: a group's
     # query heads hold the same gates, so one state serves them all)
     i_d, i_t, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -88,12 +84,9 @@ def chunk_sums_kernel(
     last = (i_n * E + i_t * BT + BT - 1).to(tl.int64)
     b_glast = tl.load(gc + (last * XH + x_h) * M + o_m, mask=m_m, other=0.0)
     b_xw = b_x * tl.exp(b_glast[None, :] - b_gc)  # every factor <= 1
-    HR = D + D2 if DUAL else D  # h's row: one state's D columns, or both states'
-    p_row = ((i_n * H + i_h) * NT + i_t) * M * HR + o_m * HR
-    _chunk_sum(b_xw, y, h, t, i_n, i_h, o_m, m_m, o_d, p_row, D, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP, DOT_PREC)
-    if DUAL:
-        _chunk_sum(b_xw, y2, h + D, t, i_n, i_h, o_m, m_m, o_d, p_row, D2, Y2_ROWS, Y2_HEADS, Y2_SHIFT, Y2_GROUP,
-                   DOT_PREC)
+    p_row = ((i_n * H + i_h) * NT + i_t) * M * D + o_m * D
+    b_s = _decayed_sum(b_xw, y, t, i_n, i_h, o_d, D, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP, DOT_PREC)
+    tl.store(h + p_row[:, None] + o_d[None, :], b_s, mask=m_m[:, None] & (o_d < D)[None, :])
 
 
 @triton.jit
@@ -150,6 +143,78 @@ def state_scan_kernel(
         b_h = b_h * a3 + s3
         s0, a0, s1, a1, s2, a2, s3, a3 = n0, d0, n1, d1, n2, d2, n3, d3
     tl.store(ht + (i_n * H + i_h) * M * D + o_e, b_h, mask=m_e)
+
+
+@triton.jit
+def segment_states_kernel(
+    x, gc, y, y2, h, tot, lg, dec,
+    E, H, M, D, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP, D2, Y2_ROWS, Y2_HEADS, Y2_SHIFT, Y2_GROUP,
+    BT: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, SPAN: tl.constexpr, DOT_PREC: tl.constexpr,
+    X_GROUP: tl.constexpr = 1, DUAL: tl.constexpr = False,
+):
+    # A forward scan in segments of SPAN chunks (`ChunkStates`): one program per D block, segment and (sequence,
+    # head) walks the segment's chunks in order with the state in registers, from empty slots. At every chunk it
+    # stores the state so far (the chunk-start state less the segment's incoming one's decayed share) in h's dtype
+    # and, from the first D block, that share's decay exp(G since the segment start) `[M]` in dec `[N, H, NT, M]`;
+    # at the end the segment's own sum in tot `[N, H, NS, M, HR]` float32 and its log decay in lg `[N, NS, H, M]`
+    # (state_scan_kernel's gates of one-row chunks, for the walk over segments). DUAL and X_GROUP as
+    # chunk_sums_kernel's (h and tot rows hold both states, `[D | D2]`).
+    i_d, i_s, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
+    XH, x_h = H * X_GROUP, i_h * X_GROUP
+    NT = E // BT
+    NS = tl.cdiv(NT, SPAN)
+    HR = D + D2 if DUAL else D
+    o_m = tl.arange(0, BM)
+    o_d = i_d * BD + tl.arange(0, BD)
+    o_t = tl.arange(0, BT)
+    m_m = o_m < M
+    m_1, m_2 = m_m[:, None] & (o_d < D)[None, :], m_m[:, None] & (o_d < D2)[None, :]
+    b_h = tl.zeros([BM, BD], dtype=tl.float32)
+    b_h2 = tl.zeros([BM, BD], dtype=tl.float32)
+    b_lg = tl.zeros([BM], dtype=tl.float32)
+    for i_c in range(0, SPAN):
+        i_t = i_s * SPAN + i_c
+        live = i_t < NT  # the last segment may be short
+        t = i_t * BT + o_t
+        rows = i_n * E + t.to(tl.int64)
+        p_x = (rows[:, None] * XH + x_h) * M + o_m[None, :]
+        b_x = tl.load(x + p_x, mask=m_m[None, :] & live, other=0.0).to(tl.float32)
+        b_gc = tl.load(gc + p_x, mask=m_m[None, :] & live, other=0.0)
+        last = (i_n * E + i_t * BT + BT - 1).to(tl.int64)
+        b_glast = tl.load(gc + (last * XH + x_h) * M + o_m, mask=m_m & live, other=0.0)
+        b_xw = b_x * tl.exp(b_glast[None, :] - b_gc)  # every factor <= 1
+        tl.store(dec + ((i_n * H + i_h) * NT + i_t) * M + o_m, tl.exp(b_lg), mask=m_m & live & (i_d == 0))
+        p_row = (((i_n * H + i_h) * NT + i_t) * M + o_m) * HR
+        tl.store(h + p_row[:, None] + o_d[None, :], b_h.to(h.dtype.element_ty), mask=m_1 & live)
+        b_a = tl.exp(b_glast)[:, None]
+        b_h = b_h * b_a + _decayed_sum(b_xw, y, t, i_n, i_h, o_d, D, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP, DOT_PREC)
+        if DUAL:
+            tl.store(h + D + p_row[:, None] + o_d[None, :], b_h2.to(h.dtype.element_ty), mask=m_2 & live)
+            b_h2 = b_h2 * b_a + _decayed_sum(b_xw, y2, t, i_n, i_h, o_d, D2, Y2_ROWS, Y2_HEADS, Y2_SHIFT, Y2_GROUP,
+                                             DOT_PREC)
+        b_lg += b_glast
+    p_tot = (((i_n * H + i_h) * NS + i_s) * M + o_m) * HR
+    tl.store(tot + p_tot[:, None] + o_d[None, :], b_h, mask=m_1)
+    if DUAL:
+        tl.store(tot + D + p_tot[:, None] + o_d[None, :], b_h2, mask=m_2)
+    tl.store(lg + ((i_n * NS + i_s) * H + i_h) * M + o_m, b_lg, mask=m_m & (i_d == 0))
+
+
+@triton.jit
+def _chunk_state(h, hs, hd, i_sh, i_t, NT, M, H_ROW, o_m, o_d, m_m, m_d, SPAN: tl.constexpr):
+    # the chunk-start state `[BM, BD]` of chunk i_t of state head i_sh (its `sequence * heads + head`) in h's dtype:
+    # h's own, or with SPAN (`ChunkStates`) h's part within its segment plus the segment's start state hs, decayed by
+    # hd (both float32), rounded once to h's dtype. Rows H_ROW apart in h and hs.
+    mask = m_m[:, None] & m_d[None, :]
+    b_h = tl.load(h + ((i_sh * NT + i_t) * M + o_m[:, None]) * H_ROW + o_d[None, :], mask=mask, other=0.0)
+    if SPAN > 0:
+        NS = tl.cdiv(NT, SPAN)
+        b_s = tl.load(hs + ((i_sh * NS + i_t // SPAN) * M + o_m[:, None]) * H_ROW + o_d[None, :], mask=mask,
+                      other=0.0)
+        b_dec = tl.load(hd + (i_sh * NT + i_t) * M + o_m, mask=m_m, other=0.0)
+        b_h = (b_h.to(tl.float32) + b_dec[:, None] * b_s).to(h.dtype.element_ty)
+    return b_h
 
 
 @triton.jit
@@ -308,11 +373,11 @@ def read_weights_kernel(
 
 @triton.jit
 def slot_read_kernel(
-    p, x, gc, gentle, y, h, w, o, a, o_win,
+    p, x, gc, gentle, y, h, hs, hd, w, o, a, o_win,
     E, H, M, D, H_ROW, OUT_ROWS, OUT_SHIFT, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP,
     BT: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr,
     REVERSE: tl.constexpr, DOT_PREC: tl.constexpr, WIN: tl.constexpr, SCALED: tl.constexpr, W_SWAPPED: tl.constexpr,
-    H_GROUP: tl.constexpr = 1,
+    H_GROUP: tl.constexpr = 1, SPAN: tl.constexpr = 0,
 ):
     # o_t = S_t^T p_t for one chunk of BT rows and one D block: the chunk-start state's part plus the in-chunk part
     # W y. A gentle chunk (`gentle_chunks`) makes its W here, (p_t exp(G_t)) . (x_j exp(-G_j)) in one product; a steep
@@ -321,7 +386,7 @@ def slot_read_kernel(
     # SCALED (NHA's output). W_SWAPPED (REVERSE only): w holds the forward read's weights of the swapped pair (row
     # input x, state writes p), whose entry [t_c, place of t_r in its chunk] is this read's W[r, c] (slot_read says
     # why). h holds one state per H_GROUP heads (GQA: `slot_states(..., group)`), its rows H_ROW apart
-    # (`slot_states_pair`: one of two states side by side)
+    # (`slot_states_pair`: one of two states side by side); with SPAN, in segments (hs, hd: `_chunk_state`)
     i_d, i_t, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
     NT = E // BT
@@ -334,8 +399,7 @@ def slot_read_kernel(
     rows_in = i_n * E + t.to(tl.int64)
     b_p = tl.load(p + (rows_in[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0).to(tl.float32)
     b_gc = tl.load(gc + (rows[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0)
-    p_h = h + ((i_n * (H // H_GROUP) + i_h // H_GROUP) * NT + i_t) * M * H_ROW + o_m[:, None] * H_ROW + o_d[None, :]
-    b_h = tl.load(p_h, mask=m_m[:, None] & m_d[None, :], other=0.0)
+    b_h = _chunk_state(h, hs, hd, i_n * (H // H_GROUP) + i_h // H_GROUP, i_t, NT, M, H_ROW, o_m, o_d, m_m, m_d, SPAN)
     b_pe = b_p * tl.exp(b_gc)
     b_o = _mm(b_pe, b_h, DOT_PREC)
     # no branch on the flag around a product (Triton 3.6 miscompiles some: shared-memory reads out of bounds); a
@@ -370,18 +434,19 @@ def slot_read_kernel(
 
 @triton.jit
 def logits_chunk_kernel(
-    q, x, gc, gentle, y, h, z, a_qy,
+    q, x, gc, gentle, y, h, hs, hd, z, a_qy,
     E, H, M, D, H_ROW, Q_ROWS, Q_HEADS, Q_SHIFT, Q_GROUP, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP,
     BT: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, ND: tl.constexpr,
     REVERSE: tl.constexpr, DOT_PREC: tl.constexpr, WITH_Z: tl.constexpr, WITH_A: tl.constexpr,
-    ACCUMULATE: tl.constexpr = False, H_GROUP: tl.constexpr = 1,
+    ACCUMULATE: tl.constexpr = False, H_GROUP: tl.constexpr = 1, SPAN: tl.constexpr = 0,
 ):
     # the D-contracted products of z_t = S_t q_t for one chunk of BT rows (D walked in ND blocks of BD): the
     # chunk-start state's part exp(G_t) * (S_c q_t) `[BT, M]` and A[t, j] = q_t . y_j `[BT, BT]`. With WITH_Z, z gets
     # the chunk-start part (added to z's values if ACCUMULATE), and in a gentle chunk (`gentle_chunks`) its in-chunk
     # part too, exp(G_t) * (A (x_j exp(-G_j))) in one product (the whole z_t: logits_intra_kernel skips the chunk);
     # WITH_A stores A, of steep chunks only with WITH_Z (what logits_intra_kernel reads), of every chunk without (the
-    # products alone, `chunk_products`). h holds one state per H_GROUP heads, its rows H_ROW apart
+    # products alone, `chunk_products`). h holds one state per H_GROUP heads, its rows H_ROW apart, with SPAN in
+    # segments (`_chunk_state`)
     i_t, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
     NT = E // BT
@@ -403,9 +468,8 @@ def logits_chunk_kernel(
         m_d = o_d < D
         b_q = tl.load(q + q_rows[:, None] * D + o_d[None, :], mask=q_ok[:, None] & m_d[None, :], other=0.0)
         if WITH_Z:
-            p_h = (h + ((i_n * (H // H_GROUP) + i_h // H_GROUP) * NT + i_t) * M * H_ROW + o_m[:, None] * H_ROW
-                   + o_d[None, :])
-            b_h = tl.load(p_h, mask=m_m[:, None] & m_d[None, :], other=0.0)
+            b_h = _chunk_state(h, hs, hd, i_n * (H // H_GROUP) + i_h // H_GROUP, i_t, NT, M, H_ROW, o_m, o_d, m_m,
+                               m_d, SPAN)
             b_qh += _mm(b_q, tl.trans(b_h), DOT_PREC)
         if WITH_A:
             b_y = tl.load(y + y_rows[:, None] * D + o_d[None, :], mask=y_ok[:, None] & m_d[None, :], other=0.0)
@@ -501,16 +565,47 @@ def _tiles(M: int, D: int, block_d: int = 0) -> tuple[int, int]:
     return block(M), block_d or min(128 if M <= 64 else 64, block(D))
 
 
-def _state_layout(h: torch.Tensor, H: int, M: int, D: int) -> tuple[int, int]:
-    """`(group, row)` of a read-out's chunk-start states h `[N, H / group, NT, M, D]`: how many of its H heads share
-    each state, and how far apart the state's rows lie (D, or more where h is one of `slot_states_pair`'s two)."""
+class ChunkStates(NamedTuple):
+    """A forward scan's chunk-start states in segments of `span` chunks (`slot_states_pair`), as the read-outs take
+    them: the state at chunk c, which lies in segment c // span, is `local[c] + decay[c] * start[c // span]` (decay
+    per slot row), made inside the read-out and rounded once to local's dtype (`materialize` makes them all).
+
+    local `[N, H, NT, M, D]`: the state from the chunks of c's segment before c alone (bf16 or float32, rows may be
+    longer than D: one of two states side by side); start `[N, H, NS, M, D]` float32: every segment's start state,
+    rows as local's; decay `[N, H, NT, M]` float32: exp(the gates' sum from c's segment start to c)."""
+
+    local: torch.Tensor
+    start: torch.Tensor
+    decay: torch.Tensor
+    span: int
+
+    def materialize(self) -> torch.Tensor:
+        """The chunk-start states `[N, H, NT, M, D]` in local's dtype, as a read-out makes them."""
+        NT = self.local.shape[2]
+        start = self.start.repeat_interleave(self.span, dim=2)[:, :, :NT]
+        return (self.local.float() + self.decay[..., None] * start).to(self.local.dtype)
+
+
+def _state_args(h, H: int, M: int, D: int) -> tuple:
+    """`(local, start, decay, group, row, span)` of a read-out's chunk-start states: a tensor `[N, H / group, NT, M,
+    D]` (start and decay: the same tensor again, unread; span 0) or `ChunkStates`; group: how many of the read-out's H
+    heads share each state; row: how far apart a state's rows lie (D, or more where h is one of
+    `slot_states_pair`'s two)."""
+    if isinstance(h, ChunkStates):
+        group, row = _state_args(h.local, H, M, D)[3:5]
+        N, HS, NT = h.local.shape[:3]
+        start_row = _state_args(h.start, H, M, D)[4]
+        if h.span < 1 or h.start.shape[:3] != (N, HS, -(-NT // h.span)) or start_row != row or (
+                h.decay.shape != (N, HS, NT, M) or not h.decay.is_contiguous()):
+            raise ValueError(f"segment states of span {h.span} do not match their local states {tuple(h.local.shape)}")
+        return h.local, h.start, h.decay, group, row, h.span
     if h.dim() != 5 or H % h.shape[1] or h.shape[-2:] != (M, D):
         raise ValueError(f"chunk-start states must be [N, heads dividing {H}, chunks, {M}, {D}], got {tuple(h.shape)}")
     row = h.stride(3)
     if h.stride(4) != 1 or row < D or h.stride(2) != M * row or h.stride(1) != h.shape[2] * M * row or (
             h.shape[0] > 1 and h.stride(0) != h.shape[1] * h.stride(1)):
         raise ValueError(f"chunk-start states must be contiguous but for a row longer than D, got strides {h.stride()}")
-    return H // h.shape[1], row
+    return h, h, h, H // h.shape[1], row, 0
 
 
 def _levels(sub: int) -> int:
@@ -552,58 +647,88 @@ def slot_states(x, gc, y, h0, chunk: int, prec: str, reverse: bool = False, bloc
     the forward scans only: benchmarks/results/emulate_bf16_rounding_cpu.txt).
     `gc` is always in scan order; with `reverse`, x and y are read back to front (time t is row E - 1 - t).
     `block_d` and `num_warps` are the chunk sums' D block (default: `_tiles`) and warps."""
-    (h, ht), = _scan_states(x, gc, (y,), (h0,), chunk, prec, reverse, block_d, num_warps, group)
-    return h, ht
+    N, E, _, M = x.shape
+    H = _state_heads(x, (y,), group)
+    D = y.shape[-1]
+    BM, BD = _tiles(M, D, block_d)
+    h = new_output(N, H, E // chunk, M, D, device=x.device)
+    ht = new_output(N, H, M, D, device=x.device)
+    # a Shifted's group maps x's heads to y's: state head i (x's head i * group) reads y's head i * group // y_group
+    y, rows, heads, shift, y_group = source_rows(y, E, H)
+    chunk_sums_kernel[(triton.cdiv(D, BD), E // chunk, N * H)](
+        x, gc, y, h, E, H, M, D, rows, heads, shift, y_group // group, BT=chunk, BM=BM, BD=BD, REVERSE=reverse,
+        DOT_PREC=kernel_precision(prec), X_GROUP=group, num_warps=num_warps)
+    half = y.dtype == torch.bfloat16 and not reverse and prec != "ieee"
+    states = new_output(N, H, E // chunk, M, D, dtype=torch.bfloat16, device=x.device) if half else h
+    _walk(gc, (h0,), (D,), h, states, ht, E, chunk, group)
+    return states, ht
 
 
-def slot_states_pair(x, gc, y1, y2, h0_1, h0_2, chunk: int, prec: str, group: int = 1) -> tuple:
-    """`((h1, ht1), (h2, ht2))`: `slot_states` of two forward scans over the same x and gates (NHA's two passes:
-    y1 = k, y2 = v), in one launch of each kernel. The chunk sums load x and gc and take their decays once for both;
-    the walk runs over both states' rows at once (twice the programs: at 64k tokens it is latency-bound). h1 and h2
-    are views of one `[N, H, NT, M, D1 + D2]` tensor (the read-outs take them as they are: `_state_layout`); the
-    final states are contiguous. Bit for bit each is `slot_states(x, gc, y_i, h0_i, ...)`'s."""
-    return _scan_states(x, gc, (y1, y2), (h0_1, h0_2), chunk, prec, False, 0, 4, group)
+def slot_states_pair(x, gc, y1, y2, h0_1, h0_2, chunk: int, prec: str, group: int = 1, span: int = 32,
+                     block_d: int = 0, num_warps: int = 4, num_stages: int = 1) -> tuple:
+    """`((h1, ht1), (h2, ht2))`: the chunk-start states (`ChunkStates`) and final states (float32) of two forward
+    scans over the same x and gates (NHA's two passes: y1 = k, y2 = v), arguments as `slot_states`'.
 
+    In segments of `span` chunks: one program per segment walks its chunks with both states in registers from
+    empty slots (`segment_states_kernel`: x, the gates and their decays loaded once for both), storing each chunk's
+    state so far; an element-wise walk over the segments' sums then makes every segment's start state and the final
+    ones. The read-outs add a segment's start state, decayed, to its chunks' own (`_chunk_state`): no float32 chunk
+    sums written and read back, and no walk over every chunk (`slot_states`' two kernels). The local states are bf16
+    where `slot_states` would round its states to bf16 (then rounded twice: here, and with the start state's share
+    added), else float32. h1 and h2 hold views of the same tensors (rows `[D1 | D2]`).
 
-def _scan_states(x, gc, ys: tuple, h0s: tuple, chunk: int, prec: str, reverse: bool, block_d: int, num_warps: int,
-                 group: int) -> list:
-    # slot_states of one or two y over the same x and gc (`chunk_sums_kernel`'s DUAL): a `(states, final)` per y
+    `span`, `block_d` (default 64 or less), `num_warps`, `num_stages`: the segment kernel's launch. H200, 64k tokens
+    x 16 heads, M = 64, K = V = 128 (gpu_session15_h200.log): 0.78 ms at the defaults against 1.04 for the paired
+    chunk sums and walk, 1.21 for two `slot_states`; D blocks of 128, 8 warps or pipelined loads (stages 2-3) spill
+    its 255 registers and run 0.9-2.1 ms. The read-outs take ~0.09 ms more for the start states."""
     N, E, HX, M = x.shape
-    if group < 1 or HX % group:
-        raise ValueError(f"a group of {group} heads must divide x's {HX} heads")
-    H = HX // group
-    widths = [y.shape[-1] for y in ys]
+    H = _state_heads(x, (y1, y2), group)
+    widths = (y1.shape[-1], y2.shape[-1])
     row = sum(widths)
-    BM, BD = _tiles(M, max(widths), block_d)
+    BM, BD = _tiles(M, max(widths), block_d or min(64, block(max(widths))))
+    NT = E // chunk
+    NS = triton.cdiv(NT, span)
+    half = y1.dtype == y2.dtype == torch.bfloat16 and prec != "ieee"
+    local = new_output(N, H, NT, M, row, dtype=torch.bfloat16 if half else torch.float32, device=x.device)
+    start = new_output(N, H, NS, M, row, device=x.device)  # the segments' own sums, then (in place) start states
+    log_decay = new_output(N, NS, H, M, device=x.device)
+    decay = new_output(N, H, NT, M, device=x.device)
+    ht = new_output(N, H, M, row, device=x.device)
+    maps = [source_rows(y, E, H) for y in (y1, y2)]
+    maps = [(y, D, rows, heads, shift, y_group // group) for D, (y, rows, heads, shift, y_group) in zip(widths, maps)]
+    segment_states_kernel[(triton.cdiv(max(widths), BD), NS, N * H)](
+        x, gc, maps[0][0], maps[1][0], local, start, log_decay, decay, E, H, M, *maps[0][1:], *maps[1][1:], BT=chunk,
+        BM=BM, BD=BD, SPAN=span, DOT_PREC=kernel_precision(prec), X_GROUP=group, DUAL=True, num_warps=num_warps,
+        num_stages=num_stages)
+    _walk(log_decay, (h0_1, h0_2), widths, start, start, ht, NS, 1, 1)
+    D1 = widths[0]
+    return ((ChunkStates(local[..., :D1], start[..., :D1], decay, span), ht[..., :D1].contiguous()),
+            (ChunkStates(local[..., D1:], start[..., D1:], decay, span), ht[..., D1:].contiguous()))
+
+
+def _state_heads(x, ys: tuple, group: int) -> int:
+    # the state heads of a forward scan over x `[N, E, H * group, M]` (checks that the group fits x and y)
+    if group < 1 or x.shape[2] % group:
+        raise ValueError(f"a group of {group} heads must divide x's {x.shape[2]} heads")
     if group > 1 and not all(isinstance(y, Shifted) and y.group % group == 0 for y in ys):
         raise ValueError(f"with a group of {group} heads, y must be a Shifted whose group {group} divides")
-    h = new_output(N, H, E // chunk, M, row, device=x.device)
-    ht = new_output(N, H, M, row, device=x.device)
-    # a Shifted's group maps x's heads to y's: state head i (x's head i * group) reads y's head i * group // y_group
-    maps = [(y, D, rows, heads, shift, y_group // group)
-            for D, (y, rows, heads, shift, y_group) in zip(widths, (source_rows(y, E, H) for y in ys))]
-    second = maps[1] if len(maps) > 1 else maps[0]
-    chunk_sums_kernel[(triton.cdiv(max(widths), BD), E // chunk, N * H)](
-        x, gc, maps[0][0], second[0], h, E, H, M, *maps[0][1:], *second[1:], BT=chunk, BM=BM, BD=BD, REVERSE=reverse,
-        DOT_PREC=kernel_precision(prec), X_GROUP=group, DUAL=len(ys) > 1, num_warps=num_warps)
-    half = all(y.dtype == torch.bfloat16 for y in ys) and not reverse and prec != "ieee"
-    states = new_output(N, H, E // chunk, M, row, dtype=torch.bfloat16, device=x.device) if half else h
+    return x.shape[2] // group
+
+
+def _walk(gates, h0s: tuple, widths, sums, states, ht, E: int, chunk: int, group: int) -> None:
+    # state_scan_kernel over sums `[N, H, E // chunk, M, row]` (rows: the widths' states side by side, their initial
+    # states h0s, None: empty slots) with the decays of `gates`' chunk totals, into states (may be sums) and ht.
+    # 512 elements per program at 8 warps (H200, 64k tokens x 16 heads, M = 64, D = 128; gpu_session8_h200.log,
+    # tune_state_walk.py): 0.316 -> 0.262 ms writing bf16 states, 0.346 -> 0.315 in place, against 1024 at 4
+    N, H, _, M, row = sums.shape
     h0 = h0s[0]
-    if len(h0s) > 1:  # both initial states side by side, as the sums' rows (an absent one: empty slots)
+    if len(h0s) > 1:  # initial states side by side, as the sums' rows (an absent one: empty slots)
         h0 = None if all(a is None for a in h0s) else torch.cat(
-            [x.new_zeros(N, H, M, D, dtype=torch.float32) if a is None else a.float() for a, D in zip(h0s, widths)],
-            dim=-1)
-    # the walk: 512 elements per program at 8 warps (H200, 64k tokens x 16 heads, M = 64, D = 128;
-    # gpu_session8_h200.log, tune_state_walk.py): 0.316 -> 0.262 ms writing bf16 states, 0.346 -> 0.315 in place,
-    # against 1024 at 4
+            [sums.new_zeros(N, H, M, D) if a is None else a.float() for a, D in zip(h0s, widths)], dim=-1)
     width = min(512, block(M * row, least=1))
-    state_scan_kernel[(triton.cdiv(M * row, width), N * H)](gc, h0 if h0 is not None else ht, h, states, ht, E, H, M,
-                                                            row, BT=chunk, BLOCK=width, HAS_H0=h0 is not None,
+    state_scan_kernel[(triton.cdiv(M * row, width), N * H)](gates, h0 if h0 is not None else ht, sums, states, ht, E,
+                                                            H, M, row, BT=chunk, BLOCK=width, HAS_H0=h0 is not None,
                                                             X_GROUP=group, num_warps=max(1, width // 64))
-    if len(ys) == 1:
-        return [(states, ht)]
-    D1 = widths[0]
-    return [(states[..., :D1], ht[..., :D1].contiguous()), (states[..., D1:], ht[..., D1:].contiguous())]
 
 
 def gentle_chunks(gc: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -695,11 +820,11 @@ def slot_read(p, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub:
         raise ValueError(f"o_win must have the output's {out_rows} rows, got {o_win.shape[1]}")
     grid = (triton.cdiv(D, BD), E // chunk, N * H)
     y, *y_map = source_rows(y, E, H)
-    h_group, h_row = _state_layout(h, H, M, D)
-    slot_read_kernel[grid](p, x, gc, gentle, y, h, w, o, a if a is not None else o, o_win if win else o, E, H, M, D,
-                           h_row, out_rows, out_shift, *y_map, BT=chunk, BM=BM, BD=BD, REVERSE=reverse,
+    h, hs, hd, h_group, h_row, span = _state_args(h, H, M, D)
+    slot_read_kernel[grid](p, x, gc, gentle, y, h, hs, hd, w, o, a if a is not None else o, o_win if win else o, E,
+                           H, M, D, h_row, out_rows, out_shift, *y_map, BT=chunk, BM=BM, BD=BD, REVERSE=reverse,
                            DOT_PREC=kernel_precision(prec), WIN=win, SCALED=a is not None,
-                           W_SWAPPED=swapped_weights is not None, H_GROUP=h_group,
+                           W_SWAPPED=swapped_weights is not None, H_GROUP=h_group, SPAN=span,
                            num_warps=num_warps)
     return o
 
@@ -717,14 +842,14 @@ def _logits_chunk(q, x, gc, gentle, y, h, chunk: int, prec: str, reverse: bool, 
         z = new_output(N, E, H, M, device=gc.device)
     a_qy = new_output(N, E, H, chunk, device=gc.device) if with_a else None
     (q, *q_map), (y, *y_map) = source_rows(q, E, H), source_rows(y, E, H)
-    h_group, h_row = _state_layout(h, H, M, D) if with_z else (1, D)
     # an output or input the kernel's WITH_Z / WITH_A leave untouched gets gc in its place (any pointer will do)
-    logits_chunk_kernel[(E // chunk, N * H)](q, x, gc, gentle if with_z else gc, y, h if with_z else gc,
+    h, hs, hd, h_group, h_row, span = _state_args(h, H, M, D) if with_z else (gc, gc, gc, 1, D, 0)
+    logits_chunk_kernel[(E // chunk, N * H)](q, x, gc, gentle if with_z else gc, y, h, hs, hd,
                                              z if with_z else gc, a_qy if with_a else gc, E, H, M, D, h_row, *q_map,
                                              *y_map,
                                              BT=chunk, BM=BM, BD=BD, ND=triton.cdiv(D, BD), REVERSE=reverse,
                                              DOT_PREC=kernel_precision(prec), WITH_Z=with_z, WITH_A=with_a,
-                                             ACCUMULATE=accumulate, H_GROUP=h_group,
+                                             ACCUMULATE=accumulate, H_GROUP=h_group, SPAN=span,
                                              num_warps=num_warps)
     return z, a_qy
 

@@ -37,10 +37,11 @@ def _initial_state_grad(h0, gc, r0):
 
 
 def forward_states(s, gc, k, v, h0_k, h0_v, chunk: int, prec: str, group: int = 1) -> tuple:
-    """`(h_k, h_v, S_E of k, S_E of v)`: both passes' chunk-start states `[N, H / group, NT, M, K or V]` and final
-    states (float32), over states built from (s, g, k) and (s, g, v) (`slot_states_pair`: one launch each of the
-    chunk sums and the walk). `gc`: the chunk cumsums of g (computed once for both passes); `group`: GQA's G, one
-    state per key/value head (h0 `[N, H / group, M, K or V]`). The backward recomputes them the same way."""
+    """`(h_k, h_v, S_E of k, S_E of v)`: both passes' chunk-start states (`ChunkStates`, `[N, H / group, NT, M,
+    K or V]`) and final states (float32), over states built from (s, g, k) and (s, g, v) (`slot_states_pair`: one
+    program per segment of chunks makes both, then a walk over the segments). `gc`: the chunk cumsums of g
+    (computed once for both passes); `group`: GQA's G, one state per key/value head (h0 `[N, H / group, M, K or V]`).
+    The backward recomputes them the same way."""
     (h_k, ht_k), (h_v, ht_v) = slot_states_pair(s, gc, k, v, h0_k, h0_v, chunk, prec, group=group)
     return h_k, h_v, ht_k, ht_v
 
