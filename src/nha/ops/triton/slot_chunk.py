@@ -5,6 +5,9 @@ N sequences, E time (a multiple of BT), H heads, M slots, D column dim (K or V),
 The scan keeps a state `S_t [M, D] = diag(exp(g_t)) S_{t-1} + x_t (x) y_t` (rows gated) and reads it two ways:
   logits (pass 1):  z_t = S_t q_t        q_t `[D]` -> z_t `[M]`
   read   (pass 2):  o_t = S_t^T p_t      p_t `[M]` -> o_t `[D]`
+The read-outs take the state at every chunk start: the forward scans' in segments of chunks (`slot_states_pair`,
+`ChunkStates`: a segment's start state plus each chunk's own within it), the backward's reverse scans' as chunk
+sums and a walk over every chunk (`slot_states`).
 Each read-out has a kernel per chunk for what contracts over D (the chunk-start state's part, and for the logits
 q . y over the chunk) and an in-chunk part, whose decays are per slot. Where a chunk's gates fall by less than
 GENTLE_SPAN (`gentle_chunks`, almost every chunk of a trained model), the in-chunk decays factor as
