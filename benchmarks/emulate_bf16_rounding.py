@@ -5,9 +5,9 @@ Part 1, the PyTorch chunk path: the chunk states (forward, and their gradient in
 weights `exp(-G_j) s_j` and the slot probabilities p are rounded to bf16 (`Round`: forward and backward) inside
 `chunk.SlotChunks`, everything else float32, on bf16 inputs; then each rounding point alone at the worst case.
 Part 2, the Triton kernels themselves (under the interpreter on CPU, for real on a GPU), float32 throughout except
-the chunk states of `slot_states`, rounded to bf16 by torch between its two kernels (the interpreter's own bf16
-conversion truncates instead of rounding to nearest): the forward scans' states only; forward and reverse; forward
-with each chunk's sum rounded before the walk too.
+the chunk states of `slot_states` (which then makes the forward's pair too: `rounded_states_pair`), rounded to bf16
+by torch between its two kernels (the interpreter's own bf16 conversion truncates instead of rounding to nearest):
+the forward scans' states only; forward and reverse; forward with each chunk's sum rounded before the walk too.
 Each row: the relative RMS error of the output and of every gradient against float32 `chunk_nha` on the same values;
 part 1 also shows `chunk_nha` run on the bf16 inputs (the GPU tests' `half` baseline, which rounds its outputs to
 bf16 too). The GPU tests' limit is max(2 x that baseline, 5e-3).
@@ -111,6 +111,21 @@ def rounded_slot_states(forward: bool, backward: bool, sums: bool):
     return slot_states
 
 
+def rounded_states_pair(rounded_slot_states):
+    """`slot_states_pair` as two calls of a (rounded) `slot_states`, each's states as `ChunkStates` of one-chunk
+    segments with empty start states (the read-outs then take every chunk's state as it is)."""
+    from nha.ops.triton.slot_chunk import ChunkStates  # noqa: PLC0415
+
+    def slot_states_pair(x, gc, y1, y2, h0_1, h0_2, chunk_len, prec, group=1, **_):
+        pairs = []
+        for y, h0 in ((y1, h0_1), (y2, h0_2)):
+            h, ht = rounded_slot_states(x, gc, y, h0, chunk_len, prec, group=group)
+            pairs.append((ChunkStates(h, torch.zeros_like(h), torch.zeros_like(h[..., 0]), 1), ht))
+        return tuple(pairs)
+
+    return slot_states_pair
+
+
 def part2(device: str) -> None:
     from nha.ops.triton import slot_scan, triton_nha  # noqa: PLC0415
 
@@ -120,13 +135,14 @@ def part2(device: str) -> None:
         print(f"Triton kernels, T={T} K=V={D} M={M} w={w} ({device}):")
         ref = outputs_and_grads(inputs(T, D, M, torch.float32, device), w)
         for name, rounding in variants.items():
-            original = slot_scan.slot_states
+            original = slot_scan.slot_states, slot_scan.slot_states_pair  # the reverse scans', the forward's
             if rounding is not None:
                 slot_scan.slot_states = rounded_slot_states(*rounding)
+                slot_scan.slot_states_pair = rounded_states_pair(slot_scan.slot_states)
             try:
                 out = outputs_and_grads(inputs(T, D, M, torch.float32, device), w, fn=triton_nha)
             finally:
-                slot_scan.slot_states = original
+                slot_scan.slot_states, slot_scan.slot_states_pair = original
             errs = "  ".join(f"{n} {rel_rmse(out[n], ref[n]):.1e}" for n in ("o", "dq", "dk", "dv", "dg"))
             print(f"  {name:26s} {errs}", flush=True)
 
