@@ -681,9 +681,10 @@ def slot_states_pair(x, gc, y1, y2, h0_1, h0_2, chunk: int, prec: str, group: in
     added), else float32. h1 and h2 hold views of the same tensors (rows `[D1 | D2]`).
 
     `span`, `block_d` (default 64 or less), `num_warps`, `num_stages`: the segment kernel's launch. H200, 64k tokens
-    x 16 heads, M = 64, K = V = 128 (gpu_session15_h200.log): 0.78 ms at the defaults against 1.04 for the paired
-    chunk sums and walk, 1.21 for two `slot_states`; D blocks of 128, 8 warps or pipelined loads (stages 2-3) spill
-    its 255 registers and run 0.9-2.1 ms. The read-outs take ~0.09 ms more for the start states."""
+    x 16 heads, M = 64, K = V = 128 (gpu_session15_h200.log, tune_segment_states.py): 0.78 ms at the defaults
+    against 1.04 for the paired chunk sums and walk, 1.21 for two `slot_states`; D blocks of 128, 8 warps or
+    pipelined loads (stages 2-3) spill its 255 registers and run 0.9-2.1 ms. The read-outs take ~0.09 ms more for
+    the start states."""
     N, E, HX, M = x.shape
     H = _state_heads(x, (y1, y2), group)
     widths = (y1.shape[-1], y2.shape[-1])
