@@ -1,6 +1,8 @@
 """Where the Triton NHA operator spends its time: CUDA kernel totals from torch.profiler, forward without gradients
-(a prefill), forward and forward+backward, then every compiled Triton kernel's registers per thread and local-memory
-(spill) bytes (spills are what tile-size sweeps swing on; Triton's `n_spills` counts 4-byte words).
+(a prefill), forward and forward+backward; one prefill's and one forward's kernels in launch order with the GPU's
+idle time before each, their sum against `do_bench`'s median (session 15's call 1 ran this timeline as a separate
+script); then every compiled Triton kernel's registers per thread and local-memory (spill) bytes (spills are what
+tile-size sweeps swing on; Triton's `n_spills` counts 4-byte words).
 
 B batch, T time, H heads, D head dim, M slots, w window (bf16, 65,536 tokens per batch as in bench_gpu_ops.py).
 
@@ -12,6 +14,7 @@ import sys
 
 import torch
 import torch.nn.functional as F
+import triton
 from torch.profiler import ProfilerActivity, profile
 
 from nha.ops.triton import triton_nha
@@ -48,7 +51,33 @@ def main() -> None:
                 torch.cuda.synchronize()
             print(f"\n=== T={T} B={B} {phase} (3 iterations) ===")
             print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=40, max_name_column_width=60))
+        for grad in (False, True):
+            def forward(grad=grad):
+                with torch.set_grad_enabled(grad):
+                    triton_nha(q, k, v, g, W, check_gates=False)
+
+            print_timeline(forward, f"T={T} B={B} {'forward' if grad else 'forward without gradients'}")
     print_registers()
+
+
+def print_timeline(step, label: str) -> None:
+    """One call of `step` under the profiler: every CUDA kernel in launch order, its start, duration and the GPU's
+    idle time before it (us), then the kernels' sum against `do_bench`'s median of the same call (where the two
+    differ, the GPU waited for the host)."""
+    median = triton.testing.do_bench(step, warmup=10, rep=200, return_mode="median")
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    kernels = sorted((e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA),
+                     key=lambda e: e.time_range.start)
+    print(f"\n=== {label}: one call, kernels in launch order (us) ===")
+    first = end = kernels[0].time_range.start
+    busy = 0.0
+    for e in kernels:
+        start, took = e.time_range.start, e.time_range.end - e.time_range.start
+        print(f"{start - first:9.1f} {took:8.1f}  idle before {start - end:7.1f}  {e.name[:80]}")
+        end, busy = e.time_range.end, busy + took
+    print(f"kernels {busy:.1f} us in all; do_bench median {1000 * median:.1f} us")
 
 
 def print_registers() -> None:
