@@ -129,6 +129,8 @@ def test_segment_states_are_the_scans(h0_of, group, span):
     h0_k = None if h0_of == "none" else torch.randn(N, KV, M, 6, device=DEVICE)
     h0_v = torch.randn(N, KV, M, 9, device=DEVICE) if h0_of == "both" else None
     (h_k, ht_k), (h_v, ht_v) = slot_states_pair(x, gc, k, v, h0_k, h0_v, chunk, "ieee", group=group, span=span)
+    # to float32 rounding, not bit for bit: a segment's start state reaches its chunks decayed by one product of
+    # their gates instead of chunk by chunk, the same terms summed in another order
     close = dict(rtol=1e-5, atol=1e-5)
     for (h, ht), y, h0 in [((h_k, ht_k), k, h0_k), ((h_v, ht_v), v, h0_v)]:
         h_one, ht_one = slot_states(x, gc, y, h0, chunk, "ieee", group=group)

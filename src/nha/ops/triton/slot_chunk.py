@@ -153,21 +153,22 @@ def segment_states_kernel(
     x, gc, y, y2, h, tot, lg, dec,
     E, H, M, D, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP, D2, Y2_ROWS, Y2_HEADS, Y2_SHIFT, Y2_GROUP,
     BT: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, SPAN: tl.constexpr, DOT_PREC: tl.constexpr,
-    X_GROUP: tl.constexpr = 1, DUAL: tl.constexpr = False,
+    X_GROUP: tl.constexpr = 1,
 ):
-    # A forward scan in segments of SPAN chunks (`ChunkStates`): one program per D block, segment and (sequence,
-    # head) walks the segment's chunks in order with the state in registers, from empty slots. At every chunk it
-    # stores the state so far (the chunk-start state less the segment's incoming one's decayed share) in h's dtype
-    # and, from the first D block, that share's decay exp(G since the segment start) `[M]` in dec `[N, H, NT, M]`;
-    # at the end the segment's own sum in tot `[N, H, NS, M, HR]` float32 and its log decay in lg `[N, NS, H, M]`
-    # (state_scan_kernel's gates of one-row chunks, for the walk over segments). DUAL and X_GROUP as
-    # chunk_sums_kernel's (h and tot rows hold both states, `[D | D2]`).
+    # Two forward scans over the same x and gates (y `[.., D]`, y2 `[.., D2]`: NHA's k and v) in segments of SPAN
+    # chunks (`ChunkStates`): one program per D block, segment and (sequence, head) walks the segment's chunks in
+    # order with both states in registers, from empty slots. At every chunk it stores the states so far (the
+    # chunk-start states less the segment's incoming ones' decayed share) in h's dtype and, from the first D block,
+    # that share's decay exp(G since the segment start) `[M]` in dec `[N, H, NT, M]`; at the end the segment's own
+    # sums in tot `[N, H, NS, M, D + D2]` float32 and its log decay in lg `[N, NS, H, M]` (state_scan_kernel's gates
+    # of one-row chunks, for the walk over segments). h's and tot's rows hold both states, `[D | D2]`; X_GROUP as
+    # chunk_sums_kernel's.
     i_d, i_s, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
     XH, x_h = H * X_GROUP, i_h * X_GROUP
     NT = E // BT
     NS = tl.cdiv(NT, SPAN)
-    HR = D + D2 if DUAL else D
+    HR = D + D2
     o_m = tl.arange(0, BM)
     o_d = i_d * BD + tl.arange(0, BD)
     o_t = tl.arange(0, BT)
@@ -192,15 +193,13 @@ def segment_states_kernel(
         tl.store(h + p_row[:, None] + o_d[None, :], b_h.to(h.dtype.element_ty), mask=m_1 & live)
         b_a = tl.exp(b_glast)[:, None]
         b_h = b_h * b_a + _decayed_sum(b_xw, y, t, i_n, i_h, o_d, D, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP, DOT_PREC)
-        if DUAL:
-            tl.store(h + D + p_row[:, None] + o_d[None, :], b_h2.to(h.dtype.element_ty), mask=m_2 & live)
-            b_h2 = b_h2 * b_a + _decayed_sum(b_xw, y2, t, i_n, i_h, o_d, D2, Y2_ROWS, Y2_HEADS, Y2_SHIFT, Y2_GROUP,
-                                             DOT_PREC)
+        tl.store(h + D + p_row[:, None] + o_d[None, :], b_h2.to(h.dtype.element_ty), mask=m_2 & live)
+        b_h2 = b_h2 * b_a + _decayed_sum(b_xw, y2, t, i_n, i_h, o_d, D2, Y2_ROWS, Y2_HEADS, Y2_SHIFT, Y2_GROUP,
+                                         DOT_PREC)
         b_lg += b_glast
     p_tot = (((i_n * H + i_h) * NS + i_s) * M + o_m) * HR
     tl.store(tot + p_tot[:, None] + o_d[None, :], b_h, mask=m_1)
-    if DUAL:
-        tl.store(tot + D + p_tot[:, None] + o_d[None, :], b_h2, mask=m_2)
+    tl.store(tot + D + p_tot[:, None] + o_d[None, :], b_h2, mask=m_2)
     tl.store(lg + ((i_n * NS + i_s) * H + i_h) * M + o_m, b_lg, mask=m_m & (i_d == 0))
 
 
@@ -663,7 +662,7 @@ def slot_states(x, gc, y, h0, chunk: int, prec: str, reverse: bool = False, bloc
         DOT_PREC=kernel_precision(prec), X_GROUP=group, num_warps=num_warps)
     half = y.dtype == torch.bfloat16 and not reverse and prec != "ieee"
     states = new_output(N, H, E // chunk, M, D, dtype=torch.bfloat16, device=x.device) if half else h
-    _walk(gc, (h0,), (D,), h, states, ht, E, chunk, group)
+    _walk(gc, h0, h, states, ht, E, chunk, group)
     return states, ht
 
 
@@ -702,9 +701,11 @@ def slot_states_pair(x, gc, y1, y2, h0_1, h0_2, chunk: int, prec: str, group: in
     maps = [(y, D, rows, heads, shift, y_group // group) for D, (y, rows, heads, shift, y_group) in zip(widths, maps)]
     segment_states_kernel[(triton.cdiv(max(widths), BD), NS, N * H)](
         x, gc, maps[0][0], maps[1][0], local, start, log_decay, decay, E, H, M, *maps[0][1:], *maps[1][1:], BT=chunk,
-        BM=BM, BD=BD, SPAN=span, DOT_PREC=kernel_precision(prec), X_GROUP=group, DUAL=True, num_warps=num_warps,
+        BM=BM, BD=BD, SPAN=span, DOT_PREC=kernel_precision(prec), X_GROUP=group, num_warps=num_warps,
         num_stages=num_stages)
-    _walk(log_decay, (h0_1, h0_2), widths, start, start, ht, NS, 1, 1)
+    h0 = None if h0_1 is None and h0_2 is None else torch.cat(  # both side by side, as the sums' rows (None: empty)
+        [start.new_zeros(N, H, M, D) if a is None else a.float() for a, D in zip((h0_1, h0_2), widths)], dim=-1)
+    _walk(log_decay, h0, start, start, ht, NS, 1, 1)
     D1 = widths[0]
     return ((ChunkStates(local[..., :D1], start[..., :D1], decay, span), ht[..., :D1].contiguous()),
             (ChunkStates(local[..., D1:], start[..., D1:], decay, span), ht[..., D1:].contiguous()))
@@ -719,16 +720,12 @@ def _state_heads(x, ys: tuple, group: int) -> int:
     return x.shape[2] // group
 
 
-def _walk(gates, h0s: tuple, widths, sums, states, ht, E: int, chunk: int, group: int) -> None:
-    # state_scan_kernel over sums `[N, H, E // chunk, M, row]` (rows: the widths' states side by side, their initial
-    # states h0s, None: empty slots) with the decays of `gates`' chunk totals, into states (may be sums) and ht.
+def _walk(gates, h0, sums, states, ht, E: int, chunk: int, group: int) -> None:
+    # state_scan_kernel over sums `[N, H, E // chunk, M, row]` from h0 `[N, H, M, row]` (None: empty slots) with the
+    # decays of `gates`' chunk totals, into states (may be sums) and ht.
     # 512 elements per program at 8 warps (H200, 64k tokens x 16 heads, M = 64, D = 128; gpu_session8_h200.log,
     # tune_state_walk.py): 0.316 -> 0.262 ms writing bf16 states, 0.346 -> 0.315 in place, against 1024 at 4
     N, H, _, M, row = sums.shape
-    h0 = h0s[0]
-    if len(h0s) > 1:  # initial states side by side, as the sums' rows (an absent one: empty slots)
-        h0 = None if all(a is None for a in h0s) else torch.cat(
-            [sums.new_zeros(N, H, M, D) if a is None else a.float() for a, D in zip(h0s, widths)], dim=-1)
     width = min(512, block(M * row, least=1))
     state_scan_kernel[(triton.cdiv(M * row, width), N * H)](gates, h0 if h0 is not None else ht, sums, states, ht, E,
                                                             H, M, row, BT=chunk, BLOCK=width, HAS_H0=h0 is not None,
