@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import os
 import re
 import subprocess
@@ -30,7 +31,8 @@ F32, BF16, I8, I32 = "*fp32", "*bf16", "*i8", "i32"
 
 # (kernel, signature, constexprs) as slot_logits / slot_read launch them at M = 64, D = 128 (slot_read_kernel as the
 # backward calls it: no window epilogue, float32 output); REVERSE is added below. Forward-type calls read bf16 chunk
-# states, reverse-type calls float32 ones (slot_states).
+# states in segments (slot_states_pair: SPAN 32, float32 start states hs and decays hd), reverse-type calls float32
+# ones (slot_states).
 KERNELS = [
     ("read_weights_kernel", dict(p=F32, x=F32, gc=F32, gentle=I8, w=F32, E=I32, H=I32, M=I32),
      dict(BT=64, BC=16, BM=64, LEVELS=4, DOT_PREC="tf32x3")),
@@ -39,10 +41,11 @@ KERNELS = [
     # the backward's paired reverse logits (slot_logits' `plus`)
     ("logits_intra_kernel", dict(x=F32, gc=F32, gentle=I8, a_qy=F32, z=F32, x2=F32, a_qy2=F32, E=I32, H=I32, M=I32),
      dict(BT=64, BC=16, BM=64, LEVELS=4, DOT_PREC="tf32x3", DUAL=True, A_SWAPPED=True)),
-    ("logits_chunk_kernel", dict(q=BF16, x=F32, gc=F32, gentle=I8, y=BF16, h="STATES", z=F32, a_qy=F32, E=I32, H=I32,
-                                 M=I32, D=I32),
+    ("logits_chunk_kernel", dict(q=BF16, x=F32, gc=F32, gentle=I8, y=BF16, h="STATES", hs=F32, hd=F32, z=F32, a_qy=F32,
+                                 E=I32, H=I32, M=I32, D=I32),
      dict(BT=64, BM=64, BD=128, ND=1, DOT_PREC="tf32x3", WITH_Z=True, WITH_A=True)),
-    ("slot_read_kernel", dict(p=F32, x=F32, gc=F32, gentle=I8, y=BF16, h="STATES", w=F32, o=F32, a=F32, o_win=F32,
+    ("slot_read_kernel", dict(p=F32, x=F32, gc=F32, gentle=I8, y=BF16, h="STATES", hs=F32, hd=F32, w=F32, o=F32,
+                              a=F32, o_win=F32,
                               E=I32, H=I32, M=I32, D=I32, OUT_ROWS=I32, OUT_SHIFT=I32),
      dict(BT=64, BM=64, BD=128, DOT_PREC="tf32x3", WIN=False, SCALED=False, W_SWAPPED=False)),
 ]
@@ -81,7 +84,13 @@ def main() -> None:
         module = _load(path, f"slot_chunk_{i}")
         for name, signature, constexprs in KERNELS:
             for reverse in (False, True):
-                fn, consts = getattr(module, name), {**constexprs, "REVERSE": reverse}
+                fn = getattr(module, name)
+                # constexprs the table leaves out take their defaults (e.g. H_GROUP 1: one state per head)
+                defaults = {a.name: a.default for a in fn.params
+                            if a.is_constexpr and a.default is not inspect.Parameter.empty}
+                consts = {**defaults, **constexprs, "REVERSE": reverse}
+                if "SPAN" in fn.arg_names:  # forward-type reads take the forward scans' states in segments of 32
+                    consts["SPAN"] = 0 if reverse else 32
                 # arguments the table does not name are integers (e.g. the D-side inputs' row maps, `_source`)
                 sig = {a: (F32 if reverse else BF16) if signature.get(a) == "STATES" else signature.get(a, I32)
                        for a in fn.arg_names if a not in consts}
