@@ -684,7 +684,7 @@ def slot_states_pair(x, gc, y1, y2, h0_1, h0_2, chunk: int, prec: str, group: in
     against 1.04 for the paired chunk sums and walk, 1.21 for two `slot_states`; D blocks of 128, 8 warps or
     pipelined loads (stages 2-3) spill its 255 registers and run 0.9-2.1 ms. The read-outs take ~0.09 ms more for
     the start states."""
-    N, E, HX, M = x.shape
+    N, E, _, M = x.shape
     H = _state_heads(x, (y1, y2), group)
     widths = (y1.shape[-1], y2.shape[-1])
     row = sum(widths)
