@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 import triton
 
-from nha.ops.triton import slot_chunk, triton_nha
+from nha.ops.triton import scan_states, slot_chunk, triton_nha
 from nha.ops.triton.gates import reverse_chunk_cumsum, slot_gates_grad
 from scan_inputs import scan_inputs
 
@@ -46,9 +46,11 @@ def main() -> None:
     print(f"card: {torch.cuda.get_device_name(0)}; E={E}, H={H}, M={M}, D={D}, median ms (triton do_bench)")
     trees = [(path, _load(path, f"old_slot_chunk_{i}")) for i, path in enumerate(args.old)]
     for name, mod in trees + [("this checkout", slot_chunk)]:
-        h, _ = mod.slot_states(s, gc, y, None, CHUNK, "tf32x3")
-        hr, _ = mod.slot_states(r, gc, q, None, CHUNK, "tf32x3", reverse=True)
-        t = {"states": ms(lambda: mod.slot_states(s, gc, y, None, CHUNK, "tf32x3")),
+        # a file of before scan_states.py holds its own slot_states; a later one's come from this checkout's
+        slot_states = getattr(mod, "slot_states", scan_states.slot_states)
+        h, _ = slot_states(s, gc, y, None, CHUNK, "tf32x3")
+        hr, _ = slot_states(r, gc, q, None, CHUNK, "tf32x3", reverse=True)
+        t = {"states": ms(lambda: slot_states(s, gc, y, None, CHUNK, "tf32x3")),
              "logits": ms(lambda: mod.slot_logits(q, s, gc, y, h, CHUNK, "tf32x3")),
              "read": ms(lambda: mod.slot_read(p_, s, gc, y, h, CHUNK, "tf32x3")),
              "reverse logits": ms(lambda: mod.slot_logits(y, r, gc, q, hr, CHUNK, "tf32x3", reverse=True)),

@@ -18,7 +18,7 @@ import triton
 from torch.profiler import ProfilerActivity, profile
 
 from nha.ops.triton import triton_nha
-from nha.ops.triton import decode, gates, merge, shift, slot_chunk, window_attn
+from nha.ops.triton import decode, gates, merge, scan_states, shift, slot_chunk, window_attn
 
 H, D, M, W = 16, 128, 64, 64
 
@@ -83,7 +83,7 @@ def print_timeline(step, label: str) -> None:
 def print_registers() -> None:
     """One line per compiled variant of every `@triton.jit` kernel of the operator's modules: regs/thread, spills."""
     print("\n=== compiled Triton kernels: registers per thread, spill bytes, warps ===")
-    for module in (decode, gates, merge, shift, slot_chunk, window_attn):
+    for module in (decode, gates, merge, scan_states, shift, slot_chunk, window_attn):
         for name, fn in sorted(vars(module).items()):
             if not name.endswith("_kernel") or not hasattr(fn, "device_caches"):
                 continue

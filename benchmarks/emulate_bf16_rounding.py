@@ -84,13 +84,14 @@ def rounded_slot_states(forward: bool, backward: bool, sums: bool):
     (`forward`, `backward`: the reverse ones), and with `sums` each chunk's sum rounded before the walk too."""
     import triton  # noqa: PLC0415
 
+    from nha.ops.triton import scan_states as ss  # noqa: PLC0415
     from nha.ops.triton import slot_chunk as sc  # noqa: PLC0415
     from nha.ops.triton.common import block, kernel_precision, new_output  # noqa: PLC0415
 
     def slot_states(x, gc, y, h0, chunk_len, prec, reverse=False, group=1, **_):
         chosen = backward if reverse else forward  # the backward's scans run in reverse
         if not (chosen and sums):  # the kernels' own scan (float32 here), its states rounded afterwards if chosen
-            h, ht = sc.slot_states(x, gc, y, h0, chunk_len, prec, reverse=reverse, group=group)
+            h, ht = ss.slot_states(x, gc, y, h0, chunk_len, prec, reverse=reverse, group=group)
             return (h.bfloat16().float() if chosen else h), ht
         N, E, HX, M = x.shape
         H, D = HX // group, y.shape[-1]
@@ -98,12 +99,12 @@ def rounded_slot_states(forward: bool, backward: bool, sums: bool):
         h = new_output(N, H, E // chunk_len, M, D, device=x.device)
         ht = new_output(N, H, M, D, device=x.device)
         y, y_rows, y_heads, y_shift, y_group = sc.source_rows(y, E, H)
-        sc.chunk_sums_kernel[(triton.cdiv(D, BD), E // chunk_len, N * H)](
+        ss.chunk_sums_kernel[(triton.cdiv(D, BD), E // chunk_len, N * H)](
             x, gc, y, h, E, H, M, D, y_rows, y_heads, y_shift, y_group // group, BT=chunk_len, BM=BM, BD=BD,
             REVERSE=reverse, DOT_PREC=kernel_precision(prec), X_GROUP=group)
         h.copy_(h.bfloat16())  # each chunk's sum rounded before the walk
         width = min(512, block(M * D, least=1))
-        sc.state_scan_kernel[(triton.cdiv(M * D, width), N * H)](gc, h0 if h0 is not None else ht, h, h, ht, E, H, M,
+        ss.state_scan_kernel[(triton.cdiv(M * D, width), N * H)](gc, h0 if h0 is not None else ht, h, h, ht, E, H, M,
                                                                 D, BT=chunk_len, BLOCK=width, HAS_H0=h0 is not None,
                                                                 X_GROUP=group)
         return h.bfloat16().float(), ht

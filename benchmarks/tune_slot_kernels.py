@@ -17,7 +17,8 @@ import os
 import torch
 import triton
 
-from nha.ops.triton.slot_chunk import slot_logits, slot_read, slot_states
+from nha.ops.triton.scan_states import slot_states
+from nha.ops.triton.slot_chunk import slot_logits, slot_read
 from scan_inputs import scan_inputs
 
 

@@ -1,4 +1,4 @@
-"""Launch sweep of the slot scan's walk over chunks (`state_scan_kernel`, slot_chunk.py): elements per program x
+"""Launch sweep of the slot scan's walk over chunks (`state_scan_kernel`, scan_states.py): elements per program x
 warps, writing bf16 states (a forward scan) and in place in float32 (a reverse scan), each checked to give the same
 states as the first setting. Figures: the comment in `slot_states` (gpu_session8_h200.log, call 4).
 
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import triton
 
 from nha.ops.triton.common import chunk_cumsum
-from nha.ops.triton.slot_chunk import state_scan_kernel
+from nha.ops.triton.scan_states import state_scan_kernel
 
 N, E, H, M, D, CHUNK = 1, 65536, 16, 64, 128, 64
 

@@ -15,8 +15,9 @@ from nha.ops.triton import common
 from nha.ops.triton.common import CompiledLaunch, chunk_cumsum
 from nha.ops.triton.gates import reverse_chunk_cumsum, slot_gates, slot_gates_grad
 from nha.ops.triton.shift import shifted, unshift
+from nha.ops.triton.scan_states import slot_states, slot_states_pair
 from nha.ops.triton.slot_chunk import (GENTLE_SPAN, chunk_products, gentle_chunks, read_weights, slot_logits,
-                                      slot_read, slot_states, slot_states_pair)
+                                      slot_read)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -1,4 +1,5 @@
-"""Forward and backward of the two passes of the slot path, built from the kernels of slot_chunk.py and gates.py.
+"""Forward and backward of the two passes of the slot path, built from the kernels of slot_chunk.py,
+scan_states.py and gates.py.
 
 N sequences, E time (a multiple of BT), H heads, M slots, K/V head dims, D = K or V, BT chunk.
 
@@ -23,7 +24,8 @@ from typing import Optional
 import torch
 
 from nha.ops.triton.gates import reverse_chunk_cumsum
-from nha.ops.triton.slot_chunk import read_weights, slot_logits, slot_read, slot_states, slot_states_pair
+from nha.ops.triton.scan_states import slot_states, slot_states_pair
+from nha.ops.triton.slot_chunk import read_weights, slot_logits, slot_read
 
 
 def final_term(d_final: Optional[torch.Tensor], final: torch.Tensor) -> Optional[torch.Tensor]:
