@@ -29,6 +29,22 @@ def _decayed_sum(b_xw, y, t, i_n, i_h, o_d, D, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP
 
 
 @triton.jit
+def _decayed_rows(x, gc, i_n, i_t, x_h, XH, E, M, o_m, m_m, live, BT: tl.constexpr, REVERSE: tl.constexpr):
+    # chunk i_t of head x_h (of x's and gc's XH heads): its times t (storage order), x_j exp(G_last - G_j) `[BT, BM]`
+    # (every factor <= 1) and G_last `[BM]`, zeros where not `live`
+    o_t = tl.arange(0, BT)
+    rows = i_n * E + (i_t * BT + o_t).to(tl.int64)
+    t = _time(i_t * BT + o_t, E, REVERSE)
+    rows_in = i_n * E + t.to(tl.int64)
+    m = m_m[None, :] & live
+    b_x = tl.load(x + (rows_in[:, None] * XH + x_h) * M + o_m[None, :], mask=m, other=0.0).to(tl.float32)
+    b_gc = tl.load(gc + (rows[:, None] * XH + x_h) * M + o_m[None, :], mask=m, other=0.0)
+    last = (i_n * E + i_t * BT + BT - 1).to(tl.int64)
+    b_glast = tl.load(gc + (last * XH + x_h) * M + o_m, mask=m_m & live, other=0.0)
+    return t, b_x * tl.exp(b_glast[None, :] - b_gc), b_glast
+
+
+@triton.jit
 def chunk_sums_kernel(
     x, gc, y, h,
     E, H, M, D, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP,
@@ -45,16 +61,8 @@ def chunk_sums_kernel(
     NT = E // BT
     o_m = tl.arange(0, BM)
     o_d = i_d * BD + tl.arange(0, BD)
-    o_t = tl.arange(0, BT)
     m_m = o_m < M
-    rows = i_n * E + (i_t * BT + o_t).to(tl.int64)
-    t = _time(i_t * BT + o_t, E, REVERSE)
-    rows_in = i_n * E + t.to(tl.int64)
-    b_x = tl.load(x + (rows_in[:, None] * XH + x_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0).to(tl.float32)
-    b_gc = tl.load(gc + (rows[:, None] * XH + x_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0)
-    last = (i_n * E + i_t * BT + BT - 1).to(tl.int64)
-    b_glast = tl.load(gc + (last * XH + x_h) * M + o_m, mask=m_m, other=0.0)
-    b_xw = b_x * tl.exp(b_glast[None, :] - b_gc)  # every factor <= 1
+    t, b_xw, _ = _decayed_rows(x, gc, i_n, i_t, x_h, XH, E, M, o_m, m_m, i_t < NT, BT, REVERSE)
     p_row = ((i_n * H + i_h) * NT + i_t) * M * D + o_m * D
     b_s = _decayed_sum(b_xw, y, t, i_n, i_h, o_d, D, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP, DOT_PREC)
     tl.store(h + p_row[:, None] + o_d[None, :], b_s, mask=m_m[:, None] & (o_d < D)[None, :])
@@ -139,7 +147,6 @@ def segment_states_kernel(
     HR = D + D2
     o_m = tl.arange(0, BM)
     o_d = i_d * BD + tl.arange(0, BD)
-    o_t = tl.arange(0, BT)
     m_m = o_m < M
     m_1, m_2 = m_m[:, None] & (o_d < D)[None, :], m_m[:, None] & (o_d < D2)[None, :]
     b_h = tl.zeros([BM, BD], dtype=tl.float32)
@@ -148,14 +155,7 @@ def segment_states_kernel(
     for i_c in range(0, SPAN):
         i_t = i_s * SPAN + i_c
         live = i_t < NT  # the last segment may be short
-        t = i_t * BT + o_t
-        rows = i_n * E + t.to(tl.int64)
-        p_x = (rows[:, None] * XH + x_h) * M + o_m[None, :]
-        b_x = tl.load(x + p_x, mask=m_m[None, :] & live, other=0.0).to(tl.float32)
-        b_gc = tl.load(gc + p_x, mask=m_m[None, :] & live, other=0.0)
-        last = (i_n * E + i_t * BT + BT - 1).to(tl.int64)
-        b_glast = tl.load(gc + (last * XH + x_h) * M + o_m, mask=m_m & live, other=0.0)
-        b_xw = b_x * tl.exp(b_glast[None, :] - b_gc)  # every factor <= 1
+        t, b_xw, b_glast = _decayed_rows(x, gc, i_n, i_t, x_h, XH, E, M, o_m, m_m, live, BT, False)
         tl.store(dec + ((i_n * H + i_h) * NT + i_t) * M + o_m, tl.exp(b_lg), mask=m_m & live & (i_d == 0))
         p_row = (((i_n * H + i_h) * NT + i_t) * M + o_m) * HR
         tl.store(h + p_row[:, None] + o_d[None, :], b_h.to(h.dtype.element_ty), mask=m_1 & live)
