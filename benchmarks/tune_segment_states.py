@@ -18,7 +18,6 @@ import triton
 from nha.ops.triton import scan_states as ss
 from nha.ops.triton import slot_chunk as sc
 from nha.ops.triton.common import chunk_cumsum
-from nha.ops.triton.slot_scan import logits_forward, read_forward
 
 T, H, M, D, CHUNK, PREC = 65536, 16, 64, 128, 64, "tf32x3"
 
@@ -37,8 +36,8 @@ def main() -> None:
     h_v, _ = ss.slot_states(x, gc, v, None, CHUNK, PREC)
 
     def read_outs(states_k, states_v):
-        return (logits_forward(q, x, gc, k, states_k, CHUNK, PREC, gentle=flags),
-                read_forward(p, x, gc, v, states_v, CHUNK, PREC, gentle=flags))
+        return (sc.slot_logits(q, x, gc, k, states_k, CHUNK, PREC, gentle=flags),
+                sc.slot_read(p, x, gc, v, states_v, CHUNK, PREC, gentle=flags))
 
     def two_scans():
         return ss.slot_states(x, gc, k, None, CHUNK, PREC), ss.slot_states(x, gc, v, None, CHUNK, PREC)

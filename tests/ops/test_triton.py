@@ -106,17 +106,16 @@ def test_matches_reference_fp32(B, T, HQ, H, K, V, M, w, cu, seen, shared):
     _against_float64(x, w, state, None if cu is None else torch.tensor(cu, device=DEVICE))
 
 
-def test_a_forward_without_gradients_skips_the_scan_gates(monkeypatch):
-    # only a backward reads the scan's gates g_in: a call without gradients must not write them, and gives the same
-    # output as one with them
+def test_the_forward_writes_the_scan_gates_of_steep_chunks_only(monkeypatch):
+    # the forward's kernels make the scan's gates from the layer's: it asks `slot_gates` for the steep chunks' alone,
+    # with or without gradients (the same output); the backward asks for all of them
     from nha.ops.triton import function  # noqa: PLC0415
 
     asked = []
 
-    def spy(*args, **kwargs):
-        result = slot_gates(*args, **kwargs)
-        asked.append(result[0] is not None)
-        return result
+    def spy(*args, steep_only=False, **kwargs):
+        asked.append(steep_only)
+        return slot_gates(*args, steep_only=steep_only, **kwargs)
 
     slot_gates = function.slot_gates
     monkeypatch.setattr(function, "slot_gates", spy)
@@ -124,7 +123,8 @@ def test_a_forward_without_gradients_skips_the_scan_gates(monkeypatch):
     o, _ = triton_nha(x["q"], x["k"], x["v"], x["g"], 6)
     with torch.no_grad():
         o_no_grad, _ = triton_nha(x["q"], x["k"], x["v"], x["g"], 6)
-    assert asked == [True, False]
+    o.sum().backward()
+    assert asked == [function.LAYER_GATES_IN >= {"states", "logits", "read"}] * 2 + [False]
     assert torch.equal(o.detach(), o_no_grad)
 
 
@@ -147,9 +147,10 @@ def test_recomputed_states_give_the_same_gradients(packed, M, gate_scale):
     assert ga.keys() == gb.keys() and all(torch.equal(ga[n], gb[n]) for n in ga), "gradients differ"
 
 
-def test_recomputing_mode_saves_only_the_logits_of_the_slot_path():
-    # save_states=False (the low-memory mode) keeps, of the per-token per-slot float32 tensors, only the slot logits z:
-    # the scan's gates (three), the slot probabilities and the in-chunk tensors are recomputed in the backward
+def test_the_slot_path_saves_only_its_logits_per_slot():
+    # of the per-token per-slot float32 tensors a forward saves only the slot logits z, in either mode: the scan's
+    # gates and the slot probabilities never reach memory in the forward (the backward makes them). The saving mode
+    # keeps the chunk-start states and the in-chunk tensors besides; the low-memory one recomputes them.
     x = make_inputs(1, 140, 4, 2, 16, 16, 8, device=DEVICE, requires_grad=True, seed=4)
 
     def saved(save_states):
@@ -160,8 +161,9 @@ def test_recomputing_mode_saves_only_the_logits_of_the_slot_path():
         return per_slot, sum(sh.numel() * dt.itemsize for dt, sh in shapes)
 
     (kept, full), (kept_low, low) = saved(True), saved(False)
-    assert kept == 5 and kept_low == 1  # g_in, s_in, gc, z, p -> z
-    assert full - low >= 4 * 140 * 4 * 8 * 4  # at least those four tensors' bytes (the states and weights besides)
+    assert kept == kept_low == 1
+    # both passes' chunk-start states (one per key/value head) and the in-chunk weights and products
+    assert full - low >= 2 * 3 * 2 * 8 * 16 * 4 + 2 * 192 * 4 * 64 * 4
 
 
 def test_window_transients_are_freed_before_the_reverse_scans(monkeypatch):

@@ -13,7 +13,9 @@ import torch.nn.functional as F
 
 from nha.ops.triton import common
 from nha.ops.triton.common import CompiledLaunch, chunk_cumsum
+from nha.ops.triton.gate_rows import LayerGates
 from nha.ops.triton.gates import reverse_chunk_cumsum, slot_gates, slot_gates_grad
+from nha.ops.triton.merge import WindowMerge, merge_forward
 from nha.ops.triton.shift import shifted, unshift
 from nha.ops.triton.scan_states import slot_states, slot_states_pair
 from nha.ops.triton.slot_chunk import (GENTLE_SPAN, chunk_products, gentle_chunks, read_weights, slot_logits,
@@ -64,9 +66,9 @@ def test_slot_gates_and_their_gradient(shift, group, with_final, S):
     # the chunks' flags are gentle_chunks' of gc, bit for bit (the flags' own test is the next one)
     assert torch.equal(gentle, gentle_chunks(gc, chunk))
     assert not gentle.any()  # M <= 16: every chunk is steep (FUSED_SLOTS)
-    # a forward without gradients skips g_in, and only it
+    # the forward's call skips g_in and writes s_in and gc of steep chunks only: here every chunk
     none, s_only, gc_only, gentle_only = slot_gates(g.detach(), valid.to(torch.int8), ends, shift, group, length,
-                                                    chunk, with_g_in=False)
+                                                    chunk, steep_only=True)
     assert none is None and torch.equal(s_only, s_in) and torch.equal(gc_only, gc) and torch.equal(gentle_only, gentle)
     # what both slot passes pass back: to the chunk cumsums G through dG = dz z + p dp - s (ds1 + ds2) (plus the final
     # states' term at the last step), and to s = 1 - exp(g_in) through ds1 + ds2
@@ -147,6 +149,52 @@ def test_segment_states_are_the_scans(h0_of, group, span):
         slot_read(p, x, gc, v, h_one.transpose(0, 1), chunk, "ieee")
     with pytest.raises(ValueError, match="segment states of span"):
         slot_read(p, x, gc, v, h_v._replace(span=span + 2), chunk, "ieee")
+
+
+def test_forward_kernels_make_the_gates_and_the_merge_themselves():
+    # the forward's per-chunk kernels take the layer's gates (`LayerGates`: shift, masks, GQA) and make every
+    # chunk's write strengths and cumsums in registers, the output read takes the raw logits and the window's lse and
+    # makes the merge's p and a (`WindowMerge`), and `slot_gates(..., steep_only=True)` writes the gates of the steep
+    # chunks alone (what the in-chunk kernels read): all as from the scan's gates and the merge in memory. Mixed
+    # gates (one steep chunk per head of sequence 1), packed rows (masked, a sequence cut short), GQA.
+    N, S, KV, group, M, chunk, E, shift = 2, 100, 2, 2, 40, 64, 128, 5
+    HQ = KV * group
+    g = -torch.rand(N, S, KV, M, device=DEVICE) * 0.5
+    g[1, 60, :, 3] = -3 * float(GENTLE_SPAN.value)  # scan step 65: chunk 1 of sequence 1 is steep
+    valid = (torch.rand(N, S, device=DEVICE) > 0.1).to(torch.int8)
+    ends = torch.tensor([E, 90], device=DEVICE)
+    _, s_in, gc, flags = slot_gates(g, valid, ends, shift, group, E, chunk)
+    _, s_steep, gc_steep, flags_steep = slot_gates(g, valid, ends, shift, group, E, chunk, steep_only=True)
+    assert torch.equal(flags_steep, flags) and 0 < int(flags.sum()) < flags.numel()
+    steep = (flags == 0).repeat_interleave(chunk, 1)[..., None].expand_as(gc)
+    assert torch.equal(s_steep[steep], s_in[steep]) and torch.equal(gc_steep[steep], gc[steep])
+    assert gc_steep[~steep].isnan().all()  # left unwritten (the test poisons every output)
+    layer = LayerGates(g, valid, ends, shift, group)
+    k = shifted(torch.randn(N, S, KV, 6, device=DEVICE), shift, E, group)
+    v = shifted(torch.randn(N, S, KV, 9, device=DEVICE), shift, E, group)
+    h0 = torch.randn(N, KV, M, 6, device=DEVICE)
+    close = dict(rtol=1e-5, atol=1e-5)
+    (h_k, ht_k), (h_v, ht_v) = slot_states_pair(s_in, gc, k, v, h0, None, chunk, "ieee", group=group)
+    (hl_k, htl_k), (hl_v, htl_v) = slot_states_pair(s_steep, gc_steep, k, v, h0, None, chunk, "ieee", group=group,
+                                                    layer_gates=layer)
+    for got, want in [(hl_k.materialize(), h_k.materialize()), (hl_v.materialize(), h_v.materialize()),
+                      (htl_k, ht_k), (htl_v, ht_v)]:
+        torch.testing.assert_close(got, want, **close)
+    q = torch.randn(N, E, HQ, 6, device=DEVICE)
+    z = slot_logits(q, s_in, gc, k, h_k, chunk, "ieee", gentle=flags)
+    torch.testing.assert_close(slot_logits(q, s_steep, gc_steep, k, h_k, chunk, "ieee", gentle=flags,
+                                           layer_gates=layer), z, **close)
+    lse_win, o_win = torch.randn(N, S, HQ, device=DEVICE), torch.randn(N, S, HQ, 9, device=DEVICE)
+    live = (torch.rand(N, S, device=DEVICE) > 0.2).to(torch.int8)
+    p, a = merge_forward(z, lse_win, live, 0.5)
+    want = slot_read(p, s_in, gc, v, h_v, chunk, "ieee", gentle=flags, o_win=a[:, :S, :, None] * o_win, out_rows=S)
+    got = slot_read(z, s_steep, gc_steep, v, h_v, chunk, "ieee", gentle=flags, o_win=o_win, out_rows=S,
+                    merge=WindowMerge(lse_win, live, 0.5), layer_gates=layer)
+    torch.testing.assert_close(got, want, **close)
+    with pytest.raises(ValueError, match="forward scans only"):
+        slot_read(z, s_in, gc, v, h_v, chunk, "ieee", reverse=True, gentle=flags, layer_gates=layer)
+    with pytest.raises(ValueError, match="slot_gates' flags"):
+        slot_logits(q, s_steep, gc_steep, k, h_k, chunk, "ieee", layer_gates=layer)
 
 
 @pytest.mark.parametrize("M", [5, 40])

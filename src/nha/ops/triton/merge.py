@@ -6,10 +6,13 @@ Per row, one softmax over the M slot logits `scale * z` (masked while the row's 
 log-sum-exp taken as one more logit: `p` are the slot probabilities, `a = exp(lse_win - lse)` the window's share.
 A row that sees nothing (padding) gets p = 0, a = 0.
 With pi = [p, a] = softmax(u), the gradient is the softmax one: du = pi * (dpi - c), c = <pi, dpi>; the backward
-kernel takes it together with that of the output `o = a * o_win + o_slots` (the forward's half is in the slot
-read-out's epilogue).
+kernel takes it together with that of the output `o = a * o_win + o_slots`. The forward's merge runs inside the slot
+read-out (`WindowMerge`, `_slot_probs`): p and a never reach memory there; `merge_forward` makes them for the
+backward with the same arithmetic (`_merge`).
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import triton
@@ -19,6 +22,16 @@ from nha.ops import chunk
 from nha.ops.triton.common import block, new_output
 
 MASKED = tl.constexpr(chunk.MASKED)  # a constexpr: kernels may read no other global
+
+
+class WindowMerge(NamedTuple):
+    """What a slot read-out needs to make the merge's slot probabilities and window share from the raw slot logits
+    itself (`slot_chunk.slot_read(z, ..., merge=...)`, `merge_forward`'s arithmetic): the window path's log-sum-exp
+    lse_win `[N, S, HQ]` float32, the rows whose slots take part, live_i8 `[N, S]` int8, and the logit scale."""
+
+    lse_win: torch.Tensor
+    live_i8: torch.Tensor
+    scale: float
 
 
 @triton.jit
@@ -34,6 +47,32 @@ def _rows_of_program(R, E, Ep, HQ, BR: tl.constexpr):
 
 
 @triton.jit
+def _merge(b_z, b_lw, b_live, inside, o_m, M, scale):
+    # `(p [R, BM], a [R])` of R rows from their raw slot logits `[R, BM]`, window lse and live flags `[R]`; rows not
+    # `inside` (past a sequence's rows) or that see nothing get p = 0, a = 0
+    b_z = tl.where(b_live[:, None], b_z * scale, MASKED)
+    b_z = tl.where(o_m[None, :] < M, b_z, float("-inf"))
+    b_max = tl.maximum(tl.max(b_z, axis=1), b_lw)
+    b_den = tl.sum(tl.exp(b_z - b_max[:, None]), axis=1) + tl.exp(b_lw - b_max)
+    b_lse = b_max + tl.log(b_den)
+    # a row that sees nothing (no live slot, empty window: only padding rows) gets p = 0, a = 0, so o = 0
+    seen = inside & (b_max > MASKED / 2)
+    return tl.where(seen[:, None], tl.exp(b_z - b_lse[:, None]), 0.0), tl.where(seen, tl.exp(b_lw - b_lse), 0.0)
+
+
+@triton.jit
+def _slot_probs(z, lse_win, live, p_z, n, t, i_h, S, H, M, o_m, scale):
+    # `(p [R, BM], a [R])` of the rows at times t of sequence n and query head i_h (of H) from the raw slot logits at
+    # offsets p_z `[R, BM]` of z and the window path's lse_win `[N, S, H]` and live `[N, S]` (`WindowMerge`)
+    inside = t < S
+    row = n * S + t.to(tl.int64)
+    b_lw = tl.load(lse_win + row * H + i_h, mask=inside, other=MASKED)
+    b_live = tl.load(live + row, mask=inside, other=0) != 0
+    b_z = tl.load(z + p_z, mask=(o_m < M)[None, :], other=0.0)
+    return _merge(b_z, b_lw, b_live, inside, o_m, M, scale)
+
+
+@triton.jit
 def merge_kernel(
     z, lse_win, live, p, a,
     R, E, Ep, HQ, M, scale,
@@ -45,17 +84,10 @@ def merge_kernel(
     b_live = tl.load(live + n * E + t, mask=inside, other=0) != 0
     b_lw = tl.load(lse_win + row_e, mask=inside, other=MASKED)
     m_rm = m_r[:, None] & (o_m[None, :] < M)
-    b_z = tl.load(z + o_r[:, None].to(tl.int64) * M + o_m[None, :], mask=m_rm, other=0.0) * scale
-    b_z = tl.where(b_live[:, None], b_z, MASKED)
-    b_z = tl.where(o_m[None, :] < M, b_z, float("-inf"))
-    b_max = tl.maximum(tl.max(b_z, axis=1), b_lw)
-    b_den = tl.sum(tl.exp(b_z - b_max[:, None]), axis=1) + tl.exp(b_lw - b_max)
-    b_lse = b_max + tl.log(b_den)
-    # a row that sees nothing (no live slot, empty window: only padding rows) gets p = 0, a = 0, so o = 0
-    seen = inside & (b_max > MASKED / 2)
-    b_p = tl.where(seen[:, None], tl.exp(b_z - b_lse[:, None]), 0.0)
+    b_z = tl.load(z + o_r[:, None].to(tl.int64) * M + o_m[None, :], mask=m_rm, other=0.0)
+    b_p, b_a = _merge(b_z, b_lw, b_live, inside, o_m, M, scale)
     tl.store(p + o_r[:, None].to(tl.int64) * M + o_m[None, :], b_p, mask=m_rm)
-    tl.store(a + o_r, tl.where(seen, tl.exp(b_lw - b_lse), 0.0), mask=m_r)
+    tl.store(a + o_r, b_a, mask=m_r)
 
 
 @triton.jit
@@ -83,7 +115,7 @@ def merge_bwd_kernel(
             m_rv = inside[:, None] & (o_v[None, :] < V)
             p_rv = row_e[:, None] * V + o_v[None, :]
             b_do = tl.load(do + p_rv, mask=m_rv, other=0.0).to(tl.float32)
-            b_da += tl.sum(b_do * tl.load(o_win + p_rv, mask=m_rv, other=0.0), axis=1)
+            b_da += tl.sum(b_do * tl.load(o_win + p_rv, mask=m_rv, other=0.0).to(tl.float32), axis=1)
             tl.store(do_win + p_rv, (b_a[:, None] * b_do).to(do_win.dtype.element_ty), mask=m_rv)
         b_c += b_a * b_da
         tl.store(delta + row_e, b_a * b_c, mask=inside)
@@ -110,8 +142,8 @@ def merge_forward(z, lse_win, live_i8, scale: float) -> tuple[torch.Tensor, torc
 
 def merge_backward(p, dp, z, a, do, o_win, live_i8, scale: float):
     """Backward of `merge_forward` followed by `o = a * o_win + o_slots`, given dp `[N, Ep, HQ, M]` (from the slot
-    read-out), the raw logits z `[N, Ep, HQ, M]` and do `[N, E, HQ, V]`; o_win `[N, E, HQ, V]` float32, or None when
-    there is no window (then a == 0).
+    read-out), the raw logits z `[N, Ep, HQ, M]` and do `[N, E, HQ, V]`; o_win `[N, E, HQ, V]` (any float dtype), or
+    None when there is no window (then a == 0).
 
     Returns:
         `(dz, delta, do_win, gate_term)`: dz `[N, Ep, HQ, M]` float32; with a window delta `[N, E, HQ]` float32 and

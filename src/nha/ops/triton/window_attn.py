@@ -64,7 +64,8 @@ def window_fwd_kernel(
     has = b_l > 0
     b_o = b_acc / tl.where(has, b_l, 1.0)[:, None]
     b_lse = tl.where(has, (b_m + tl.log2(tl.where(has, b_l, 1.0))) / 1.4426950408889634, -1e30)
-    tl.store(o + (p_rows[:, None] * HQ + i_hq) * V + o_v[None, :], b_o, mask=m_rows[:, None] & (o_v[None, :] < V))
+    tl.store(o + (p_rows[:, None] * HQ + i_hq) * V + o_v[None, :], b_o.to(o.dtype.element_ty),
+             mask=m_rows[:, None] & (o_v[None, :] < V))
     tl.store(lse + p_rows * HQ + i_hq, b_lse, mask=m_rows)
 
 
@@ -189,15 +190,15 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def window_forward(q, k, v, valid_i8, window: int, scale: float,
-                   tiles: Optional[dict] = None) -> tuple[torch.Tensor, torch.Tensor]:
+def window_forward(q, k, v, valid_i8, window: int, scale: float, tiles: Optional[dict] = None,
+                   dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """Banded attention of `q [N, E, HQ, K]` over `k [N, E, H, K]`, `v [N, E, H, V]` (contiguous; `valid_i8`
-    `[N, E]` int8 marks real keys) -> `o [N, E, HQ, V]`, `lse [N, E, HQ]`, both float32; `tiles` overrides the launch
-    (BM, BN, num_warps; for tuning)."""
+    `[N, E]` int8 marks real keys) -> `o [N, E, HQ, V]` in `dtype` (accumulated in float32), `lse [N, E, HQ]`
+    float32; `tiles` overrides the launch (BM, BN, num_warps; for tuning)."""
     N, E, HQ, K = q.shape
     H, V = k.shape[2], v.shape[3]
     cfg = {**_query_block_config(K, V, q.dtype, not q.is_cuda), **(tiles or {})}
-    o = new_output(N, E, HQ, V, device=q.device)
+    o = new_output(N, E, HQ, V, dtype=dtype, device=q.device)
     lse = new_output(N, E, HQ, device=q.device)
     grid = (triton.cdiv(E, cfg["BM"]), N * HQ)
     window_fwd_kernel[grid](q, k, v, valid_i8, o, lse, E, HQ, H, K, V, window, scale, DOT_PREC=_precision(q.dtype),
