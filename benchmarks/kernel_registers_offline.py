@@ -28,16 +28,15 @@ from triton.compiler import ASTSource
 TARGET = GPUTarget("cuda", 90, 32)
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 F32, BF16, I8, I32 = "*fp32", "*bf16", "*i8", "i32"
-# the forward's per-chunk kernels' extra inputs: the layer's gates (`LayerGates`) and the merge's (`WindowMerge`)
-LAYER = dict(g=BF16, valid=I8, ends="*i64", lse_win=F32, live=I8, scale="fp32")
+# the forward's output read-out's extra inputs: the merge's (`WindowMerge`)
+MERGE = dict(lse_win=F32, live=I8, scale="fp32")
 
 # (kernel, signature, constexprs) as slot_logits / slot_read launch them at M = 64, D = 128; REVERSE is added below.
 # Forward-type calls are the forward's: bf16 chunk states in segments (slot_states_pair: SPAN 32, float32 start
-# states hs and decays hd), the layer's gates (LAYER_GATES) and, for slot_read_kernel, NHA's output (the merge and
-# a bf16 window output; its float32 output stands for the bf16 one); reverse-type calls float32 states
-# (slot_states), no window epilogue.
+# states hs and decays hd) and, for slot_read_kernel, NHA's output (the merge and a bf16 window output; its float32
+# output stands for the bf16 one); reverse-type calls float32 states (slot_states), no window epilogue.
 KERNELS = [
-    ("read_weights_kernel", dict(p=F32, x=F32, gc=F32, gentle=I8, w=F32, **LAYER, E=I32, H=I32, M=I32),
+    ("read_weights_kernel", dict(p=F32, x=F32, gc=F32, gentle=I8, w=F32, **MERGE, E=I32, H=I32, M=I32),
      dict(BT=64, BC=16, BM=64, LEVELS=4, DOT_PREC="tf32x3")),
     ("logits_intra_kernel", dict(x=F32, gc=F32, gentle=I8, a_qy=F32, z=F32, x2=F32, a_qy2=F32, E=I32, H=I32, M=I32),
      dict(BT=64, BC=16, BM=64, LEVELS=4, DOT_PREC="tf32x3", DUAL=False, A_SWAPPED=False)),
@@ -45,10 +44,10 @@ KERNELS = [
     ("logits_intra_kernel", dict(x=F32, gc=F32, gentle=I8, a_qy=F32, z=F32, x2=F32, a_qy2=F32, E=I32, H=I32, M=I32),
      dict(BT=64, BC=16, BM=64, LEVELS=4, DOT_PREC="tf32x3", DUAL=True, A_SWAPPED=True)),
     ("logits_chunk_kernel", dict(q=BF16, x=F32, gc=F32, gentle=I8, y=BF16, h="STATES", hs=F32, hd=F32, z=F32, a_qy=F32,
-                                 **LAYER, E=I32, H=I32, M=I32, D=I32),
+                                 **MERGE, E=I32, H=I32, M=I32, D=I32),
      dict(BT=64, BM=64, BD=128, ND=1, DOT_PREC="tf32x3", WITH_Z=True, WITH_A=True)),
     ("slot_read_kernel", dict(p=F32, x=F32, gc=F32, gentle=I8, y=BF16, h="STATES", hs=F32, hd=F32, w=F32, o=F32,
-                              o_win=BF16, **LAYER, E=I32, H=I32, M=I32, D=I32, OUT_ROWS=I32, OUT_SHIFT=I32),
+                              o_win=BF16, **MERGE, E=I32, H=I32, M=I32, D=I32, OUT_ROWS=I32, OUT_SHIFT=I32),
      dict(BT=64, BM=64, BD=128, DOT_PREC="tf32x3", W_SWAPPED=False)),
 ]
 
@@ -93,7 +92,7 @@ def main() -> None:
                 consts = {**defaults, **constexprs, "REVERSE": reverse}
                 if "SPAN" in fn.arg_names:  # forward-type reads take the forward scans' states in segments of 32
                     consts["SPAN"] = 0 if reverse else 32
-                for flag in ("LAYER_GATES", "MERGE", "WIN"):  # and the forward's inputs (LAYER)
+                for flag in ("MERGE", "WIN"):  # and the forward's output (MERGE)
                     if flag in fn.arg_names:
                         consts[flag] = not reverse
                 # arguments the table does not name are integers (e.g. the D-side inputs' row maps, `_source`)

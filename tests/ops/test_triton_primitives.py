@@ -13,7 +13,6 @@ import torch.nn.functional as F
 
 from nha.ops.triton import common
 from nha.ops.triton.common import CompiledLaunch, chunk_cumsum
-from nha.ops.triton.gate_rows import LayerGates
 from nha.ops.triton.gates import reverse_chunk_cumsum, slot_gates, slot_gates_grad
 from nha.ops.triton.merge import WindowMerge, merge_forward
 from nha.ops.triton.shift import shifted, unshift
@@ -66,9 +65,9 @@ def test_slot_gates_and_their_gradient(shift, group, with_final, S):
     # the chunks' flags are gentle_chunks' of gc, bit for bit (the flags' own test is the next one)
     assert torch.equal(gentle, gentle_chunks(gc, chunk))
     assert not gentle.any()  # M <= 16: every chunk is steep (FUSED_SLOTS)
-    # the forward's call skips g_in and writes s_in and gc of steep chunks only: here every chunk
+    # a forward without gradients skips g_in, and only it
     none, s_only, gc_only, gentle_only = slot_gates(g.detach(), valid.to(torch.int8), ends, shift, group, length,
-                                                    chunk, steep_only=True)
+                                                    chunk, with_g_in=False)
     assert none is None and torch.equal(s_only, s_in) and torch.equal(gc_only, gc) and torch.equal(gentle_only, gentle)
     # what both slot passes pass back: to the chunk cumsums G through dG = dz z + p dp - s (ds1 + ds2) (plus the final
     # states' term at the last step), and to s = 1 - exp(g_in) through ds1 + ds2
@@ -151,52 +150,6 @@ def test_segment_states_are_the_scans(h0_of, group, span):
         slot_read(p, x, gc, v, h_v._replace(span=span + 2), chunk, "ieee")
 
 
-def test_forward_kernels_make_the_gates_and_the_merge_themselves():
-    # the forward's per-chunk kernels take the layer's gates (`LayerGates`: shift, masks, GQA) and make every
-    # chunk's write strengths and cumsums in registers, the output read takes the raw logits and the window's lse and
-    # makes the merge's p and a (`WindowMerge`), and `slot_gates(..., steep_only=True)` writes the gates of the steep
-    # chunks alone (what the in-chunk kernels read): all as from the scan's gates and the merge in memory. Mixed
-    # gates (one steep chunk per head of sequence 1), packed rows (masked, a sequence cut short), GQA.
-    N, S, KV, group, M, chunk, E, shift = 2, 100, 2, 2, 40, 64, 128, 5
-    HQ = KV * group
-    g = -torch.rand(N, S, KV, M, device=DEVICE) * 0.5
-    g[1, 60, :, 3] = -3 * float(GENTLE_SPAN.value)  # scan step 65: chunk 1 of sequence 1 is steep
-    valid = (torch.rand(N, S, device=DEVICE) > 0.1).to(torch.int8)
-    ends = torch.tensor([E, 90], device=DEVICE)
-    _, s_in, gc, flags = slot_gates(g, valid, ends, shift, group, E, chunk)
-    _, s_steep, gc_steep, flags_steep = slot_gates(g, valid, ends, shift, group, E, chunk, steep_only=True)
-    assert torch.equal(flags_steep, flags) and 0 < int(flags.sum()) < flags.numel()
-    steep = (flags == 0).repeat_interleave(chunk, 1)[..., None].expand_as(gc)
-    assert torch.equal(s_steep[steep], s_in[steep]) and torch.equal(gc_steep[steep], gc[steep])
-    assert gc_steep[~steep].isnan().all()  # left unwritten (the test poisons every output)
-    layer = LayerGates(g, valid, ends, shift, group)
-    k = shifted(torch.randn(N, S, KV, 6, device=DEVICE), shift, E, group)
-    v = shifted(torch.randn(N, S, KV, 9, device=DEVICE), shift, E, group)
-    h0 = torch.randn(N, KV, M, 6, device=DEVICE)
-    close = dict(rtol=1e-5, atol=1e-5)
-    (h_k, ht_k), (h_v, ht_v) = slot_states_pair(s_in, gc, k, v, h0, None, chunk, "ieee", group=group)
-    (hl_k, htl_k), (hl_v, htl_v) = slot_states_pair(s_steep, gc_steep, k, v, h0, None, chunk, "ieee", group=group,
-                                                    layer_gates=layer)
-    for got, want in [(hl_k.materialize(), h_k.materialize()), (hl_v.materialize(), h_v.materialize()),
-                      (htl_k, ht_k), (htl_v, ht_v)]:
-        torch.testing.assert_close(got, want, **close)
-    q = torch.randn(N, E, HQ, 6, device=DEVICE)
-    z = slot_logits(q, s_in, gc, k, h_k, chunk, "ieee", gentle=flags)
-    torch.testing.assert_close(slot_logits(q, s_steep, gc_steep, k, h_k, chunk, "ieee", gentle=flags,
-                                           layer_gates=layer), z, **close)
-    lse_win, o_win = torch.randn(N, S, HQ, device=DEVICE), torch.randn(N, S, HQ, 9, device=DEVICE)
-    live = (torch.rand(N, S, device=DEVICE) > 0.2).to(torch.int8)
-    p, a = merge_forward(z, lse_win, live, 0.5)
-    want = slot_read(p, s_in, gc, v, h_v, chunk, "ieee", gentle=flags, o_win=a[:, :S, :, None] * o_win, out_rows=S)
-    got = slot_read(z, s_steep, gc_steep, v, h_v, chunk, "ieee", gentle=flags, o_win=o_win, out_rows=S,
-                    merge=WindowMerge(lse_win, live, 0.5), layer_gates=layer)
-    torch.testing.assert_close(got, want, **close)
-    with pytest.raises(ValueError, match="forward scans only"):
-        slot_read(z, s_in, gc, v, h_v, chunk, "ieee", reverse=True, gentle=flags, layer_gates=layer)
-    with pytest.raises(ValueError, match="slot_gates' flags"):
-        slot_logits(q, s_steep, gc_steep, k, h_k, chunk, "ieee", layer_gates=layer)
-
-
 @pytest.mark.parametrize("M", [5, 40])
 @pytest.mark.parametrize("sub", [16, 32])
 @pytest.mark.parametrize("gates", ["mild", "steep", "mixed"])
@@ -258,6 +211,30 @@ def test_gentle_chunks_hold_in_both_scan_directions(reverse_steep):
     steep = [(c, h) for c in range(E // chunk) for h in range(H) if got[0, c, h] == 0]
     # head 1's chunk 1 (the steep gate its last row, or its flipped chunk's last row) and chunk 2 (the gate in it)
     assert steep == ([(1, 1)] if reverse_steep else [(1, 1), (2, 1)])
+
+
+def test_the_output_read_makes_the_merge_itself():
+    # NHA's output read-out takes the raw slot logits z and the window path's lse (`WindowMerge`) and makes the
+    # merge's slot probabilities p and window share a in registers, in its in-chunk weights of steep chunks too: the
+    # same output as `merge_forward`'s p and a in memory (mixed gates: one steep chunk per head of sequence 1; rows
+    # past the layer's S; rows whose slots are not live)
+    N, S, H, M, D, chunk, E = 2, 100, 2, 40, 9, 64, 128
+    g = _gentle_and_steep_gates(N, E, H, M)
+    x, gc = torch.rand(N, E, H, M, device=DEVICE), chunk_cumsum(g, chunk)
+    flags = gentle_chunks(gc, chunk)
+    assert 0 < int(flags.sum()) < flags.numel()
+    y, q = torch.randn(N, E, H, D, device=DEVICE), torch.randn(N, E, H, D, device=DEVICE)
+    h, _ = slot_states(x, gc, y, None, chunk, "ieee")
+    z = slot_logits(q, x, gc, y, h, chunk, "ieee", gentle=flags)
+    lse_win, o_win = torch.randn(N, S, H, device=DEVICE), torch.randn(N, S, H, D, device=DEVICE)
+    live = (torch.rand(N, S, device=DEVICE) > 0.2).to(torch.int8)
+    p, a = merge_forward(z, lse_win, live, 0.5)
+    want = slot_read(p, x, gc, y, h, chunk, "ieee", gentle=flags, o_win=a[:, :S, :, None] * o_win, out_rows=S)
+    merge = WindowMerge(lse_win, live, 0.5)
+    got = slot_read(z, x, gc, y, h, chunk, "ieee", gentle=flags, o_win=o_win, out_rows=S, merge=merge)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="forward read-out"):
+        slot_read(z, x, gc, y, h, chunk, "ieee", reverse=True, merge=merge)
 
 
 @pytest.mark.parametrize("M", [5, 64])

@@ -4,23 +4,21 @@ glue between stages (shifts, casts, the merge's and the output's gradients, grad
 N sequences, S rows (the extended layout of chunk.py's `_extend`), E scan steps (S rounded up to the chunk),
 HQ query heads, H key/value heads, G = HQ // H, K/V head dims, M slots.
 
-Forward: window path (banded attention, lse; its output in q's dtype) -> the scan's flags (`slot_gates`: which
-chunks are gentle, and the gates of the steep ones) -> both passes' chunk-start states -> slot pass 1 (logits z) ->
-slot pass 2 with the merge (p, a from z and lse) and the output `o = a * o_win + S^T p` in it. The per-chunk slot
-kernels make each chunk's gates from the layer's g (shift by w, masks, GQA: gate_rows.py's `LayerGates`) and read k
-and v shifted by w and per query head in place (shift.py's `Shifted`): no copies, and no per-slot float32 tensor but
-the logits z written.
-Backward: the scan's gates and the merge's p and a in memory (`slot_gates`, `merge_forward`) -> pass 2's dp -> merge
-and output together (`merge_backward`: dz, the window path's do and delta, the gate term dz * z + p * dp) -> window
-path -> pass 1's dq (in q's dtype with the window path's dq added in its epilogue) -> both passes' reverse scans side
-by side (`reverse_scans`: ds1 + ds2, dk, dv; in a steep chunk a reverse read-out takes the in-chunk tensors of the
-forward read-out of its pair swapped, transposed: dk dq's weights, dv the output's, the logits the forward's q . k
-and dp's do . v; a gentle chunk's are one product in the read-out itself, and every read-out of both directions
-takes `slot_gates`' one set of flags) -> the gates' gradient of both passes at once (chunk totals, then every
-chunk's reverse cumsum summed over the group and moved back to the layer's rows, in g's dtype). dk and dv leave
-their read-outs at the layer's rows in the input's dtype with the window path's share added when G = 1; with G > 1
-one pass each sums the group, shifts them back and adds that share (`unshift`). Both passes' chunk-start states,
-the output read's in-chunk weights and the logits' in-chunk products are saved by the forward
+Forward: window path (banded attention, lse; its output in q's dtype) -> scan gates (`slot_gates`: shift by w,
+masks, GQA) -> both passes' chunk-start states -> slot pass 1 (logits z) -> slot pass 2 with the merge (p and a made
+from z and lse in registers: `WindowMerge`) and the output `o = a * o_win + S^T p` in it. The slot kernels read k and
+v shifted by w and per query head in place (shift.py's `Shifted`): no copies, nothing more saved.
+Backward: the merge's p and a in memory (`merge_forward`) -> pass 2's dp -> merge and output together
+(`merge_backward`: dz, the window path's do and delta, the gate term dz * z + p * dp) -> window path -> pass 1's dq
+(in q's dtype with the window path's dq added in its epilogue) -> both passes' reverse scans side by side
+(`reverse_scans`: ds1 + ds2, dk, dv; in a steep chunk a reverse read-out takes the in-chunk tensors of the forward
+read-out of its pair swapped, transposed: dk dq's weights, dv the output's, the logits the forward's q . k and dp's
+do . v; a gentle chunk's are one product in the read-out itself, and every read-out of both directions takes
+`slot_gates`' one set of flags) -> the gates' gradient of both passes at once (chunk totals, then every chunk's
+reverse cumsum summed over the group and moved back to the layer's rows, in g's dtype). dk and dv leave their
+read-outs at the layer's rows in the input's dtype with the window path's share added when G = 1; with G > 1 one
+pass each sums the group, shifts them back and adds that share (`unshift`). Both passes' chunk-start states, the
+output read's in-chunk weights, the logits' in-chunk products and the scan's gates are saved by the forward
 (`Plan.save_states`); else the backward recomputes them as the forward made them (bit-identical; of the forward's
 own tensors only the window path's output and log-sum-exp, the slot logits and the final slots stay).
 """
@@ -32,7 +30,6 @@ from typing import Optional
 import torch
 
 from nha.ops.chunk import MASKED, pad_time
-from nha.ops.triton.gate_rows import LayerGates
 from nha.ops.triton.gates import slot_gates, slot_gates_grad
 from nha.ops.triton.merge import WindowMerge, merge_backward, merge_forward
 from nha.ops.triton.shift import shifted, unshift
@@ -40,13 +37,6 @@ from nha.ops.triton.slot_chunk import ChunkStates, chunk_products, read_weights
 from nha.ops.triton.slot_scan import (final_term, forward_states, logits_forward, read_dp, read_dq, read_forward,
                                      reverse_scans)
 from nha.ops.triton.window_attn import window_backward, window_forward
-
-
-# Which of the forward's per-chunk kernels make each chunk's gates from the layer's g (`LayerGates`) instead of
-# reading the scan's float32 write strengths and chunk cumsums from memory: "states" (the segment states), "logits",
-# "read". With all three, `slot_gates` writes the steep chunks' gates alone. None: each is slower making them
-# (H200, prefill at 64k tokens x 16 heads: 3.23 ms with none, 4.58 with all three; benchmarks/ab_layer_gates.py).
-LAYER_GATES_IN = frozenset()
 
 
 @dataclass
@@ -57,8 +47,9 @@ class Plan:
     ends: `[N]` int64 end of each sequence's rows; window: rows of the window path (0: none); shift: the scan's delay
     (w, or past the end for an unbounded window); use_slots: whether the slot path runs at all; group: G;
     length: E; chunk: the scan's chunk; scale: logit scale; prec: slot-scan product precision (slot_chunk.py);
-    save_states: keep both passes' chunk-start states and the forward's in-chunk read weights and q . k products for
-        the backward instead of recomputing them.
+    save_states: keep both passes' chunk-start states, the forward's in-chunk read weights and q . k products and
+        the scan's gates for the backward instead of recomputing them.
+    backward: whether gradients were asked for (without them the forward skips what only a backward reads).
     """
 
     valid_i8: torch.Tensor
@@ -73,6 +64,7 @@ class Plan:
     scale: float
     prec: str
     save_states: bool
+    backward: bool
 
 
 def _group_sum(x: Optional[torch.Tensor], group: int) -> Optional[torch.Tensor]:
@@ -116,29 +108,23 @@ class NHAFunction(torch.autograd.Function):
         if lse_win is None:
             lse_win = q.new_full((N, S, HQ), MASKED, dtype=torch.float32)
         E, C, G, prec = plan.length, plan.chunk, plan.group, plan.prec
-        # the per-chunk kernels make every chunk's gates from g (`LayerGates`); `slot_gates` writes which chunks'
-        # in-chunk read-outs take one product each (`gentle`: slot_chunk.gentle_chunks; every read-out of both scan
-        # directions takes these flags) and the gates of the others, which the in-chunk kernels read
-        layer = LAYER_GATES_IN
-        _, s_in, gc, gentle = slot_gates(g, plan.valid_i8, plan.ends, plan.shift, G, E, C,
-                                         steep_only=layer >= {"states", "logits", "read"}, with_g_in=False)
-        gates = _layer_gates(g, plan)
+        # with `gentle`, which chunks' in-chunk read-outs take one product each (every read-out of both scan
+        # directions takes these flags: slot_chunk.gentle_chunks)
+        g_in, s_in, gc, gentle = slot_gates(g, plan.valid_i8, plan.ends, plan.shift, G, E, C, with_g_in=plan.backward)
         k_in, v_in = shifted(k, plan.shift, E, G), shifted(v, plan.shift, E, G)
         q_in = pad_time(q, E).contiguous()
         # a group's query heads hold the same gates: one chunk-start state per key/value head serves them all
-        h_k, h_v, ht_k, ht_v = forward_states(s_in, gc, k_in, v_in, h0_k, h0_v, C, prec, group=G,
-                                               layer_gates=gates if "states" in layer else None)
-        z, a_qk = logits_forward(q_in, s_in, gc, k_in, h_k, C, prec, gentle=gentle,
-                                 layer_gates=gates if "logits" in layer else None)
+        h_k, h_v, ht_k, ht_v = forward_states(s_in, gc, k_in, v_in, h0_k, h0_v, C, prec, group=G)
+        z, a_qk = logits_forward(q_in, s_in, gc, k_in, h_k, C, prec, gentle=gentle)
         # the merge (p, a) happens in the output's read-out: `o = a * o_win + S^T p`
-        o, w_o = read_forward(z, s_in, gc, v_in, h_v, C, prec, _merge_of(lse_win, plan), o_win, gentle=gentle,
-                              layer_gates=gates if "read" in layer else None, dtype=q.dtype, out_rows=S)
+        o, w_o = read_forward(z, s_in, gc, v_in, h_v, C, prec, WindowMerge(lse_win, plan.live_i8, plan.scale), o_win,
+                              gentle=gentle, dtype=q.dtype, out_rows=S)
         states = (*h_k[:3], *h_v[:3])  # both `ChunkStates`' tensors (local, start, decay); ctx.span their span
         ctx.span = h_k.span
         if not plan.save_states:  # the backward recomputes these, as the forward made them
-            states, w_o, a_qk = (None,) * 6, None, None
-        ctx.save_for_backward(qw, kw, v, o_win, lse_win, g, q_in, k, z, h0_k, h0_v, ht_k, ht_v, *states, w_o, a_qk,
-                              gentle)
+            states, w_o, a_qk, g_in, s_in, gc = (None,) * 6, None, None, None, None, None
+        ctx.save_for_backward(qw, kw, v, o_win, lse_win, g, q_in, k, g_in, s_in, gc, z, h0_k, h0_v, ht_k, ht_v,
+                              *states, w_o, a_qk, gentle)
         return o, ht_k, ht_v
 
     @staticmethod
@@ -149,14 +135,6 @@ class NHAFunction(torch.autograd.Function):
         if not plan.use_slots:
             return (*_window_only_backward(do, *ctx.saved_tensors, plan, shared), None, None, None, None)
         return (*_backward(do, dht_k, dht_v, ctx.saved_tensors, plan, shared, ctx.span), None)
-
-
-def _layer_gates(g: torch.Tensor, plan: Plan) -> LayerGates:
-    return LayerGates(g, plan.valid_i8, plan.ends, plan.shift, plan.group)
-
-
-def _merge_of(lse_win: torch.Tensor, plan: Plan) -> WindowMerge:
-    return WindowMerge(lse_win, plan.live_i8, plan.scale)
 
 
 def _window_only_backward(do, qw, kw, v, o_win, lse_win, plan: Plan, shared):
@@ -193,20 +171,22 @@ def _at_layer_rows(d_in: torch.Tensor, plan: Plan, S: int, G: int, other: Option
 
 def _backward(do, dht_k, dht_v, saved, plan: Plan, shared, span: int):
     """`(dq, dk, dv, dg, dq_win, dk_win, dh0_k, dh0_v)` of the full operator."""
-    (qw, kw, v, o_win, lse_win, g, q_in, k, z, h0_k, h0_v, ht_k, ht_v, *states, w_o, a_qk, gentle) = saved
+    (qw, kw, v, o_win, lse_win, g, q_in, k, g_in, s_in, gc, z, h0_k, h0_v, ht_k, ht_v, *states, w_o, a_qk,
+     gentle) = saved
     h_k = h_v = None
     if states[0] is not None:
         h_k, h_v = ChunkStates(*states[:3], span), ChunkStates(*states[3:], span)
     N, S, HQ = qw.shape[0], qw.shape[1], q_in.shape[2]
     E, C, G, prec = plan.length, plan.chunk, plan.group, plan.prec
     k_in, v_in = shifted(k, plan.shift, E, G), shifted(v, plan.shift, E, G)
-    # the scan's gates and the merge's p and a, which the forward made inside its kernels, in memory this time
-    g_in, s_in, gc, _ = slot_gates(g, plan.valid_i8, plan.ends, plan.shift, G, E, C)
-    merge = _merge_of(lse_win, plan)
+    if gc is None:  # not saved (`save_states=False`): the scan's gates, recomputed
+        g_in, s_in, gc, _ = slot_gates(g, plan.valid_i8, plan.ends, plan.shift, G, E, C)
+    # the merge's p and a, which the forward made in its output's read-out, in memory this time (in both modes: the
+    # same arithmetic on the same logits, so the modes' gradients stay equal bit for bit)
+    merge = WindowMerge(lse_win, plan.live_i8, plan.scale)
     p, a = merge_forward(z, lse_win, plan.live_i8, plan.scale)
-    if h_k is None:  # not saved (`save_states=False`): both passes' chunk-start states (freed before the reverse scans)
-        h_k, h_v, _, _ = forward_states(s_in, gc, k_in, v_in, h0_k, h0_v, C, prec, group=G,
-                                        layer_gates=_layer_gates(g, plan) if "states" in LAYER_GATES_IN else None)
+    if h_k is None:  # and both passes' chunk-start states (freed before the reverse scans)
+        h_k, h_v, _, _ = forward_states(s_in, gc, k_in, v_in, h0_k, h0_v, C, prec, group=G)
     do = q_in.new_zeros(N, S, HQ, v.shape[-1]) if do is None else do.contiguous()
     dht_k = None if dht_k is None else dht_k.float().contiguous()
     dht_v = None if dht_v is None else dht_v.float().contiguous()

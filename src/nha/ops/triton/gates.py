@@ -13,18 +13,47 @@ import torch
 import triton
 import triton.language as tl
 
+from nha.ops import chunk
 from nha.ops.triton.common import block, new_output
-from nha.ops.triton.gate_rows import MIN_LOG_GATE, _chunk_gates, _scan_gates, _source_rows
 from nha.ops.triton.slot_chunk import FUSED_SLOTS, GENTLE_SPAN
+
+MIN_LOG_GATE = tl.constexpr(chunk.MIN_LOG_GATE)  # the clamp of every path: exp() of it is 0 in float32
+
+
+@triton.jit
+def _neg_expm1(g):
+    # 1 - exp(g) without the cancellation near g = 0 (Kahan: expm1(g) = (u - 1) * g / log(u) with u = exp(g))
+    u = tl.exp(g)
+    um1 = u - 1.0
+    safe = (u != 1.0) & (um1 != -1.0)
+    return -tl.where(safe, um1 * g / tl.log(tl.where(safe, u, 2.0)), tl.where(u == 1.0, g, um1))
+
+
+@triton.jit
+def _source_rows(t, i_n, ends, valid, SHIFT, S):
+    # the layer's row that step t of the scan absorbs (t - SHIFT) and whether it is a real token before the end
+    src = t - SHIFT
+    ok = (src >= 0) & (src < S) & (t < tl.load(ends + i_n))
+    ok = ok & (tl.load(valid + i_n * S + src, mask=ok, other=0) != 0)
+    return src, ok
+
+
+@triton.jit
+def _scan_gates(g, valid, ends, t, i_n, i_h, o_m, m_m, S, H, M, SHIFT):
+    # `[BT, BM]` float32: the scan's gates at steps t (clamped; 0 where no real row enters)
+    src, ok = _source_rows(t, i_n, ends, valid, SHIFT, S)
+    p_src = ((i_n * S + src.to(tl.int64))[:, None] * H + i_h) * M + o_m[None, :]
+    b_g = tl.load(g + p_src, mask=ok[:, None] & m_m[None, :], other=0.0).to(tl.float32)
+    return tl.maximum(b_g, MIN_LOG_GATE)
+
 
 @triton.jit
 def slot_gates_kernel(g, valid, ends, g_in, s_in, gc, gentle, S, E, H, HQ, M, SHIFT,
-                      BT: tl.constexpr, BM: tl.constexpr, STORE_G: tl.constexpr, STEEP_ONLY: tl.constexpr):
+                      BT: tl.constexpr, BM: tl.constexpr, STORE_G: tl.constexpr):
     # step t of query head hq absorbs the gates of row t - SHIFT of key/value head hq // G, clamped; 0 elsewhere
-    # (`gate_rows._chunk_gates`; g_in itself stored if STORE_G: only a backward reads it), and the chunk's flag:
-    # whether its gates fall by less than GENTLE_SPAN in every slot, in this scan and in the flipped one
-    # (slot_chunk.gentle_chunks: the same arithmetic). STEEP_ONLY stores s_in and gc of steep chunks only (the
-    # forward's per-chunk kernels make a gentle chunk's from g themselves: `gate_rows.LayerGates`)
+    # (g_in itself stored if STORE_G: only a backward reads it), and the chunk's flag: whether its gates fall by less
+    # than GENTLE_SPAN in every slot, in this scan and in the flipped one (slot_chunk.gentle_chunks: the same
+    # arithmetic)
     i_t, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_hq = (i_nh // HQ).to(tl.int64), (i_nh % HQ).to(tl.int64)
     i_h = i_hq // (HQ // H)
@@ -32,7 +61,13 @@ def slot_gates_kernel(g, valid, ends, g_in, s_in, gc, gentle, S, E, H, HQ, M, SH
     o_t = i_t * BT + o_i
     o_m = tl.arange(0, BM)
     m_m = o_m < M
-    b_g, b_s, b_gc = _chunk_gates(g, valid, ends, i_n, i_t, i_hq, o_m, m_m, S, H, M, SHIFT, HQ // H, BT)
+    b_g = _scan_gates(g, valid, ends, o_t, i_n, i_h, o_m, m_m, S, H, M, SHIFT)
+    p = ((i_n * E + o_t.to(tl.int64))[:, None] * HQ + i_hq) * M + o_m[None, :]
+    if STORE_G:
+        tl.store(g_in + p, b_g, mask=m_m[None, :])
+    tl.store(s_in + p, _neg_expm1(b_g), mask=m_m[None, :])
+    b_gc = tl.cumsum(b_g, axis=0)
+    tl.store(gc + p, b_gc, mask=m_m[None, :])
     # the next chunk's first gate (0 after the last chunk: the flipped scan's g'_0), from a block of its rows
     b_after = _scan_gates(g, valid, ends, o_t + BT, i_n, i_h, o_m, m_m & (i_t * BT + BT < E), S, H, M, SHIFT)
     after = tl.sum(tl.where(o_i[:, None] == 0, b_after, 0.0), axis=0)
@@ -41,14 +76,6 @@ def slot_gates_kernel(g, valid, ends, g_in, s_in, gc, gentle, S, E, H, HQ, M, SH
     fall = tl.maximum(-last, first - last - after)
     flag = (tl.max(tl.where(m_m, fall, 0.0), axis=0) < GENTLE_SPAN) & (BM >= FUSED_SLOTS)
     tl.store(gentle + (i_n * (E // BT) + i_t) * HQ + i_hq, flag.to(tl.int8))
-    p = ((i_n * E + o_t.to(tl.int64))[:, None] * HQ + i_hq) * M + o_m[None, :]
-    m_store = m_m[None, :]
-    if STEEP_ONLY:
-        m_store = m_store & (flag == 0)
-    if STORE_G:
-        tl.store(g_in + p, b_g, mask=m_store)
-    tl.store(s_in + p, b_s, mask=m_store)
-    tl.store(gc + p, b_gc, mask=m_store)
 
 
 @triton.jit
@@ -161,33 +188,29 @@ def reverse_chunk_cumsum(g: torch.Tensor, chunk: int) -> torch.Tensor:
     return gcr
 
 
-def slot_gates(g, valid_i8, ends, shift: int, group: int, length: int, chunk: int, steep_only: bool = False,
-               with_g_in: bool = True):
+def slot_gates(g, valid_i8, ends, shift: int, group: int, length: int, chunk: int, with_g_in: bool = True):
     """The slot scan's gates from the layer's: step t of query head hq absorbs row `t - shift` of key/value head
     `hq // group`, clamped at MIN_LOG_GATE, while it is a valid row and t < `ends[n]`; 0 (an identity step) elsewhere.
 
     Args:
         g: `[N, S, H, M]` log gates in any float dtype; valid_i8: `[N, S]` int8; ends: `[N]` int64.
         shift: the window w (rows enter the slots w steps late); group: G; length: E, a multiple of `chunk`.
-        steep_only: what the forward needs (its per-chunk kernels make every chunk's gates from g themselves,
-            `gate_rows.LayerGates`; its in-chunk kernels of steep chunks read them): no g_in, and s_in and gc
-            written in the steep chunks only (the rest left unwritten).
-        with_g_in: return g_in (only the backward reads it).
+        with_g_in: return g_in (only the backward needs it; a forward without gradients skips its 4 bytes per
+            element and slot).
 
     Returns:
-        `(g_in, s_in, gc, gentle)`: `[N, E, H * G, M]` float32 the gates (None with `steep_only` or without
-        `with_g_in`), the write
+        `(g_in, s_in, gc, gentle)`: `[N, E, H * G, M]` float32 the gates (None without `with_g_in`), the write
         strengths `1 - exp(g_in)` and the chunk cumsums of g_in; `[N, E / chunk, H * G]` int8 the chunks'
         `slot_chunk.gentle_chunks(gc, chunk)` flags (the same arithmetic, the same flags).
     """
     N, S, H, M = g.shape
     HQ = H * group
     s_in, gc = (new_output(N, length, HQ, M, device=g.device) for _ in range(2))
-    g_in = new_output(N, length, HQ, M, device=g.device) if with_g_in and not steep_only else None
+    g_in = new_output(N, length, HQ, M, device=g.device) if with_g_in else None
     gentle = new_output(N, length // chunk, HQ, dtype=torch.int8, device=g.device)
     slot_gates_kernel[(length // chunk, N * HQ)](g, valid_i8, ends, s_in if g_in is None else g_in, s_in, gc, gentle,
                                                  S, length, H, HQ, M, shift, BT=chunk, BM=block(M),
-                                                 STORE_G=g_in is not None, STEEP_ONLY=steep_only)
+                                                 STORE_G=with_g_in)
     return g_in, s_in, gc, gentle
 
 

@@ -70,9 +70,9 @@ def triton_nha(
         save_states: with gradients, keep for the backward the slot scans' chunk-start states (`[N, H, T / 64, M,
             K + V]`, one per key/value head, bf16 for half inputs), two in-chunk tensors of the forward (the output
             read's weights and the logits' q . k products, `[N, T, HQ, 64]` float32 each, written for steep chunks
-            only: `slot_chunk.gentle_chunks`): faster. False recomputes them in the backward (the same results, bit
-            for bit): the low-memory mode. Either way the backward makes the scan's gates and the slot probabilities
-            again (the forward's kernels make them in registers).
+            only: `slot_chunk.gentle_chunks`) and the scan's gates (three `[N, T, HQ, M]` float32): faster. False
+            recomputes them all in the backward (the same results, bit for bit): the low-memory mode. Either way the
+            backward makes the slot probabilities again (the forward's output read-out makes them in registers).
 
     Returns:
         `o` `[B, T, HQ, V]` in the input dtype, and the final `NHAState` (or None).
@@ -121,6 +121,7 @@ def triton_nha(
         # forward's outputs stay well inside half precision; the gradients, the gate's above all, need tf32x3)
         prec="tf32" if not grads and q.dtype != torch.float32 else dot_precision(q.dtype),
         save_states=save_states and grads,
+        backward=grads,
     )
     h0_k, h0_v = (None, None) if initial_state is None else (ext.slot_k, ext.slot_v)
     # the window path shares q (and k, unless the state's window rows hold separate window keys): one gradient each

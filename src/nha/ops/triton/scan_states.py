@@ -12,17 +12,13 @@ Two ways, one per kind of scan:
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import triton
 import triton.language as tl
 
 from nha.ops.triton.common import block, kernel_precision, new_output
-from nha.ops.triton.gate_rows import LayerGates, _chunk_gates, gate_args
 from nha.ops.triton.shift import Shifted
 from nha.ops.triton.slot_chunk import ChunkStates, _mm, _source, _tiles, _time, source_rows
-
 
 @triton.jit
 def _decayed_sum(b_xw, y, t, i_n, i_h, o_d, D, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP, DOT_PREC: tl.constexpr):
@@ -46,17 +42,6 @@ def _decayed_rows(x, gc, i_n, i_t, x_h, XH, E, M, o_m, m_m, live, BT: tl.constex
     last = (i_n * E + i_t * BT + BT - 1).to(tl.int64)
     b_glast = tl.load(gc + (last * XH + x_h) * M + o_m, mask=m_m & live, other=0.0)
     return t, b_x * tl.exp(b_glast[None, :] - b_gc), b_glast
-
-
-@triton.jit
-def _decayed_layer_rows(g, valid, ends, i_n, i_t, x_h, M, o_m, m_m, G_ROWS, G_HEADS, G_SHIFT, G_GROUP,
-                        BT: tl.constexpr):
-    # `_decayed_rows` of a forward scan whose x (the write strengths) and gates are made from the layer's
-    # (`gate_rows.LayerGates`; x_h a query head): zeros past the scan's end
-    o_t = tl.arange(0, BT)
-    _, b_x, b_gc = _chunk_gates(g, valid, ends, i_n, i_t, x_h, o_m, m_m, G_ROWS, G_HEADS, M, G_SHIFT, G_GROUP, BT)
-    b_glast = tl.sum(tl.where(o_t[:, None] == BT - 1, b_gc, 0.0), axis=0)
-    return i_t * BT + o_t, b_x * tl.exp(b_glast[None, :] - b_gc), b_glast
 
 
 @triton.jit
@@ -141,11 +126,10 @@ def state_scan_kernel(
 
 @triton.jit
 def segment_states_kernel(
-    x, gc, y, y2, h, tot, lg, dec, g, valid, ends,
-    E, H, M, D, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP, D2, Y2_ROWS, Y2_HEADS, Y2_SHIFT, Y2_GROUP, G_ROWS, G_HEADS, G_SHIFT,
-    G_GROUP,
+    x, gc, y, y2, h, tot, lg, dec,
+    E, H, M, D, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP, D2, Y2_ROWS, Y2_HEADS, Y2_SHIFT, Y2_GROUP,
     BT: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, SPAN: tl.constexpr, DOT_PREC: tl.constexpr,
-    X_GROUP: tl.constexpr = 1, LAYER_GATES: tl.constexpr = False,
+    X_GROUP: tl.constexpr = 1,
 ):
     # Two forward scans over the same x and gates (y `[.., D]`, y2 `[.., D2]`: NHA's k and v) in segments of SPAN
     # chunks (`ChunkStates`): one program per D block, segment and (sequence, head) walks the segment's chunks in
@@ -154,7 +138,7 @@ def segment_states_kernel(
     # that share's decay exp(G since the segment start) `[M]` in dec `[N, H, NT, M]`; at the end the segment's own
     # sums in tot `[N, H, NS, M, D + D2]` float32 and its log decay in lg `[N, NS, H, M]` (state_scan_kernel's gates
     # of one-row chunks, for the walk over segments). h's and tot's rows hold both states, `[D | D2]`; X_GROUP as
-    # chunk_sums_kernel's. LAYER_GATES: x and the gates made from the layer's (`_decayed_layer_rows`).
+    # chunk_sums_kernel's.
     i_d, i_s, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
     XH, x_h = H * X_GROUP, i_h * X_GROUP
@@ -171,11 +155,7 @@ def segment_states_kernel(
     for i_c in range(0, SPAN):
         i_t = i_s * SPAN + i_c
         live = i_t < NT  # the last segment may be short
-        if LAYER_GATES:
-            t, b_xw, b_glast = _decayed_layer_rows(g, valid, ends, i_n, i_t, x_h, M, o_m, m_m, G_ROWS, G_HEADS,
-                                                   G_SHIFT, G_GROUP, BT)
-        else:
-            t, b_xw, b_glast = _decayed_rows(x, gc, i_n, i_t, x_h, XH, E, M, o_m, m_m, live, BT, False)
+        t, b_xw, b_glast = _decayed_rows(x, gc, i_n, i_t, x_h, XH, E, M, o_m, m_m, live, BT, False)
         tl.store(dec + ((i_n * H + i_h) * NT + i_t) * M + o_m, tl.exp(b_lg), mask=m_m & live & (i_d == 0))
         p_row = (((i_n * H + i_h) * NT + i_t) * M + o_m) * HR
         tl.store(h + p_row[:, None] + o_d[None, :], b_h.to(h.dtype.element_ty), mask=m_1 & live)
@@ -226,8 +206,7 @@ def slot_states(x, gc, y, h0, chunk: int, prec: str, reverse: bool = False, bloc
 
 
 def slot_states_pair(x, gc, y1, y2, h0_1, h0_2, chunk: int, prec: str, group: int = 1, span: int = 32,
-                     block_d: int = 0, num_warps: int = 4, num_stages: int = 1,
-                     layer_gates: Optional[LayerGates] = None) -> tuple:
+                     block_d: int = 0, num_warps: int = 4, num_stages: int = 1) -> tuple:
     """`((h1, ht1), (h2, ht2))`: the chunk-start states (`ChunkStates`) and final states (float32) of two forward
     scans over the same x and gates (NHA's two passes: y1 = k, y2 = v), arguments as `slot_states`'.
 
@@ -243,10 +222,7 @@ def slot_states_pair(x, gc, y1, y2, h0_1, h0_2, chunk: int, prec: str, group: in
     x 16 heads, M = 64, K = V = 128 (gpu_session15_h200.log, tune_segment_states.py): 0.78 ms at the defaults
     against 1.04 for the paired chunk sums and walk, 1.21 for two `slot_states`; D blocks of 128, 8 warps or
     pipelined loads (stages 2-3) spill its 255 registers and run 0.9-2.1 ms. The read-outs take ~0.09 ms more for
-    the start states.
-
-    `layer_gates`: the kernel makes x (the write strengths) and the gates' chunk cumsums of every chunk from the
-    layer's gates (`gate_rows.LayerGates`) and reads neither x nor gc (only their shapes)."""
+    the start states."""
     N, E, _, M = x.shape
     H = _state_heads(x, (y1, y2), group)
     widths = (y1.shape[-1], y2.shape[-1])
@@ -262,11 +238,10 @@ def slot_states_pair(x, gc, y1, y2, h0_1, h0_2, chunk: int, prec: str, group: in
     ht = new_output(N, H, M, row, device=x.device)
     maps = [source_rows(y, E, H) for y in (y1, y2)]
     maps = [(y, D, rows, heads, shift, y_group // group) for D, (y, rows, heads, shift, y_group) in zip(widths, maps)]
-    g, valid, ends, *g_map = gate_args(layer_gates, gc)
     segment_states_kernel[(triton.cdiv(max(widths), BD), NS, N * H)](
-        x, gc, maps[0][0], maps[1][0], local, start, log_decay, decay, g, valid, ends, E, H, M, *maps[0][1:],
-        *maps[1][1:], *g_map, BT=chunk, BM=BM, BD=BD, SPAN=span, DOT_PREC=kernel_precision(prec), X_GROUP=group,
-        LAYER_GATES=layer_gates is not None, num_warps=num_warps, num_stages=num_stages)
+        x, gc, maps[0][0], maps[1][0], local, start, log_decay, decay, E, H, M, *maps[0][1:], *maps[1][1:], BT=chunk,
+        BM=BM, BD=BD, SPAN=span, DOT_PREC=kernel_precision(prec), X_GROUP=group, num_warps=num_warps,
+        num_stages=num_stages)
     h0 = None if h0_1 is None and h0_2 is None else torch.cat(  # both side by side, as the sums' rows (None: empty)
         [start.new_zeros(N, H, M, D) if a is None else a.float() for a, D in zip((h0_1, h0_2), widths)], dim=-1)
     _walk(log_decay, h0, start, start, ht, NS, 1, 1)

@@ -33,7 +33,6 @@ import triton
 import triton.language as tl
 
 from nha.ops.triton.common import block, kernel_precision, new_output
-from nha.ops.triton.gate_rows import LayerGates, _chunk_gates, gate_args
 from nha.ops.triton.merge import WindowMerge, _slot_probs
 from nha.ops.triton.shift import Shifted
 
@@ -68,22 +67,6 @@ def _chunk_state(h, hs, hd, i_sh, i_t, NT, M, H_ROW, o_m, o_d, m_m, m_d, SPAN: t
         b_dec = tl.load(hd + (i_sh * NT + i_t) * M + o_m, mask=m_m, other=0.0)
         b_h = (b_h.to(tl.float32) + b_dec[:, None] * b_s).to(h.dtype.element_ty)
     return b_h
-
-
-@triton.jit
-def _gates_of_chunk(x, gc, g, valid, ends, i_n, i_t, i_h, rows, rows_in, o_m, m_m, H, M, G_ROWS, G_HEADS, G_SHIFT,
-                    G_GROUP, BT: tl.constexpr, LAYER_GATES: tl.constexpr):
-    # chunk i_t's row inputs x and chunk cumsums G, `[BT, BM]` float32, of head i_h (of H): loaded from x and gc
-    # (rows_in, rows: the chunk's rows in storage and in scan order), or with LAYER_GATES made from the layer's
-    # gates (`gate_rows.LayerGates`: forward scans, x the write strengths)
-    if LAYER_GATES:
-        _, b_x, b_gc = _chunk_gates(g, valid, ends, i_n, i_t, i_h, o_m, m_m, G_ROWS, G_HEADS, M, G_SHIFT, G_GROUP,
-                                    BT)
-    else:
-        b_x = tl.load(x + (rows_in[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0)
-        b_x = b_x.to(tl.float32)
-        b_gc = tl.load(gc + (rows[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0)
-    return b_x, b_gc
 
 
 @triton.jit
@@ -247,12 +230,11 @@ def read_weights_kernel(
 
 @triton.jit
 def slot_read_kernel(
-    p, x, gc, gentle, y, h, hs, hd, w, o, o_win, lse_win, live, g, valid, ends,
-    E, H, M, D, H_ROW, OUT_ROWS, OUT_SHIFT, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP, P_ROWS, G_ROWS, G_HEADS, G_SHIFT,
-    G_GROUP, scale,
+    p, x, gc, gentle, y, h, hs, hd, w, o, o_win, lse_win, live,
+    E, H, M, D, H_ROW, OUT_ROWS, OUT_SHIFT, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP, P_ROWS, scale,
     BT: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr,
     REVERSE: tl.constexpr, DOT_PREC: tl.constexpr, WIN: tl.constexpr, W_SWAPPED: tl.constexpr,
-    H_GROUP: tl.constexpr = 1, SPAN: tl.constexpr = 0, MERGE: tl.constexpr = False, LAYER_GATES: tl.constexpr = False,
+    H_GROUP: tl.constexpr = 1, SPAN: tl.constexpr = 0, MERGE: tl.constexpr = False,
 ):
     # o_t = S_t^T p_t for one chunk of BT rows and one D block: the chunk-start state's part plus the in-chunk part
     # W y. A gentle chunk (`gentle_chunks`) makes its W here, (p_t exp(G_t)) . (x_j exp(-G_j)) in one product; a steep
@@ -260,10 +242,10 @@ def slot_read_kernel(
     # OUT_ROWS (t in storage order; rows outside them are dropped); with WIN, plus o_win at that row. MERGE (NHA's
     # output, forward only): p holds the raw slot logits, of which the merge's slot probabilities are taken here,
     # and o_win is scaled by the window's share a_t (`WindowMerge`: lse_win, live of P_ROWS rows, scale).
-    # LAYER_GATES (forward only): x and G made from the layer's gates (`_gates_of_chunk`). W_SWAPPED (REVERSE only): w holds the forward read's weights of the swapped pair (row
-    # input x, state writes p), whose entry [t_c, place of t_r in its chunk] is this read's W[r, c] (slot_read says
-    # why). h holds one state per H_GROUP heads (GQA: `slot_states(..., group)`), its rows H_ROW apart
-    # (`slot_states_pair`: one of two states side by side); with SPAN, in segments (hs, hd: `_chunk_state`)
+    # W_SWAPPED (REVERSE only): w holds the forward read's weights of the swapped pair (row input x, state writes p),
+    # whose entry [t_c, place of t_r in its chunk] is this read's W[r, c] (slot_read says why). h holds one state
+    # per H_GROUP heads (GQA: `slot_states(..., group)`), its rows H_ROW apart (`slot_states_pair`: one of two states
+    # side by side); with SPAN, in segments (hs, hd: `_chunk_state`)
     i_d, i_t, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
     NT = E // BT
@@ -279,19 +261,19 @@ def slot_read_kernel(
         b_p, b_a = _slot_probs(p, lse_win, live, p_p, i_n, t, i_h, P_ROWS, H, M, o_m, scale)
     else:
         b_p = tl.load(p + p_p, mask=m_m[None, :], other=0.0).to(tl.float32)
-    b_x, b_gc = _gates_of_chunk(x, gc, g, valid, ends, i_n, i_t, i_h, rows, rows_in, o_m, m_m, H, M, G_ROWS, G_HEADS,
-                                G_SHIFT, G_GROUP, BT, LAYER_GATES)
+    b_gc = tl.load(gc + (rows[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0)
     b_h = _chunk_state(h, hs, hd, i_n * (H // H_GROUP) + i_h // H_GROUP, i_t, NT, M, H_ROW, o_m, o_d, m_m, m_d, SPAN)
     b_pe = b_p * tl.exp(b_gc)
     b_o = _mm(b_pe, b_h, DOT_PREC)
     # no branch on the flag around a product (Triton 3.6 miscompiles some: shared-memory reads out of bounds); a
-    # steep chunk's x is zeroed and a gentle chunk's stored weights are a masked-off load, which reads nothing
+    # steep chunk's x and a gentle chunk's stored weights are masked-off loads, which read nothing
     flag = _chunk_flag(gentle, i_n, i_t, i_h, NT, H)
     b_w = tl.zeros([BT, BT], dtype=tl.float32)
     if BM >= FUSED_SLOTS:  # (else every chunk is steep: `gentle_chunks`)
+        b_x = tl.load(x + (rows_in[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :] & (flag != 0),
+                      other=0.0)
         # exp(-G_j) < exp(GENTLE_SPAN) in a gentle chunk: nothing overflows
-        b_xe = tl.where(flag != 0, b_x, 0.0) * tl.exp(tl.where(flag != 0, -b_gc, 0.0))
-        b_w = _mm(b_pe, tl.trans(b_xe), DOT_PREC)
+        b_w = _mm(b_pe, tl.trans(b_x.to(tl.float32) * tl.exp(tl.where(flag != 0, -b_gc, 0.0))), DOT_PREC)
     m_steep = (o_t[:, None] >= 0) & (o_t[None, :] >= 0) & (flag == 0)
     if W_SWAPPED:
         # scan row r is time t_r = E - 1 - (i_t * BT + r), at place BT - 1 - r of its forward chunk (E: chunks)
@@ -315,13 +297,11 @@ def slot_read_kernel(
 
 @triton.jit
 def logits_chunk_kernel(
-    q, x, gc, gentle, y, h, hs, hd, z, a_qy, g, valid, ends,
-    E, H, M, D, H_ROW, Q_ROWS, Q_HEADS, Q_SHIFT, Q_GROUP, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP, G_ROWS, G_HEADS, G_SHIFT,
-    G_GROUP,
+    q, x, gc, gentle, y, h, hs, hd, z, a_qy,
+    E, H, M, D, H_ROW, Q_ROWS, Q_HEADS, Q_SHIFT, Q_GROUP, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP,
     BT: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, ND: tl.constexpr,
     REVERSE: tl.constexpr, DOT_PREC: tl.constexpr, WITH_Z: tl.constexpr, WITH_A: tl.constexpr,
     ACCUMULATE: tl.constexpr = False, H_GROUP: tl.constexpr = 1, SPAN: tl.constexpr = 0,
-    LAYER_GATES: tl.constexpr = False,
 ):
     # the D-contracted products of z_t = S_t q_t for one chunk of BT rows (D walked in ND blocks of BD): the
     # chunk-start state's part exp(G_t) * (S_c q_t) `[BT, M]` and A[t, j] = q_t . y_j `[BT, BT]`. With WITH_Z, z gets
@@ -329,7 +309,7 @@ def logits_chunk_kernel(
     # part too, exp(G_t) * (A (x_j exp(-G_j))) in one product (the whole z_t: logits_intra_kernel skips the chunk);
     # WITH_A stores A, of steep chunks only with WITH_Z (what logits_intra_kernel reads), of every chunk without (the
     # products alone, `chunk_products`). h holds one state per H_GROUP heads, its rows H_ROW apart, with SPAN in
-    # segments (`_chunk_state`). LAYER_GATES (forward only): x and G made from the layer's gates (`_gates_of_chunk`)
+    # segments (`_chunk_state`)
     i_t, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
     NT = E // BT
@@ -362,13 +342,14 @@ def logits_chunk_kernel(
                           other=0.0)
             b_a += _mm(b_q, tl.trans(b_y), DOT_PREC)
     if WITH_Z:
-        b_x, b_gc = _gates_of_chunk(x, gc, g, valid, ends, i_n, i_t, i_h, rows, rows_in, o_m, m_m, H, M, G_ROWS,
-                                    G_HEADS, G_SHIFT, G_GROUP, BT, LAYER_GATES)
+        b_gc = tl.load(gc + (rows[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0)
         p_z = z + (rows_in[:, None] * H + i_h) * M + o_m[None, :]
         if BM >= FUSED_SLOTS:  # (else every chunk is steep: `gentle_chunks`)
             # a gentle chunk's in-chunk part (exp(-G_j) < exp(GENTLE_SPAN): nothing overflows); a steep chunk's x is
-            # zeroed, so the product adds 0 (no branch around it: slot_read_kernel says why)
-            b_xe = tl.where(flag != 0, b_x, 0.0) * tl.exp(tl.where(flag != 0, -b_gc, 0.0))
+            # a masked-off load, so the product adds 0 (no branch around it: slot_read_kernel says why)
+            b_x = tl.load(x + (rows_in[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :] & (flag != 0),
+                          other=0.0)
+            b_xe = b_x.to(tl.float32) * tl.exp(tl.where(flag != 0, -b_gc, 0.0))
             b_qh += _mm(tl.where(o_t[None, :] <= o_t[:, None], b_a, 0.0), b_xe, DOT_PREC)
         b_z = b_qh * tl.exp(b_gc)
         if ACCUMULATE:
@@ -554,7 +535,8 @@ def read_weights(p, x, gc, chunk: int, prec: str, reverse: bool = False, sub: in
     in them); `gentle`: the `gentle_chunks` flags (default: gc's). With `merge` (not reverse), p holds the raw slot
     logits and W takes the merge's slot probabilities from them, as `slot_read(..., merge=...)`."""
     N, E, H, M = x.shape
-    _check_forward_only(reverse, gentle, merge=merge)
+    if merge is not None and reverse:
+        raise ValueError("merge serves a forward read-out (reverse=False)")
     gentle = _flags(gentle, gc, chunk)
     w = new_output(N, E, H, chunk, device=x.device)
     lse_win, live, rows, scale = _merge_args(merge, gc)
@@ -563,16 +545,6 @@ def read_weights(p, x, gc, chunk: int, prec: str, reverse: bool = False, sub: in
                                            DOT_PREC=kernel_precision(prec), MERGE=merge is not None,
                                            num_warps=num_warps)
     return w
-
-
-def _check_forward_only(reverse: bool, gentle: Optional[torch.Tensor], **options) -> None:
-    # merge and layer_gates serve forward scans; with layer_gates, gc holds the steep chunks only, so the flags that
-    # say which those are come from `slot_gates`
-    named = [name for name, value in options.items() if value is not None]
-    if reverse and named:
-        raise ValueError(f"{' and '.join(named)} serve forward scans only (reverse=False)")
-    if options.get("layer_gates") is not None and gentle is None:
-        raise ValueError("with layer_gates, pass slot_gates' flags as `gentle`")
 
 
 def _merge_args(merge: Optional[WindowMerge], other: torch.Tensor) -> tuple:
@@ -586,8 +558,7 @@ def slot_read(p, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub:
               num_warps: int = 4, intra_warps: int = 2, o_win=None,
               dtype: torch.dtype = torch.float32, out_rows: Optional[int] = None, out_shift: int = 0,
               swapped_weights: Optional[torch.Tensor] = None, weights: Optional[torch.Tensor] = None,
-              gentle: Optional[torch.Tensor] = None, merge: Optional[WindowMerge] = None,
-              layer_gates: Optional[LayerGates] = None) -> torch.Tensor:
+              gentle: Optional[torch.Tensor] = None, merge: Optional[WindowMerge] = None) -> torch.Tensor:
     """`o_t = S_t^T p_t`: p `[N, E, H, M]` -> `[N, out_rows, H, D]` in `dtype` (p, x, y and o back to front if
     `reverse`): o_t lands at row `t - out_shift` (t in storage order) where that row is in `[0, out_rows)`, default E
     rows and no shift; the scan's k/v gradient moved back to the layer's rows is `out_shift = w`.
@@ -595,8 +566,7 @@ def slot_read(p, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub:
     With `o_win` `[N, out_rows, H, D]` (any float dtype), adds `o_win` at the same row (the backward's dq plus the
     window path's). With `merge` (not reverse; NHA's output), p holds the raw slot logits z: the kernel takes the
     merge's slot probabilities and the window's share a_t from them (`merge.merge_forward`'s arithmetic) and adds
-    `a_t * o_win` (o_win None: no window, a = 0). With `layer_gates` (not reverse), the kernel makes every chunk's x (the write strengths) and G
-    from the layer's gates (`gate_rows.LayerGates`): x and gc are read in steep chunks only, by `read_weights`.
+    `a_t * o_win` (o_win None: no window, a = 0).
     One kernel per chunk and D block of `block_d`: the products with the chunk-start state and, for the in-chunk
     part, with the chunk's y under weights W, which a gentle chunk (`gentle_chunks`; `gentle` the flags, default
     gc's) makes in the same kernel and a steep one takes from `read_weights` (per sub-chunk of `sub` rows, whose
@@ -614,7 +584,8 @@ def slot_read(p, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub:
     BM, BD = _tiles(M, D, block_d)
     if swapped_weights is not None and (not reverse or weights is not None):
         raise ValueError("swapped_weights serve a reverse read that is given no other weights")
-    _check_forward_only(reverse, gentle, merge=merge, layer_gates=layer_gates)
+    if merge is not None and reverse:
+        raise ValueError("merge serves a forward read-out (reverse=False)")
     gentle = _flags(gentle, gc, chunk, None if swapped_weights is None else "swapped_weights")
     w = swapped_weights if swapped_weights is not None else weights
     if w is None:
@@ -630,18 +601,15 @@ def slot_read(p, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub:
     y, *y_map = source_rows(y, E, H)
     h, hs, hd, h_group, h_row, span = _state_args(h, H, M, D)
     lse_win, live, p_rows, scale = _merge_args(merge, gc)
-    g, valid, ends, *g_map = gate_args(layer_gates, gc)
-    slot_read_kernel[grid](p, x, gc, gentle, y, h, hs, hd, w, o, o_win if win else o, lse_win, live, g, valid, ends,
-                           E, H, M, D, h_row, out_rows, out_shift, *y_map, p_rows, *g_map, scale, BT=chunk, BM=BM,
-                           BD=BD, REVERSE=reverse, DOT_PREC=kernel_precision(prec), WIN=win,
-                           W_SWAPPED=swapped_weights is not None, H_GROUP=h_group, SPAN=span,
-                           MERGE=merge is not None, LAYER_GATES=layer_gates is not None, num_warps=num_warps)
+    slot_read_kernel[grid](p, x, gc, gentle, y, h, hs, hd, w, o, o_win if win else o, lse_win, live, E, H, M, D,
+                           h_row, out_rows, out_shift, *y_map, p_rows, scale, BT=chunk, BM=BM, BD=BD, REVERSE=reverse,
+                           DOT_PREC=kernel_precision(prec), WIN=win, W_SWAPPED=swapped_weights is not None,
+                           H_GROUP=h_group, SPAN=span, MERGE=merge is not None, num_warps=num_warps)
     return o
 
 
 def _logits_chunk(q, x, gc, gentle, y, h, chunk: int, prec: str, reverse: bool, block_d: int, num_warps: int,
-                  z: Optional[torch.Tensor] = None, with_z: bool = True, with_a: bool = True,
-                  layer_gates: Optional[LayerGates] = None):
+                  z: Optional[torch.Tensor] = None, with_z: bool = True, with_a: bool = True):
     # slot_logits' per-chunk kernel for a scan with row inputs x `[N, E, H, M]`: z (the whole z of gentle chunks,
     # the chunk-start part of steep ones; added to `z` when given) and A = q . y `[N, E, H, chunk]` of steep chunks
     # (of every chunk without z); each None where not asked for
@@ -655,14 +623,13 @@ def _logits_chunk(q, x, gc, gentle, y, h, chunk: int, prec: str, reverse: bool, 
     (q, *q_map), (y, *y_map) = source_rows(q, E, H), source_rows(y, E, H)
     # an output or input the kernel's WITH_Z / WITH_A leave untouched gets gc in its place (any pointer will do)
     h, hs, hd, h_group, h_row, span = _state_args(h, H, M, D) if with_z else (gc, gc, gc, 1, D, 0)
-    g, valid, ends, *g_map = gate_args(layer_gates, gc)
     logits_chunk_kernel[(E // chunk, N * H)](q, x, gc, gentle if with_z else gc, y, h, hs, hd,
-                                             z if with_z else gc, a_qy if with_a else gc, g, valid, ends, E, H, M, D,
-                                             h_row, *q_map, *y_map, *g_map,
+                                             z if with_z else gc, a_qy if with_a else gc, E, H, M, D, h_row, *q_map,
+                                             *y_map,
                                              BT=chunk, BM=BM, BD=BD, ND=triton.cdiv(D, BD), REVERSE=reverse,
                                              DOT_PREC=kernel_precision(prec), WITH_Z=with_z, WITH_A=with_a,
                                              ACCUMULATE=accumulate, H_GROUP=h_group, SPAN=span,
-                                             LAYER_GATES=layer_gates is not None, num_warps=num_warps)
+                                             num_warps=num_warps)
     return z, a_qy
 
 
@@ -678,7 +645,7 @@ def chunk_products(q, y, gc, chunk: int, prec: str, block_d: int = 0, num_warps:
 def slot_logits(q, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub: int = 16, block_d: int = 0,
                 num_warps: int = 4, intra_warps: int = 4, plus: Optional[tuple] = None,
                 swapped_products: Optional[tuple] = None, keep_products: bool = False,
-                gentle: Optional[torch.Tensor] = None, layer_gates: Optional[LayerGates] = None):
+                gentle: Optional[torch.Tensor] = None):
     """`z_t = S_t q_t`: q `[N, E, H, D]` -> `[N, E, H, M]` float32 (q, x, y and z back to front if `reverse`).
 
     As fla's gated slot attention, per chunk the D-contracted products (q against the chunk-start state and against
@@ -693,8 +660,7 @@ def slot_logits(q, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, su
     the forward's flags flipped): one such A per read-out (two with `plus`), each of the forward read-out of the pair
     swapped (q-role y, y-role q): a reverse read-out's `A[t, j] = q_t . y_j` (j after t) is that A's entry `[j, t]`,
     so the per-chunk kernel skips a steep chunk's q . y products and y's loads (the backward's reverse logits take
-    the forward's and dp's). `layer_gates` (not reverse, no `plus`): the per-chunk kernel makes every chunk's x and G
-    from the layer's gates (`gate_rows.LayerGates`; x and gc are read in steep chunks only)."""
+    the forward's and dp's)."""
     # measured as slot_read: 4 warps for the in-chunk kernel, both kernels 1.25 ms against 1.38 with 2 warps
     # (reverse-type calls: 1.32 against 1.50); paired (`plus`), 2.59 ms at 4 warps against 2.86 at 2, 3.03 at 8 and
     # 2.79 for two calls (gpu_session9_h200.log call 4)
@@ -704,13 +670,9 @@ def slot_logits(q, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, su
         raise ValueError("swapped_products serve a reverse read-out, one per read-out (two with plus)")
     if keep_products and reverse:
         raise ValueError("keep_products keeps a forward read-out's products")
-    _check_forward_only(reverse, gentle, layer_gates=layer_gates)
-    if layer_gates is not None and plus is not None:
-        raise ValueError("layer_gates serve one read-out (no plus)")
     gentle = _flags(gentle, gc, chunk, "swapped_products" if swapped else None)
     args = (gc, gentle)
-    z, a_qy = _logits_chunk(q, x, *args, y, h, chunk, prec, reverse, block_d, num_warps, with_a=not swapped,
-                            layer_gates=layer_gates)
+    z, a_qy = _logits_chunk(q, x, *args, y, h, chunk, prec, reverse, block_d, num_warps, with_a=not swapped)
     a_qy2, x2 = a_qy, x
     if plus is not None:
         q2, x2, y2, h2 = plus

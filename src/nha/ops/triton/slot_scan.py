@@ -23,7 +23,6 @@ from typing import Optional
 
 import torch
 
-from nha.ops.triton.gate_rows import LayerGates
 from nha.ops.triton.gates import reverse_chunk_cumsum
 from nha.ops.triton.merge import WindowMerge
 from nha.ops.triton.scan_states import slot_states, slot_states_pair
@@ -40,38 +39,32 @@ def _initial_state_grad(h0, gc, r0):
     return None if h0 is None else torch.exp(gc[:, 0])[..., None] * r0
 
 
-def forward_states(s, gc, k, v, h0_k, h0_v, chunk: int, prec: str, group: int = 1,
-                   layer_gates: Optional[LayerGates] = None) -> tuple:
+def forward_states(s, gc, k, v, h0_k, h0_v, chunk: int, prec: str, group: int = 1) -> tuple:
     """`(h_k, h_v, S_E of k, S_E of v)`: both passes' chunk-start states (`ChunkStates`, `[N, H / group, NT, M,
     K or V]`) and final states (float32), over states built from (s, g, k) and (s, g, v) (`slot_states_pair`: one
     program per segment of chunks makes both, then a walk over the segments). `gc`: the chunk cumsums of g
-    (computed once for both passes); `group`: GQA's G, one state per key/value head (h0 `[N, H / group, M, K or V]`);
-    `layer_gates`: s and gc made from the layer's gates inside the kernel instead (`gate_rows.LayerGates`).
+    (computed once for both passes); `group`: GQA's G, one state per key/value head (h0 `[N, H / group, M, K or V]`).
     The backward recomputes them the same way."""
-    (h_k, ht_k), (h_v, ht_v) = slot_states_pair(s, gc, k, v, h0_k, h0_v, chunk, prec, group=group,
-                                                layer_gates=layer_gates)
+    (h_k, ht_k), (h_v, ht_v) = slot_states_pair(s, gc, k, v, h0_k, h0_v, chunk, prec, group=group)
     return h_k, h_v, ht_k, ht_v
 
 
-def logits_forward(q, s, gc, k, h, chunk: int, prec: str, gentle=None, layer_gates: Optional[LayerGates] = None):
+def logits_forward(q, s, gc, k, h, chunk: int, prec: str, gentle=None):
     """Pass 1: `z = S_t q_t` over the states h of (s, g, k) (`forward_states`) -> z `[N, E, H, M]` and the in-chunk
     products `q_t . k_j` `[N, E, H, chunk]` (for the backward to keep or drop: its reverse logits reuse them,
     `reverse_scans`). `gentle`: gc's `gentle_chunks` flags (computed when None; every read-out below takes them, so
-    that a reverse one can take another's in-chunk tensors); `layer_gates` as `forward_states`' (then s and gc are
-    read in steep chunks only)."""
-    return slot_logits(q, s, gc, k, h, chunk, prec, keep_products=True, gentle=gentle, layer_gates=layer_gates)
+    that a reverse one can take another's in-chunk tensors)."""
+    return slot_logits(q, s, gc, k, h, chunk, prec, keep_products=True, gentle=gentle)
 
 
-def read_forward(z, s, gc, v, h, chunk: int, prec: str, merge: WindowMerge, o_win, gentle=None,
-                 layer_gates: Optional[LayerGates] = None, **out):
+def read_forward(z, s, gc, v, h, chunk: int, prec: str, merge: WindowMerge, o_win, gentle=None, **out):
     """Pass 2 and NHA's output: `o = a * o_win + S_t^T p_t` over the states h of (s, g, v), the merge's slot
-    probabilities p and window share a made from the raw logits z `[N, E, H, M]` in the read-out (`merge`), -> o
-    `[N, E, H, V]` float32 (or as `out` says: `slot_read`'s dtype and rows) and the read's in-chunk weights
-    `[N, E, H, chunk]` (the backward's dv read reuses them: `reverse_scans`); `gentle` and `layer_gates` as
+    probabilities p and window share a made from the raw logits z `[N, E, H, M]` in the read-out (`merge`; o_win
+    None: no window), -> o `[N, E, H, V]` float32 (or as `out` says: `slot_read`'s dtype and rows) and the read's
+    in-chunk weights `[N, E, H, chunk]` (the backward's dv read reuses them: `reverse_scans`); `gentle` as
     `logits_forward`'s."""
     w = read_weights(z, s, gc, chunk, prec, gentle=gentle, merge=merge)
-    o = slot_read(z, s, gc, v, h, chunk, prec, weights=w, gentle=gentle, merge=merge, o_win=o_win,
-                  layer_gates=layer_gates, **out)
+    o = slot_read(z, s, gc, v, h, chunk, prec, weights=w, gentle=gentle, merge=merge, o_win=o_win, **out)
     return o, w
 
 
