@@ -33,8 +33,9 @@ MERGE = dict(lse_win=F32, live=I8, scale="fp32")
 
 # (kernel, signature, constexprs) as slot_logits / slot_read launch them at M = 64, D = 128; REVERSE is added below.
 # Forward-type calls are the forward's: bf16 chunk states in segments (slot_states_pair: SPAN 32, float32 start
-# states hs and decays hd) and, for slot_read_kernel, NHA's output (the merge and a bf16 window output; its float32
-# output stands for the bf16 one); reverse-type calls float32 states (slot_states), no window epilogue.
+# states hs and decays hd) and, for slot_read_kernel, NHA's output without gradients (the merge inside it and a bf16
+# window output; its float32 output stands for the bf16 one); reverse-type calls float32 states (slot_states), no
+# window epilogue.
 KERNELS = [
     ("read_weights_kernel", dict(p=F32, x=F32, gc=F32, gentle=I8, w=F32, **MERGE, E=I32, H=I32, M=I32),
      dict(BT=64, BC=16, BM=64, LEVELS=4, DOT_PREC="tf32x3")),
@@ -47,8 +48,8 @@ KERNELS = [
                                  **MERGE, E=I32, H=I32, M=I32, D=I32),
      dict(BT=64, BM=64, BD=128, ND=1, DOT_PREC="tf32x3", WITH_Z=True, WITH_A=True)),
     ("slot_read_kernel", dict(p=F32, x=F32, gc=F32, gentle=I8, y=BF16, h="STATES", hs=F32, hd=F32, w=F32, o=F32,
-                              o_win=BF16, **MERGE, E=I32, H=I32, M=I32, D=I32, OUT_ROWS=I32, OUT_SHIFT=I32),
-     dict(BT=64, BM=64, BD=128, DOT_PREC="tf32x3", W_SWAPPED=False)),
+                              a=F32, o_win=BF16, **MERGE, E=I32, H=I32, M=I32, D=I32, OUT_ROWS=I32, OUT_SHIFT=I32),
+     dict(BT=64, BM=64, BD=128, DOT_PREC="tf32x3", SCALED=False, W_SWAPPED=False)),
 ]
 
 

@@ -148,9 +148,8 @@ def test_recomputed_states_give_the_same_gradients(packed, M, gate_scale):
 
 
 def test_recomputing_mode_saves_only_the_logits_of_the_slot_path():
-    # of the per-token per-slot float32 tensors, the forward saves the scan's gates (three) and the slot logits z (the
-    # slot probabilities never reach memory in the forward: its output read-out makes them); save_states=False (the
-    # low-memory mode) keeps only z: the gates and the in-chunk tensors are recomputed in the backward
+    # save_states=False (the low-memory mode) keeps, of the per-token per-slot float32 tensors, only the slot logits z:
+    # the scan's gates (three), the slot probabilities and the in-chunk tensors are recomputed in the backward
     x = make_inputs(1, 140, 4, 2, 16, 16, 8, device=DEVICE, requires_grad=True, seed=4)
 
     def saved(save_states):
@@ -161,8 +160,8 @@ def test_recomputing_mode_saves_only_the_logits_of_the_slot_path():
         return per_slot, sum(sh.numel() * dt.itemsize for dt, sh in shapes)
 
     (kept, full), (kept_low, low) = saved(True), saved(False)
-    assert kept == 4 and kept_low == 1  # g_in, s_in, gc, z -> z
-    assert full - low >= 3 * 140 * 4 * 8 * 4  # at least those three tensors' bytes (the states and weights besides)
+    assert kept == 5 and kept_low == 1  # g_in, s_in, gc, z, p -> z
+    assert full - low >= 4 * 140 * 4 * 8 * 4  # at least those four tensors' bytes (the states and weights besides)
 
 
 def test_window_transients_are_freed_before_the_reverse_scans(monkeypatch):

@@ -214,9 +214,9 @@ def test_gentle_chunks_hold_in_both_scan_directions(reverse_steep):
 
 
 def test_the_output_read_makes_the_merge_itself():
-    # NHA's output read-out takes the raw slot logits z and the window path's lse (`WindowMerge`) and makes the
-    # merge's slot probabilities p and window share a in registers, in its in-chunk weights of steep chunks too: the
-    # same output as `merge_forward`'s p and a in memory (mixed gates: one steep chunk per head of sequence 1; rows
+    # without gradients, NHA's output read-out takes the raw slot logits z and the window path's lse (`WindowMerge`)
+    # and makes the merge's slot probabilities p and window share a in registers, in its in-chunk weights of steep
+    # chunks too: the same output as from `merge_forward`'s p and a in memory (mixed gates: one steep chunk per head of sequence 1; rows
     # past the layer's S; rows whose slots are not live)
     N, S, H, M, D, chunk, E = 2, 100, 2, 40, 9, 64, 128
     g = _gentle_and_steep_gates(N, E, H, M)
@@ -229,12 +229,13 @@ def test_the_output_read_makes_the_merge_itself():
     lse_win, o_win = torch.randn(N, S, H, device=DEVICE), torch.randn(N, S, H, D, device=DEVICE)
     live = (torch.rand(N, S, device=DEVICE) > 0.2).to(torch.int8)
     p, a = merge_forward(z, lse_win, live, 0.5)
-    want = slot_read(p, x, gc, y, h, chunk, "ieee", gentle=flags, o_win=a[:, :S, :, None] * o_win, out_rows=S)
+    want = slot_read(p, x, gc, y, h, chunk, "ieee", gentle=flags, a=a, o_win=o_win, out_rows=S)
     merge = WindowMerge(lse_win, live, 0.5)
     got = slot_read(z, x, gc, y, h, chunk, "ieee", gentle=flags, o_win=o_win, out_rows=S, merge=merge)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="forward read-out"):
-        slot_read(z, x, gc, y, h, chunk, "ieee", reverse=True, merge=merge)
+    for wrong in (dict(reverse=True), dict(a=a)):
+        with pytest.raises(ValueError, match="forward read-out"):
+            slot_read(z, x, gc, y, h, chunk, "ieee", merge=merge, **wrong)
 
 
 @pytest.mark.parametrize("M", [5, 64])

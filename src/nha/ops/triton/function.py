@@ -5,10 +5,11 @@ N sequences, S rows (the extended layout of chunk.py's `_extend`), E scan steps 
 HQ query heads, H key/value heads, G = HQ // H, K/V head dims, M slots.
 
 Forward: window path (banded attention, lse; its output in q's dtype) -> scan gates (`slot_gates`: shift by w,
-masks, GQA) -> both passes' chunk-start states -> slot pass 1 (logits z) -> slot pass 2 with the merge (p and a made
-from z and lse in registers: `WindowMerge`) and the output `o = a * o_win + S^T p` in it. The slot kernels read k and
-v shifted by w and per query head in place (shift.py's `Shifted`): no copies, nothing more saved.
-Backward: the merge's p and a in memory (`merge_forward`) -> pass 2's dp -> merge and output together
+masks, GQA) -> both passes' chunk-start states -> slot pass 1 (logits z) -> merge (p, a; without gradients made
+inside the next read-out from z and lse, never in memory: `WindowMerge`) -> slot pass 2 with the output
+`o = a * o_win + S^T p` in its epilogue. The slot kernels read k and v shifted by w and per query head in place
+(shift.py's `Shifted`): no copies, nothing more saved.
+Backward: pass 2's dp -> merge and output together
 (`merge_backward`: dz, the window path's do and delta, the gate term dz * z + p * dp) -> window path -> pass 1's dq
 (in q's dtype with the window path's dq added in its epilogue) -> both passes' reverse scans side by side
 (`reverse_scans`: ds1 + ds2, dk, dv; in a steep chunk a reverse read-out takes the in-chunk tensors of the forward
@@ -18,9 +19,10 @@ do . v; a gentle chunk's are one product in the read-out itself, and every read-
 reverse cumsum summed over the group and moved back to the layer's rows, in g's dtype). dk and dv leave their
 read-outs at the layer's rows in the input's dtype with the window path's share added when G = 1; with G > 1 one
 pass each sums the group, shifts them back and adds that share (`unshift`). Both passes' chunk-start states, the
-output read's in-chunk weights, the logits' in-chunk products and the scan's gates are saved by the forward
-(`Plan.save_states`); else the backward recomputes them as the forward made them (bit-identical; of the forward's
-own tensors only the window path's output and log-sum-exp, the slot logits and the final slots stay).
+output read's in-chunk weights, the logits' in-chunk products, the scan's gates and the slot probabilities are saved
+by the forward (`Plan.save_states`); else the backward recomputes them as the forward made them (bit-identical; of
+the forward's own tensors only the window path's output and log-sum-exp, the slot logits, the merge weights a and
+the final slots stay).
 """
 from __future__ import annotations
 
@@ -47,8 +49,8 @@ class Plan:
     ends: `[N]` int64 end of each sequence's rows; window: rows of the window path (0: none); shift: the scan's delay
     (w, or past the end for an unbounded window); use_slots: whether the slot path runs at all; group: G;
     length: E; chunk: the scan's chunk; scale: logit scale; prec: slot-scan product precision (slot_chunk.py);
-    save_states: keep both passes' chunk-start states, the forward's in-chunk read weights and q . k products and
-        the scan's gates for the backward instead of recomputing them.
+    save_states: keep both passes' chunk-start states, the forward's in-chunk read weights and q . k products, the
+        scan's gates and the slot probabilities for the backward instead of recomputing them.
     backward: whether gradients were asked for (without them the forward skips what only a backward reads).
     """
 
@@ -116,14 +118,17 @@ class NHAFunction(torch.autograd.Function):
         # a group's query heads hold the same gates: one chunk-start state per key/value head serves them all
         h_k, h_v, ht_k, ht_v = forward_states(s_in, gc, k_in, v_in, h0_k, h0_v, C, prec, group=G)
         z, a_qk = logits_forward(q_in, s_in, gc, k_in, h_k, C, prec, gentle=gentle)
-        # the merge (p, a) happens in the output's read-out: `o = a * o_win + S^T p`
+        # the merge (p, a): in memory for a backward (which reads them: the merge kernel writes them once), else made
+        # in the output's read-out and never stored
+        probs = merge_forward(z, lse_win, plan.live_i8, plan.scale) if plan.backward else None
         o, w_o = read_forward(z, s_in, gc, v_in, h_v, C, prec, WindowMerge(lse_win, plan.live_i8, plan.scale), o_win,
-                              gentle=gentle, dtype=q.dtype, out_rows=S)
+                              probs, gentle=gentle, dtype=q.dtype, out_rows=S)
+        p, a = probs or (None, None)
         states = (*h_k[:3], *h_v[:3])  # both `ChunkStates`' tensors (local, start, decay); ctx.span their span
         ctx.span = h_k.span
         if not plan.save_states:  # the backward recomputes these, as the forward made them
-            states, w_o, a_qk, g_in, s_in, gc = (None,) * 6, None, None, None, None, None
-        ctx.save_for_backward(qw, kw, v, o_win, lse_win, g, q_in, k, g_in, s_in, gc, z, h0_k, h0_v, ht_k, ht_v,
+            states, w_o, a_qk, g_in, s_in, gc, p = (None,) * 6, None, None, None, None, None, None
+        ctx.save_for_backward(qw, kw, v, o_win, lse_win, g, q_in, k, g_in, s_in, gc, z, p, a, h0_k, h0_v, ht_k, ht_v,
                               *states, w_o, a_qk, gentle)
         return o, ht_k, ht_v
 
@@ -171,7 +176,7 @@ def _at_layer_rows(d_in: torch.Tensor, plan: Plan, S: int, G: int, other: Option
 
 def _backward(do, dht_k, dht_v, saved, plan: Plan, shared, span: int):
     """`(dq, dk, dv, dg, dq_win, dk_win, dh0_k, dh0_v)` of the full operator."""
-    (qw, kw, v, o_win, lse_win, g, q_in, k, g_in, s_in, gc, z, h0_k, h0_v, ht_k, ht_v, *states, w_o, a_qk,
+    (qw, kw, v, o_win, lse_win, g, q_in, k, g_in, s_in, gc, z, p, a, h0_k, h0_v, ht_k, ht_v, *states, w_o, a_qk,
      gentle) = saved
     h_k = h_v = None
     if states[0] is not None:
@@ -179,12 +184,9 @@ def _backward(do, dht_k, dht_v, saved, plan: Plan, shared, span: int):
     N, S, HQ = qw.shape[0], qw.shape[1], q_in.shape[2]
     E, C, G, prec = plan.length, plan.chunk, plan.group, plan.prec
     k_in, v_in = shifted(k, plan.shift, E, G), shifted(v, plan.shift, E, G)
-    if gc is None:  # not saved (`save_states=False`): the scan's gates, recomputed
+    if gc is None:  # not saved (`save_states=False`): the scan's gates and the slot probabilities, recomputed
         g_in, s_in, gc, _ = slot_gates(g, plan.valid_i8, plan.ends, plan.shift, G, E, C)
-    # the merge's p and a, which the forward made in its output's read-out, in memory this time (in both modes: the
-    # same arithmetic on the same logits, so the modes' gradients stay equal bit for bit)
-    merge = WindowMerge(lse_win, plan.live_i8, plan.scale)
-    p, a = merge_forward(z, lse_win, plan.live_i8, plan.scale)
+        p, _ = merge_forward(z, lse_win, plan.live_i8, plan.scale)
     if h_k is None:  # and both passes' chunk-start states (freed before the reverse scans)
         h_k, h_v, _, _ = forward_states(s_in, gc, k_in, v_in, h0_k, h0_v, C, prec, group=G)
     do = q_in.new_zeros(N, S, HQ, v.shape[-1]) if do is None else do.contiguous()
@@ -211,7 +213,7 @@ def _backward(do, dht_k, dht_v, saved, plan: Plan, shared, span: int):
     # k and v: the slot path's gradients moved back to the layer's rows, plus the window path's (k's when it shares k);
     # their reads take dq's and the output's in-chunk weights swapped (the latter recomputed as the forward did)
     if w_o is None:
-        w_o = read_weights(z, s_in, gc, C, prec, gentle=gentle, merge=merge)
+        w_o = read_weights(p, s_in, gc, C, prec, gentle=gentle)
     if a_qk is None:  # the forward's in-chunk products q . k, for the reverse logits (recomputed as it made them)
         a_qk = chunk_products(q_in, k_in, gc, C, prec)
     dk_other = dk_w if shared[1] else None

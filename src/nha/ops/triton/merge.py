@@ -6,9 +6,9 @@ Per row, one softmax over the M slot logits `scale * z` (masked while the row's 
 log-sum-exp taken as one more logit: `p` are the slot probabilities, `a = exp(lse_win - lse)` the window's share.
 A row that sees nothing (padding) gets p = 0, a = 0.
 With pi = [p, a] = softmax(u), the gradient is the softmax one: du = pi * (dpi - c), c = <pi, dpi>; the backward
-kernel takes it together with that of the output `o = a * o_win + o_slots`. The forward's merge runs inside the slot
-read-out (`WindowMerge`, `_slot_probs`): p and a never reach memory there; `merge_forward` makes them for the
-backward with the same arithmetic (`_merge`).
+kernel takes it together with that of the output `o = a * o_win + o_slots`. A forward with gradients writes p and a
+with `merge_forward` (its backward reads them); without gradients the merge runs inside the output's slot read-out
+(`WindowMerge`, `_slot_probs`), with the same arithmetic (`_merge`), and p and a never reach memory.
 """
 from __future__ import annotations
 

@@ -70,9 +70,9 @@ def triton_nha(
         save_states: with gradients, keep for the backward the slot scans' chunk-start states (`[N, H, T / 64, M,
             K + V]`, one per key/value head, bf16 for half inputs), two in-chunk tensors of the forward (the output
             read's weights and the logits' q . k products, `[N, T, HQ, 64]` float32 each, written for steep chunks
-            only: `slot_chunk.gentle_chunks`) and the scan's gates (three `[N, T, HQ, M]` float32): faster. False
-            recomputes them all in the backward (the same results, bit for bit): the low-memory mode. Either way the
-            backward makes the slot probabilities again (the forward's output read-out makes them in registers).
+            only: `slot_chunk.gentle_chunks`), the scan's gates (three
+            `[N, T, HQ, M]` float32) and the slot probabilities (one more): faster. False recomputes them all in the
+            backward (the same results, bit for bit): the low-memory mode.
 
     Returns:
         `o` `[B, T, HQ, V]` in the input dtype, and the final `NHAState` (or None).

@@ -230,18 +230,19 @@ def read_weights_kernel(
 
 @triton.jit
 def slot_read_kernel(
-    p, x, gc, gentle, y, h, hs, hd, w, o, o_win, lse_win, live,
+    p, x, gc, gentle, y, h, hs, hd, w, o, a, o_win, lse_win, live,
     E, H, M, D, H_ROW, OUT_ROWS, OUT_SHIFT, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP, P_ROWS, scale,
     BT: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr,
-    REVERSE: tl.constexpr, DOT_PREC: tl.constexpr, WIN: tl.constexpr, W_SWAPPED: tl.constexpr,
+    REVERSE: tl.constexpr, DOT_PREC: tl.constexpr, WIN: tl.constexpr, SCALED: tl.constexpr, W_SWAPPED: tl.constexpr,
     H_GROUP: tl.constexpr = 1, SPAN: tl.constexpr = 0, MERGE: tl.constexpr = False,
 ):
     # o_t = S_t^T p_t for one chunk of BT rows and one D block: the chunk-start state's part plus the in-chunk part
     # W y. A gentle chunk (`gentle_chunks`) makes its W here, (p_t exp(G_t)) . (x_j exp(-G_j)) in one product; a steep
     # one takes read_weights_kernel's (its j <= t part). o_t is stored in o's dtype at row t - OUT_SHIFT of o's
-    # OUT_ROWS (t in storage order; rows outside them are dropped); with WIN, plus o_win at that row. MERGE (NHA's
-    # output, forward only): p holds the raw slot logits, of which the merge's slot probabilities are taken here,
-    # and o_win is scaled by the window's share a_t (`WindowMerge`: lse_win, live of P_ROWS rows, scale).
+    # OUT_ROWS (t in storage order; rows outside them are dropped); with WIN, plus o_win at that row, scaled by a_t if
+    # SCALED (NHA's output). MERGE (NHA's output, forward only): p holds the raw slot logits, of which the merge's
+    # slot probabilities and the window's share a_t are taken here (`WindowMerge`: lse_win, live of P_ROWS rows,
+    # scale).
     # W_SWAPPED (REVERSE only): w holds the forward read's weights of the swapped pair (row input x, state writes p),
     # whose entry [t_c, place of t_r in its chunk] is this read's W[r, c] (slot_read says why). h holds one state
     # per H_GROUP heads (GQA: `slot_states(..., group)`), its rows H_ROW apart (`slot_states_pair`: one of two states
@@ -291,6 +292,8 @@ def slot_read_kernel(
         b_ow = tl.load(o_win + p_out, mask=m_out, other=0.0).to(tl.float32)
         if MERGE:
             b_ow *= b_a[:, None]
+        elif SCALED:
+            b_ow *= tl.load(a + rows * H + i_h)[:, None]
         b_o += b_ow
     tl.store(o + p_out, b_o.to(o.dtype.element_ty), mask=m_out)
 
@@ -555,7 +558,7 @@ def _merge_args(merge: Optional[WindowMerge], other: torch.Tensor) -> tuple:
 
 
 def slot_read(p, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub: int = 16, block_d: int = 0,
-              num_warps: int = 4, intra_warps: int = 2, o_win=None,
+              num_warps: int = 4, intra_warps: int = 2, a=None, o_win=None,
               dtype: torch.dtype = torch.float32, out_rows: Optional[int] = None, out_shift: int = 0,
               swapped_weights: Optional[torch.Tensor] = None, weights: Optional[torch.Tensor] = None,
               gentle: Optional[torch.Tensor] = None, merge: Optional[WindowMerge] = None) -> torch.Tensor:
@@ -563,10 +566,11 @@ def slot_read(p, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub:
     `reverse`): o_t lands at row `t - out_shift` (t in storage order) where that row is in `[0, out_rows)`, default E
     rows and no shift; the scan's k/v gradient moved back to the layer's rows is `out_shift = w`.
 
-    With `o_win` `[N, out_rows, H, D]` (any float dtype), adds `o_win` at the same row (the backward's dq plus the
-    window path's). With `merge` (not reverse; NHA's output), p holds the raw slot logits z: the kernel takes the
-    merge's slot probabilities and the window's share a_t from them (`merge.merge_forward`'s arithmetic) and adds
-    `a_t * o_win` (o_win None: no window, a = 0).
+    With `o_win` `[N, out_rows, H, D]` (any float dtype), adds `o_win` at the same row, or `a_t * o_win` with `a`
+    `[N, E, H]` (not reverse; NHA's output; the backward's dq plus the window path's). With `merge` instead of `a`
+    (not reverse; NHA's output without gradients), p holds the raw slot logits z: the kernel takes the merge's slot
+    probabilities and the window's share a_t from them (`merge.merge_forward`'s arithmetic) and adds `a_t * o_win`
+    (o_win None: no window, a = 0).
     One kernel per chunk and D block of `block_d`: the products with the chunk-start state and, for the in-chunk
     part, with the chunk's y under weights W, which a gentle chunk (`gentle_chunks`; `gentle` the flags, default
     gc's) makes in the same kernel and a steep one takes from `read_weights` (per sub-chunk of `sub` rows, whose
@@ -584,8 +588,8 @@ def slot_read(p, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub:
     BM, BD = _tiles(M, D, block_d)
     if swapped_weights is not None and (not reverse or weights is not None):
         raise ValueError("swapped_weights serve a reverse read that is given no other weights")
-    if merge is not None and reverse:
-        raise ValueError("merge serves a forward read-out (reverse=False)")
+    if merge is not None and (reverse or a is not None):
+        raise ValueError("merge serves a forward read-out (reverse=False) that is given no window share a")
     gentle = _flags(gentle, gc, chunk, None if swapped_weights is None else "swapped_weights")
     w = swapped_weights if swapped_weights is not None else weights
     if w is None:
@@ -601,10 +605,11 @@ def slot_read(p, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub:
     y, *y_map = source_rows(y, E, H)
     h, hs, hd, h_group, h_row, span = _state_args(h, H, M, D)
     lse_win, live, p_rows, scale = _merge_args(merge, gc)
-    slot_read_kernel[grid](p, x, gc, gentle, y, h, hs, hd, w, o, o_win if win else o, lse_win, live, E, H, M, D,
-                           h_row, out_rows, out_shift, *y_map, p_rows, scale, BT=chunk, BM=BM, BD=BD, REVERSE=reverse,
-                           DOT_PREC=kernel_precision(prec), WIN=win, W_SWAPPED=swapped_weights is not None,
-                           H_GROUP=h_group, SPAN=span, MERGE=merge is not None, num_warps=num_warps)
+    slot_read_kernel[grid](p, x, gc, gentle, y, h, hs, hd, w, o, a if a is not None else o, o_win if win else o,
+                           lse_win, live, E, H, M, D, h_row, out_rows, out_shift, *y_map, p_rows, scale, BT=chunk,
+                           BM=BM, BD=BD, REVERSE=reverse, DOT_PREC=kernel_precision(prec), WIN=win,
+                           SCALED=a is not None, W_SWAPPED=swapped_weights is not None, H_GROUP=h_group, SPAN=span,
+                           MERGE=merge is not None, num_warps=num_warps)
     return o
 
 

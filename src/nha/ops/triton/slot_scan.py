@@ -57,15 +57,20 @@ def logits_forward(q, s, gc, k, h, chunk: int, prec: str, gentle=None):
     return slot_logits(q, s, gc, k, h, chunk, prec, keep_products=True, gentle=gentle)
 
 
-def read_forward(z, s, gc, v, h, chunk: int, prec: str, merge: WindowMerge, o_win, gentle=None, **out):
-    """Pass 2 and NHA's output: `o = a * o_win + S_t^T p_t` over the states h of (s, g, v), the merge's slot
-    probabilities p and window share a made from the raw logits z `[N, E, H, M]` in the read-out (`merge`; o_win
-    None: no window), -> o `[N, E, H, V]` float32 (or as `out` says: `slot_read`'s dtype and rows) and the read's
-    in-chunk weights `[N, E, H, chunk]` (the backward's dv read reuses them: `reverse_scans`); `gentle` as
-    `logits_forward`'s."""
+def read_forward(z, s, gc, v, h, chunk: int, prec: str, merge: WindowMerge, o_win, probs: Optional[tuple] = None,
+                 gentle=None, **out):
+    """Pass 2 and NHA's output: `o = a * o_win + S_t^T p_t` over the states h of (s, g, v) -> o `[N, E, H, V]`
+    float32 (or as `out` says: `slot_read`'s dtype and rows) and the read's in-chunk weights `[N, E, H, chunk]` (the
+    backward's dv read reuses them: `reverse_scans`); `gentle` as `logits_forward`'s; o_win None: no window.
+    The merge's slot probabilities p and window share a: `probs` = (p, a) from `merge_forward` (a forward with
+    gradients, whose backward reads them), or None: made from the raw logits z `[N, E, H, M]` inside the read-out
+    (`merge`), never in memory."""
+    if probs is not None:
+        w = read_weights(probs[0], s, gc, chunk, prec, gentle=gentle)
+        return slot_read(probs[0], s, gc, v, h, chunk, prec, weights=w, gentle=gentle, a=probs[1], o_win=o_win,
+                         **out), w
     w = read_weights(z, s, gc, chunk, prec, gentle=gentle, merge=merge)
-    o = slot_read(z, s, gc, v, h, chunk, prec, weights=w, gentle=gentle, merge=merge, o_win=o_win, **out)
-    return o, w
+    return slot_read(z, s, gc, v, h, chunk, prec, weights=w, gentle=gentle, merge=merge, o_win=o_win, **out), w
 
 
 def read_dp(do, s, gc, v, h, chunk: int, prec: str, gentle=None):
