@@ -45,6 +45,17 @@ def _decayed_rows(x, gc, i_n, i_t, x_h, XH, E, M, o_m, m_m, live, BT: tl.constex
 
 
 @triton.jit
+def _state_program(E, H, M, BT: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, X_GROUP: tl.constexpr):
+    # a state kernel's program (grid: D blocks, chunks or segments, N * H): its D block, chunk or segment, sequence,
+    # state head, x's heads and this head's among them (X_GROUP as chunk_sums_kernel's), NT chunks, slot and column
+    # offsets, slot mask
+    i_d, i_c, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
+    o_m = tl.arange(0, BM)
+    return (i_d, i_c, i_n, i_h, H * X_GROUP, i_h * X_GROUP, E // BT, o_m, i_d * BD + tl.arange(0, BD), o_m < M)
+
+
+@triton.jit
 def chunk_sums_kernel(
     x, gc, y, h,
     E, H, M, D, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP,
@@ -55,13 +66,7 @@ def chunk_sums_kernel(
     # (chunks are independent: every chunk of every (sequence, head) in parallel); written where its state will go.
     # H state heads; x and gc have H * X_GROUP heads, of which state head i reads head i * X_GROUP (GQA: a group's
     # query heads hold the same gates, so one state serves them all)
-    i_d, i_t, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
-    XH, x_h = H * X_GROUP, i_h * X_GROUP
-    NT = E // BT
-    o_m = tl.arange(0, BM)
-    o_d = i_d * BD + tl.arange(0, BD)
-    m_m = o_m < M
+    i_d, i_t, i_n, i_h, XH, x_h, NT, o_m, o_d, m_m = _state_program(E, H, M, BT, BM, BD, X_GROUP)
     t, b_xw, _ = _decayed_rows(x, gc, i_n, i_t, x_h, XH, E, M, o_m, m_m, i_t < NT, BT, REVERSE)
     p_row = ((i_n * H + i_h) * NT + i_t) * M * D + o_m * D
     b_s = _decayed_sum(b_xw, y, t, i_n, i_h, o_d, D, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP, DOT_PREC)
@@ -139,15 +144,9 @@ def segment_states_kernel(
     # sums in tot `[N, H, NS, M, D + D2]` float32 and its log decay in lg `[N, NS, H, M]` (state_scan_kernel's gates
     # of one-row chunks, for the walk over segments). h's and tot's rows hold both states, `[D | D2]`; X_GROUP as
     # chunk_sums_kernel's.
-    i_d, i_s, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
-    XH, x_h = H * X_GROUP, i_h * X_GROUP
-    NT = E // BT
+    i_d, i_s, i_n, i_h, XH, x_h, NT, o_m, o_d, m_m = _state_program(E, H, M, BT, BM, BD, X_GROUP)
     NS = tl.cdiv(NT, SPAN)
     HR = D + D2
-    o_m = tl.arange(0, BM)
-    o_d = i_d * BD + tl.arange(0, BD)
-    m_m = o_m < M
     m_1, m_2 = m_m[:, None] & (o_d < D)[None, :], m_m[:, None] & (o_d < D2)[None, :]
     b_h = tl.zeros([BM, BD], dtype=tl.float32)
     b_h2 = tl.zeros([BM, BD], dtype=tl.float32)

@@ -65,12 +65,9 @@ def read_forward(z, s, gc, v, h, chunk: int, prec: str, merge: WindowMerge, o_wi
     The merge's slot probabilities p and window share a: `probs` = (p, a) from `merge_forward` (a forward with
     gradients, whose backward reads them), or None: made from the raw logits z `[N, E, H, M]` inside the read-out
     (`merge`), never in memory."""
-    if probs is not None:
-        w = read_weights(probs[0], s, gc, chunk, prec, gentle=gentle)
-        return slot_read(probs[0], s, gc, v, h, chunk, prec, weights=w, gentle=gentle, a=probs[1], o_win=o_win,
-                         **out), w
-    w = read_weights(z, s, gc, chunk, prec, gentle=gentle, merge=merge)
-    return slot_read(z, s, gc, v, h, chunk, prec, weights=w, gentle=gentle, merge=merge, o_win=o_win, **out), w
+    p, a, merge = (z, None, merge) if probs is None else (*probs, None)
+    w = read_weights(p, s, gc, chunk, prec, gentle=gentle, merge=merge)
+    return slot_read(p, s, gc, v, h, chunk, prec, weights=w, gentle=gentle, a=a, merge=merge, o_win=o_win, **out), w
 
 
 def read_dp(do, s, gc, v, h, chunk: int, prec: str, gentle=None):
