@@ -125,7 +125,11 @@ def test_a_forward_without_gradients_skips_the_scan_gates(monkeypatch):
     with torch.no_grad():
         o_no_grad, _ = triton_nha(x["q"], x["k"], x["v"], x["g"], 6)
     assert asked == [True, False]
-    assert torch.equal(o.detach(), o_no_grad)
+    # the same arithmetic in two places: with gradients the merge kernel makes p and a, without them the output
+    # read-out does (`WindowMerge`); the interpreter sums in the same order (equal bit for bit), a GPU's layouts may
+    # not (float32 rounding)
+    tol = 0 if common.INTERPRETER else 1e-6
+    torch.testing.assert_close(o.detach(), o_no_grad, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("M,gate_scale", [(4, 3.0), (40, 4.0)], ids=["steep", "mixed"])
