@@ -132,6 +132,37 @@ def test_a_forward_without_gradients_skips_the_scan_gates(monkeypatch):
     torch.testing.assert_close(o.detach(), o_no_grad, rtol=tol, atol=tol)
 
 
+def test_a_bf16_prefill_keeps_half_write_strengths(monkeypatch):
+    # without gradients, bf16 inputs get "bf16" slot products (`slot_chunk.dot_precision`), so the write strengths
+    # s = 1 - exp(g) are stored in bf16 (half the bytes every slot kernel reads); with gradients they stay float32
+    # (the gate gradient needs them). Gentle and steep chunks (M = 40, steep gates), packed sequences; w = 0, as the
+    # interpreter's bf16 products make the window kernel's output meaningless (on a GPU, test_gpu_long_forward holds
+    # the bf16 prefill with a window to 5e-3)
+    from nha.ops.triton import function  # noqa: PLC0415
+
+    dtypes = []
+
+    def spy(*args, **kwargs):
+        result = slot_gates(*args, **kwargs)
+        dtypes.append(result[1].dtype)
+        return result
+
+    slot_gates = function.slot_gates
+    monkeypatch.setattr(function, "slot_gates", spy)
+    x = make_inputs(1, 140, 2, 1, 16, 16, 40, device=DEVICE, dtype=torch.bfloat16, gate_scale=4.0, seed=3,
+                    requires_grad=True)
+    cu = torch.tensor([0, 75, 140], device=DEVICE)
+    args = (x["q"], x["k"], x["v"], x["g"], 0)
+    with torch.no_grad():
+        o, _ = triton_nha(*args, cu_seqlens=cu)
+        ref, _ = chunk_nha(*(t.float() for t in args[:4]), 0, cu_seqlens=cu)
+    triton_nha(*args, cu_seqlens=cu)
+    assert dtypes == [torch.bfloat16, torch.float32] and o.dtype == torch.bfloat16
+    # the GPU tests' bf16 tolerance, twice over under the interpreter, whose bf16 conversions truncate (a bias the
+    # GPU's round-to-nearest does not have: ~6e-3 here)
+    assert rel_rmse(o, ref) < (1e-2 if common.INTERPRETER else 5e-3)
+
+
 @pytest.mark.parametrize("M,gate_scale", [(4, 3.0), (40, 4.0)], ids=["steep", "mixed"])
 @pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
 def test_recomputed_states_give_the_same_gradients(packed, M, gate_scale):

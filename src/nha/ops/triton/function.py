@@ -5,7 +5,7 @@ N sequences, S rows (the extended layout of chunk.py's `_extend`), E scan steps 
 HQ query heads, H key/value heads, G = HQ // H, K/V head dims, M slots.
 
 Forward: window path (banded attention, lse; its output in q's dtype) -> scan gates (`slot_gates`: shift by w,
-masks, GQA) -> both passes' chunk-start states -> slot pass 1 (logits z) -> merge (p, a; without gradients made
+masks, GQA; the write strengths in bf16 for a prefill of bf16 inputs) -> both passes' chunk-start states -> slot pass 1 (logits z) -> merge (p, a; without gradients made
 inside the next read-out from z and lse, never in memory: `WindowMerge`) -> slot pass 2 with the output
 `o = a * o_win + S^T p` in its epilogue. The slot kernels read k and v shifted by w and per query head in place
 (shift.py's `Shifted`): no copies, nothing more saved.
@@ -112,7 +112,11 @@ class NHAFunction(torch.autograd.Function):
         E, C, G, prec = plan.length, plan.chunk, plan.group, plan.prec
         # with `gentle`, which chunks' in-chunk read-outs take one product each (every read-out of both scan
         # directions takes these flags: slot_chunk.gentle_chunks)
-        g_in, s_in, gc, gentle = slot_gates(g, plan.valid_i8, plan.ends, plan.shift, G, E, C, with_g_in=plan.backward)
+        # a prefill of bf16 inputs rounds every slot-kernel operand to bf16 ("bf16" products): its write strengths
+        # are stored so, half the bytes of the row input that all its slot kernels read
+        s_dtype = torch.bfloat16 if prec == "bf16" else torch.float32
+        g_in, s_in, gc, gentle = slot_gates(g, plan.valid_i8, plan.ends, plan.shift, G, E, C, with_g_in=plan.backward,
+                                            s_dtype=s_dtype)
         k_in, v_in = shifted(k, plan.shift, E, G), shifted(v, plan.shift, E, G)
         q_in = pad_time(q, E).contiguous()
         # a group's query heads hold the same gates: one chunk-start state per key/value head serves them all

@@ -65,7 +65,7 @@ def slot_gates_kernel(g, valid, ends, g_in, s_in, gc, gentle, S, E, H, HQ, M, SH
     p = ((i_n * E + o_t.to(tl.int64))[:, None] * HQ + i_hq) * M + o_m[None, :]
     if STORE_G:
         tl.store(g_in + p, b_g, mask=m_m[None, :])
-    tl.store(s_in + p, _neg_expm1(b_g), mask=m_m[None, :])
+    tl.store(s_in + p, _neg_expm1(b_g).to(s_in.dtype.element_ty), mask=m_m[None, :])
     b_gc = tl.cumsum(b_g, axis=0)
     tl.store(gc + p, b_gc, mask=m_m[None, :])
     # the next chunk's first gate (0 after the last chunk: the flipped scan's g'_0), from a block of its rows
@@ -188,7 +188,8 @@ def reverse_chunk_cumsum(g: torch.Tensor, chunk: int) -> torch.Tensor:
     return gcr
 
 
-def slot_gates(g, valid_i8, ends, shift: int, group: int, length: int, chunk: int, with_g_in: bool = True):
+def slot_gates(g, valid_i8, ends, shift: int, group: int, length: int, chunk: int, with_g_in: bool = True,
+               s_dtype: torch.dtype = torch.float32):
     """The slot scan's gates from the layer's: step t of query head hq absorbs row `t - shift` of key/value head
     `hq // group`, clamped at MIN_LOG_GATE, while it is a valid row and t < `ends[n]`; 0 (an identity step) elsewhere.
 
@@ -197,15 +198,19 @@ def slot_gates(g, valid_i8, ends, shift: int, group: int, length: int, chunk: in
         shift: the window w (rows enter the slots w steps late); group: G; length: E, a multiple of `chunk`.
         with_g_in: return g_in (only the backward needs it; a forward without gradients skips its 4 bytes per
             element and slot).
+        s_dtype: s_in's dtype: float32 (the backward's gate gradient needs it), or bfloat16 for a prefill of bf16
+            inputs (half the bytes of the slot kernels' row input; `slot_chunk.dot_precision`'s "bf16" rounds it to
+            bf16 in every product anyway).
 
     Returns:
         `(g_in, s_in, gc, gentle)`: `[N, E, H * G, M]` float32 the gates (None without `with_g_in`), the write
-        strengths `1 - exp(g_in)` and the chunk cumsums of g_in; `[N, E / chunk, H * G]` int8 the chunks'
+        strengths `1 - exp(g_in)` (in `s_dtype`) and the chunk cumsums of g_in; `[N, E / chunk, H * G]` int8 the chunks'
         `slot_chunk.gentle_chunks(gc, chunk)` flags (the same arithmetic, the same flags).
     """
     N, S, H, M = g.shape
     HQ = H * group
-    s_in, gc = (new_output(N, length, HQ, M, device=g.device) for _ in range(2))
+    s_in = new_output(N, length, HQ, M, dtype=s_dtype, device=g.device)
+    gc = new_output(N, length, HQ, M, device=g.device)
     g_in = new_output(N, length, HQ, M, device=g.device) if with_g_in else None
     gentle = new_output(N, length // chunk, HQ, dtype=torch.int8, device=g.device)
     slot_gates_kernel[(length // chunk, N * HQ)](g, valid_i8, ends, s_in if g_in is None else g_in, s_in, gc, gentle,

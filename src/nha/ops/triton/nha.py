@@ -117,9 +117,8 @@ def triton_nha(
         length=-(-E // CHUNK) * CHUNK,
         chunk=CHUNK,
         scale=scale,
-        # without gradients, a float32 x float32 product is one tf32 product instead of three bf16 ones (the
-        # forward's outputs stay well inside half precision; the gradients, the gate's above all, need tf32x3)
-        prec="tf32" if not grads and q.dtype != torch.float32 else dot_precision(q.dtype),
+        # without gradients, one half-precision product where a backward needs tf32x3's near-float32 ones
+        prec=dot_precision(q.dtype, grads),
         save_states=save_states and grads,
         backward=grads,
     )

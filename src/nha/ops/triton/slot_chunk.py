@@ -76,9 +76,12 @@ def _mm(a, b, PREC: tl.constexpr):
     # on bf16 tensor cores, more exact than one tf32 product and faster (it widens the bf16 operand: twice the
     # registers at half the rate; H200, a prefill at 64k tokens x 16 heads: slot_read 1.02 ms in tf32, 0.59 split).
     # With "tf32x3", float32 x float32 is three bf16 products (hi*hi + hi*lo + lo*hi) instead of three tf32 ones;
+    # with "bf16" (a prefill of bf16 inputs: `dot_precision`) every operand is rounded to bf16 once, one product;
     # anything else runs in PREC on float32 copies (with "tf32", float32 x float32 is one tf32 product).
     if PREC == "ieee":
         c = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    elif PREC == "bf16":
+        c = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
     elif (a.dtype == tl.bfloat16 or a.dtype == tl.float16) and a.dtype == b.dtype:
         c = tl.dot(a, b)
     elif (PREC == "tf32x3" or PREC == "tf32") and a.dtype == tl.bfloat16 and b.dtype == tl.float32:
@@ -481,11 +484,22 @@ def _levels(sub: int) -> int:
     return sub.bit_length() - 1
 
 
-def dot_precision(dtype: torch.dtype) -> str:
-    """float32 inputs get exact float32 products; half inputs get tf32x3 (near float32: see `_mm`, which runs
-    half x half products natively and splits a float32 operand against a bfloat16 one into two bfloat16 parts):
-    plain tf32 put the gate gradient (a reverse cumsum over the whole sequence) at ~6e-3 relative error in bf16."""
-    return "ieee" if dtype == torch.float32 else "tf32x3"
+def dot_precision(dtype: torch.dtype, grads: bool = True) -> str:
+    """The slot kernels' product precision (`_mm`) for inputs of `dtype`. float32 inputs get exact float32 products.
+    With gradients, half inputs get tf32x3 (near float32: half x half products run natively, a float32 operand
+    against a bfloat16 one is split into two bfloat16 parts): plain tf32 put the gate gradient (a reverse cumsum over
+    the whole sequence) at ~6e-3 relative error in bf16. Without gradients (a prefill), whose outputs only need to
+    stay well inside half precision, bf16 inputs get "bf16" (every float32 operand rounded to bf16 once: one product
+    each) and fp16 inputs "tf32" (a float32 x float32 product is one tf32 product). A bf16 prefill also stores the
+    write strengths in bf16 (`gates.slot_gates`' s_dtype): H200, 64k tokens x 16 heads, M = 64, D = 128, the forward
+    scans' states, the logits and the output read with the merge take 0.70 + 0.45 + 0.69 ms against 0.79 + 0.60 +
+    0.88 with "tf32" and float32 write strengths; "bf16" on float32 ones made the read slower (1.03 ms;
+    benchmarks/results/ab_prefill_kernels_session17_call3_h200.log)."""
+    if dtype == torch.float32:
+        return "ieee"
+    if grads:
+        return "tf32x3"
+    return "bf16" if dtype == torch.bfloat16 else "tf32"
 
 
 def source_rows(y, E: int, H: int) -> tuple:
