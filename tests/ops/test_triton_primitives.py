@@ -69,6 +69,15 @@ def test_slot_gates_and_their_gradient(shift, group, with_final, S):
     none, s_only, gc_only, gentle_only = slot_gates(g.detach(), valid.to(torch.int8), ends, shift, group, length,
                                                     chunk, with_g_in=False)
     assert none is None and torch.equal(s_only, s_in) and torch.equal(gc_only, gc) and torch.equal(gentle_only, gentle)
+    # a bf16 prefill's write strengths: the float32 ones rounded to bf16 (to nearest on a GPU, as torch does; the
+    # interpreter's conversion truncates: within one bf16 unit in the last place, at most 2^-7 of the value)
+    _, s_half, gc_half, gentle_half = slot_gates(g.detach(), valid.to(torch.int8), ends, shift, group, length, chunk,
+                                                 with_g_in=False, s_dtype=torch.bfloat16)
+    assert s_half.dtype == torch.bfloat16 and torch.equal(gc_half, gc) and torch.equal(gentle_half, gentle)
+    if common.INTERPRETER:
+        torch.testing.assert_close(s_half.float(), s_in, rtol=2.0 ** -7, atol=0)
+    else:
+        assert torch.equal(s_half, s_in.bfloat16())
     # what both slot passes pass back: to the chunk cumsums G through dG = dz z + p dp - s (ds1 + ds2) (plus the final
     # states' term at the last step), and to s = 1 - exp(g_in) through ds1 + ds2
     dz, z, p, dp, ds1, ds2 = (torch.randn_like(g_in) for _ in range(6))

@@ -72,7 +72,10 @@ def slot_gates_kernel(g, valid, ends, g_in, s_in, gc, gentle, S, E, H, HQ, M, SH
     b_after = _scan_gates(g, valid, ends, o_t + BT, i_n, i_h, o_m, m_m & (i_t * BT + BT < E), S, H, M, SHIFT)
     after = tl.sum(tl.where(o_i[:, None] == 0, b_after, 0.0), axis=0)
     first = tl.sum(tl.where(o_i[:, None] == 0, b_g, 0.0), axis=0)
-    last = tl.sum(tl.where(o_i[:, None] == BT - 1, b_gc, 0.0), axis=0)
+    # the chunk's total as the sum of its gates, not the cumsum's last row: with s stored in bf16 the compiler would
+    # run the cumsum a second time in the bf16 store's layout for that row (H200, 64k x 16 heads: 0.45 -> 0.40 ms;
+    # benchmarks/results/ab_prefill_kernels_session17_call5_h200.log)
+    last = tl.sum(b_g, axis=0)
     fall = tl.maximum(-last, first - last - after)
     flag = (tl.max(tl.where(m_m, fall, 0.0), axis=0) < GENTLE_SPAN) & (BM >= FUSED_SLOTS)
     tl.store(gentle + (i_n * (E // BT) + i_t) * HQ + i_hq, flag.to(tl.int8))
@@ -205,7 +208,7 @@ def slot_gates(g, valid_i8, ends, shift: int, group: int, length: int, chunk: in
     Returns:
         `(g_in, s_in, gc, gentle)`: `[N, E, H * G, M]` float32 the gates (None without `with_g_in`), the write
         strengths `1 - exp(g_in)` (in `s_dtype`) and the chunk cumsums of g_in; `[N, E / chunk, H * G]` int8 the chunks'
-        `slot_chunk.gentle_chunks(gc, chunk)` flags (the same arithmetic, the same flags).
+        `slot_chunk.gentle_chunks(gc, chunk)` flags (the same test, each chunk's total summed in another order).
     """
     N, S, H, M = g.shape
     HQ = H * group

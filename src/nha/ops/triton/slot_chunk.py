@@ -520,7 +520,7 @@ def gentle_chunks(gc: torch.Tensor, chunk: int) -> torch.Tensor:
     scans take the forward's flags flipped (`flags.flip(1)`), so that a reverse read-out can take the in-chunk
     tensors a forward one left for the same steep chunks: hence both directions here. A chunk of the flipped scan
     (gates g'_u = g_(E-u), g'_0 = 0: `reverse_chunk_cumsum`) holds the chunk's gates but its first, and the next
-    chunk's first (none after the last). `slot_gates` writes the same flags with the same arithmetic."""
+    chunk's first (none after the last). `slot_gates` writes the same flags by the same test."""
     N, E, H, M = gc.shape
     if block(M) < FUSED_SLOTS.value:
         return torch.zeros(N, E // chunk, H, dtype=torch.int8, device=gc.device)
