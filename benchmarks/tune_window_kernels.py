@@ -2,9 +2,11 @@
 
 N sequences, E time, H heads, D head dim, w window. Times `window_backward` with triton.testing.do_bench for a grid of
 query/key blocks and warps for one of its two kernels at a time (dk/dv per key block, dq per query block; the other
-at its default), and the forward's tiles, so the launch defaults in window_attn.py are measured choices.
+at its default), and the forward's tiles (its output in bf16, as the operator asks for it), so the launch defaults in
+window_attn.py are measured choices. `maxnreg` caps the registers per thread (more programs per SM, or spills).
 
     PYTHONPATH=src python benchmarks/tune_window_kernels.py [--tokens 65536] [--heads 16] [--window 64 512]
+        [--forward-only]
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ def main() -> None:
     p.add_argument("--heads", type=int, default=16)
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--window", type=int, nargs="+", default=[64, 512])
+    p.add_argument("--forward-only", action="store_true", help="sweep the forward's tiles only")
     args = p.parse_args()
     N, E, H, D = 1, args.tokens, args.heads, args.dim
     rnd = lambda *s: torch.randn(*s, device="cuda", dtype=torch.bfloat16)  # noqa: E731
@@ -33,13 +36,17 @@ def main() -> None:
     for w in args.window:
         o, lse = window_forward(q, k, v, valid, w, scale)
         delta = (do.float() * o).sum(-1)
-        for BM, BN, warps in [(64, 64, 4), (64, 32, 4), (64, 64, 8), (128, 64, 8), (128, 32, 8), (32, 32, 4)]:
-            tiles = dict(BM=BM, BN=BN, num_warps=warps)
+        for BM, BN, warps, regs in [(64, 64, 4, None), (64, 32, 4, None), (64, 64, 8, None), (128, 64, 8, None),
+                                    (128, 32, 8, None), (32, 32, 4, None), (64, 32, 4, 168), (64, 32, 4, 128),
+                                    (64, 64, 4, 168), (128, 64, 8, 128)]:
+            tiles = dict(BM=BM, BN=BN, num_warps=warps, **({} if regs is None else {"maxnreg": regs}))
             try:
-                print(f"w={w} {tiles}: forward {ms(lambda: window_forward(q, k, v, valid, w, scale, tiles)):.3f} ms",
-                      flush=True)
+                t = ms(lambda: window_forward(q, k, v, valid, w, scale, tiles, dtype=torch.bfloat16))
+                print(f"w={w} {tiles}: forward {t:.3f} ms", flush=True)
             except Exception as e:  # an out-of-resources tile is a result too
                 print(f"w={w} {tiles}: forward failed {type(e).__name__}: {str(e)[:100]}")
+        if args.forward_only:
+            continue
         for BM, BN, warps in [(64, 64, 4), (64, 64, 8), (32, 64, 4), (32, 64, 8), (16, 64, 4), (64, 32, 4),
                               (32, 128, 8), (64, 128, 8)]:
             tiles = dict(BM=BM, BN=BN, num_warps=warps)

@@ -623,8 +623,16 @@ def slot_read(p, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub:
                            lse_win, live, E, H, M, D, h_row, out_rows, out_shift, *y_map, p_rows, scale, BT=chunk,
                            BM=BM, BD=BD, REVERSE=reverse, DOT_PREC=kernel_precision(prec), WIN=win,
                            SCALED=a is not None, W_SWAPPED=swapped_weights is not None, H_GROUP=h_group, SPAN=span,
-                           MERGE=merge is not None, num_warps=num_warps)
+                           MERGE=merge is not None, num_warps=num_warps, **_read_registers(prec, BM))
     return o
+
+
+def _read_registers(prec: str, BM: int) -> dict:
+    # slot_read_kernel's register cap: with "bf16" products (a prefill) and at most 64 slots it needs ~197 registers
+    # per thread, and a cap of 168 fits three programs of 4 warps per SM instead of two. H200, 64k tokens x 16 heads,
+    # M = 64, D = 128, the output read with the merge (benchmarks/results/ab_prefill_kernels_session17_call6_h200.log):
+    # 0.687 -> 0.606 ms (a cap of 128 spills: 0.849). Near-float32 products need ~250 (no cap: it would spill)
+    return {"maxnreg": 168} if prec == "bf16" and BM <= 64 else {}
 
 
 def _logits_chunk(q, x, gc, gentle, y, h, chunk: int, prec: str, reverse: bool, block_d: int, num_warps: int,

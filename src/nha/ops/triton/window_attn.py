@@ -174,6 +174,15 @@ def _query_block_config(K: int, V: int, dtype: torch.dtype, interpret: bool) -> 
     return {**cfg, "BN": 32} if cfg["BM"] == 64 else cfg
 
 
+def _forward_config(K: int, V: int, dtype: torch.dtype, interpret: bool) -> dict:
+    # the forward's blocks (`_query_block_config`), with 64-row ones capped at 168 registers per thread: three
+    # programs of 4 warps per SM instead of two at its 173. H200, 64k tokens x 16 heads, D = 128, bf16 output
+    # (benchmarks/results/tune_window_session17_call6_h200.log): 0.468 -> 0.399 ms at w = 64, 1.307 -> 1.171 at
+    # w = 512 (a cap of 128 spills: 0.460 / 1.333)
+    cfg = _query_block_config(K, V, dtype, interpret)
+    return {**cfg, "maxnreg": 168} if cfg["BM"] == 64 else cfg
+
+
 def _backward_configs(K: int, V: int, dtype: torch.dtype, window: int, interpret: bool) -> tuple[dict, dict]:
     # (dk/dv kernel, dq kernel). The dq kernel walks keys as the forward does (`_query_block_config`). Where the
     # blocks are 64 rows, the dk/dv kernel walks the band's queries 16 at a time for windows up to 64 and 32 at a time
@@ -197,7 +206,7 @@ def window_forward(q, k, v, valid_i8, window: int, scale: float, tiles: Optional
     float32; `tiles` overrides the launch (BM, BN, num_warps; for tuning)."""
     N, E, HQ, K = q.shape
     H, V = k.shape[2], v.shape[3]
-    cfg = {**_query_block_config(K, V, q.dtype, not q.is_cuda), **(tiles or {})}
+    cfg = {**_forward_config(K, V, q.dtype, not q.is_cuda), **(tiles or {})}
     o = new_output(N, E, HQ, V, dtype=dtype, device=q.device)
     lse = new_output(N, E, HQ, device=q.device)
     grid = (triton.cdiv(E, cfg["BM"]), N * HQ)
