@@ -17,23 +17,16 @@ triton.testing.do_bench.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 
 import torch
 import triton
 
 from nha.ops.triton import gates, scan_states, slot_chunk
 from nha.ops.triton.merge import WindowMerge
-from scan_inputs import scan_inputs
+from scan_inputs import load_copy, scan_inputs
 
 CHUNK = 64
 
-
-def _load(path: str, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def main() -> None:
@@ -65,8 +58,8 @@ def main() -> None:
                              num_warps=opt.get("states_warps", 4))
         logits_launch = dict(block_d=opt.get("logits_bd", 0), num_warps=opt.get("logits_warps", 4))
         read_launch = dict(block_d=opt.get("read_bd", 0), num_warps=opt.get("read_warps", 4))
-        mod = slot_chunk if path == "this" else _load(path, f"slot_chunk_{i}")
-        gates_mod = gates if gates_path == "this" else _load(gates_path, f"gates_{i}")
+        mod = slot_chunk if path == "this" else load_copy(path, f"slot_chunk_{i}")
+        gates_mod = gates if gates_path == "this" else load_copy(gates_path, f"gates_{i}")
         s = s32.to(getattr(torch, xdtype))
         (h_k, _), (h_v, _) = scan_states.slot_states_pair(s, gc, k, v, None, None, CHUNK, prec, **states_launch)
         h_k, h_v = (mod.ChunkStates(*h) for h in (h_k, h_v))  # a copy's read-outs check for their own class

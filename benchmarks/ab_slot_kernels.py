@@ -13,7 +13,6 @@ baselines (SDPA, fla) measured in the same run is `bench_gpu_ops.py`; this scrip
 from __future__ import annotations
 
 import argparse
-import importlib.util
 
 import torch
 import torch.nn.functional as F
@@ -21,16 +20,10 @@ import triton
 
 from nha.ops.triton import scan_states, slot_chunk, triton_nha
 from nha.ops.triton.gates import reverse_chunk_cumsum, slot_gates_grad
-from scan_inputs import scan_inputs
+from scan_inputs import load_copy, scan_inputs
 
 CHUNK = 64
 
-
-def _load(path: str, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def main() -> None:
@@ -44,7 +37,7 @@ def main() -> None:
     g, s, gc, y, q, p_, r = (x[n] for n in ("g", "s", "gc", "y", "q", "p", "r"))
     ms = lambda f: triton.testing.do_bench(f, warmup=10, rep=40, return_mode="median")  # noqa: E731
     print(f"card: {torch.cuda.get_device_name(0)}; E={E}, H={H}, M={M}, D={D}, median ms (triton do_bench)")
-    trees = [(path, _load(path, f"old_slot_chunk_{i}")) for i, path in enumerate(args.old)]
+    trees = [(path, load_copy(path, f"old_slot_chunk_{i}")) for i, path in enumerate(args.old)]
     for name, mod in trees + [("this checkout", slot_chunk)]:
         # a file of before scan_states.py holds its own slot_states; a later one's come from this checkout's
         slot_states = getattr(mod, "slot_states", scan_states.slot_states)

@@ -14,7 +14,6 @@ hand.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import inspect
 import os
 import re
@@ -24,6 +23,8 @@ import tempfile
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
+
+from scan_inputs import load_copy
 
 TARGET = GPUTarget("cuda", 90, 32)
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
@@ -53,13 +54,6 @@ KERNELS = [
 ]
 
 
-def _load(path: str, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def registers(fn, signature: dict, constexprs: dict, num_warps: int) -> tuple[int, int]:
     """`(registers per thread, stack bytes)` of one specialization, from the cubin Triton builds for sm_90a."""
     aligned = {(i,): [["tt.divisibility", 16]] for i in range(len(signature))}
@@ -83,7 +77,7 @@ def main() -> None:
     args = ap.parse_args()
     print("| file | kernel | scan | warps | registers | stack (spill) bytes |\n|---|---|---|---|---|---|")
     for i, path in enumerate(args.files):
-        module = _load(path, f"slot_chunk_{i}")
+        module = load_copy(path, f"slot_chunk_{i}")
         for name, signature, constexprs in KERNELS:
             for reverse in (False, True):
                 fn = getattr(module, name)

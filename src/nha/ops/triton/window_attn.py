@@ -15,7 +15,17 @@ import torch
 import triton
 import triton.language as tl
 
-from nha.ops.triton.common import block, new_output
+from nha.ops.triton.common import block, kernel_precision, new_output
+
+
+@triton.jit
+def _dot(a, b, PREC: tl.constexpr):
+    # a @ b accumulated in float32. "ieee" (float32 inputs, and every input under the interpreter, whose products of
+    # half operands come out wrong: common.kernel_precision) multiplies float32 copies of the operands, which are
+    # exact for half ones, so a bf16 or fp16 call is testable on CPU; else PREC's product of the operands as given
+    if PREC == "ieee":
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    return tl.dot(a, b, input_precision=PREC)
 
 
 @triton.jit
@@ -53,13 +63,13 @@ def window_fwd_kernel(
                       other=0.0)
         b_v = tl.load(v + (p_cols[:, None] * H + i_h) * V + o_v[None, :], mask=m_cols[:, None] & (o_v[None, :] < V),
                       other=0.0)
-        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC) * qk_scale
+        b_s = _dot(b_q, tl.trans(b_k), DOT_PREC) * qk_scale
         b_s = tl.where(_band_mask(rows, cols, valid + i_n * E, E, WINDOW), b_s, float("-inf"))
         b_mnew = tl.maximum(b_m, tl.max(b_s, axis=1))
         b_p = tl.exp2(b_s - b_mnew[:, None])
         b_alpha = tl.exp2(b_m - b_mnew)
         b_l = b_l * b_alpha + tl.sum(b_p, axis=1)
-        b_acc = b_acc * b_alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v, input_precision=DOT_PREC)
+        b_acc = b_acc * b_alpha[:, None] + _dot(b_p.to(b_v.dtype), b_v, DOT_PREC)
         b_m = b_mnew
     has = b_l > 0
     b_o = b_acc / tl.where(has, b_l, 1.0)[:, None]
@@ -108,12 +118,12 @@ def window_bwd_dkdv_kernel(
             b_delta = tl.load(delta + p_rows * HQ + i_hq, mask=m_rows, other=0.0)
             band = ((rows[None, :] >= cols[:, None]) & (rows[None, :] - WINDOW < cols[:, None]) & m_rows[None, :]
                     & b_key[:, None])
-            b_st = tl.dot(b_k, tl.trans(b_q), input_precision=DOT_PREC) * scale  # [BN, BM]
+            b_st = _dot(b_k, tl.trans(b_q), DOT_PREC) * scale  # [BN, BM]
             b_pt = tl.exp(tl.where(band, b_st - b_lse[None, :], float("-inf")))
-            b_dv += tl.dot(b_pt.to(b_do.dtype), b_do, input_precision=DOT_PREC)
-            b_dpt = tl.dot(b_v, tl.trans(b_do), input_precision=DOT_PREC)
+            b_dv += _dot(b_pt.to(b_do.dtype), b_do, DOT_PREC)
+            b_dpt = _dot(b_v, tl.trans(b_do), DOT_PREC)
             b_dst = b_pt * (b_dpt - b_delta[None, :])
-            b_dk += tl.dot(b_dst.to(b_q.dtype), b_q, input_precision=DOT_PREC)
+            b_dk += _dot(b_dst.to(b_q.dtype), b_q, DOT_PREC)
     tl.store(dk + (p_cols[:, None] * H + i_h) * K + o_k[None, :], b_dk * scale, mask=m_kk)
     tl.store(dv + (p_cols[:, None] * H + i_h) * V + o_v[None, :], b_dv, mask=m_vv)
 
@@ -148,12 +158,12 @@ def window_bwd_dq_kernel(
                       other=0.0)
         b_v = tl.load(v + (p_cols[:, None] * H + i_h) * V + o_v[None, :], mask=m_cols[:, None] & (o_v[None, :] < V),
                       other=0.0)
-        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC) * scale
+        b_s = _dot(b_q, tl.trans(b_k), DOT_PREC) * scale
         b_s = tl.where(_band_mask(rows, cols, valid + i_n * E, E, WINDOW), b_s, float("-inf"))
         b_p = tl.exp(b_s - b_lse[:, None])
-        b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PREC)
+        b_dp = _dot(b_do, tl.trans(b_v), DOT_PREC)
         b_ds = b_p * (b_dp - b_delta[:, None])
-        b_dq += tl.dot(b_ds.to(b_k.dtype), b_k, input_precision=DOT_PREC)
+        b_dq += _dot(b_ds.to(b_k.dtype), b_k, DOT_PREC)
     tl.store(dq + (p_rows[:, None] * HQ + i_hq) * K + o_k[None, :], b_dq * scale, mask=m_qk)
 
 
@@ -196,7 +206,7 @@ def _backward_configs(K: int, V: int, dtype: torch.dtype, window: int, interpret
 
 
 def _precision(dtype: torch.dtype) -> str:
-    return "ieee" if dtype == torch.float32 else "tf32"
+    return kernel_precision("ieee" if dtype == torch.float32 else "tf32")
 
 
 def window_forward(q, k, v, valid_i8, window: int, scale: float, tiles: Optional[dict] = None,
