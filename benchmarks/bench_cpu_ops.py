@@ -93,7 +93,8 @@ def main() -> None:
         f"CPU ({cpu}, {torch.get_num_threads()} threads), torch {torch.__version__}, float32, forward+backward, "
         "B=1, H=8, K=V=64, M=64, w=64; median of runs, peak = resident-set growth during one step.",
         "",
-        "| T | SDPA causal ms | chunk_nha ms | chunk / SDPA | naive ms | naive / chunk | SDPA peak MiB | chunk peak MiB |",
+        "| T | SDPA causal ms | chunk_nha ms | chunk / SDPA | naive ms | naive / chunk | SDPA peak MiB "
+        "| chunk peak MiB |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for T in args.lengths:

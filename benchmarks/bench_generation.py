@@ -79,8 +79,9 @@ def main(argv=None) -> None:
 
 def write_markdown(rows, args, params, machine) -> None:
     lines = [
-        f"Machine: {machine}. Model: 6 layers, hidden 256, 4 query / 2 key-value heads x 64, vocab 4096 (~{params / 1e6:.1f}M "
-        f"parameters), float32, batch 1. NHA: window 64, 64 slots per head; nha-h: layers 2 and 5 full attention.",
+        f"Machine: {machine}. Model: 6 layers, hidden 256, 4 query / 2 key-value heads x 64, vocab 4096 "
+        f"(~{params / 1e6:.1f}M parameters), float32, batch 1. NHA: window 64, 64 slots per head; nha-h: layers 2 "
+        "and 5 full attention.",
         f"Decode: {args.new_tokens} greedy tokens after the context, each step timed alone; tokens/s = 1 / median step "
         f"(mean in brackets); cache: bytes held by "
         f"the NHACache after decoding; prefill in chunks of {args.prefill_chunk} through the cache.",

@@ -20,9 +20,9 @@ from pathlib import Path
 def model_args(preset: str, hidden: int, layers: int) -> list[str]:
     """The default (768 wide, 14 layers, head dim 64, byte vocabulary) has ~100M parameters; `nha-h` has w = 64,
     M = 64 and makes layers 5 and 11 full attention (the preset's one in every 6)."""
-    fields = {"vocab_size": 256, "hidden_size": hidden, "intermediate_size": hidden * 8 // 3, "num_hidden_layers": layers,
-              "num_attention_heads": hidden // 64, "num_key_value_heads": max(1, hidden // 192),
-              "tie_word_embeddings": "true"}
+    fields = {"vocab_size": 256, "hidden_size": hidden, "intermediate_size": hidden * 8 // 3,
+              "num_hidden_layers": layers, "num_attention_heads": hidden // 64,
+              "num_key_value_heads": max(1, hidden // 192), "tie_word_embeddings": "true"}
     if preset != "transformer":
         fields.update(window_size=64, num_slots=64)
     args = ["--size", "340m"]
@@ -34,8 +34,9 @@ def model_args(preset: str, hidden: int, layers: int) -> list[str]:
 def train(name: str, preset: str, args, gpus: int, extra: list[str]) -> dict:
     """One `nha train` run; returns its summary from log.jsonl."""
     out = Path(args.results) / name
-    cmd = ["-m", "nha.cli", "train", "--model", preset, *model_args(preset, args.hidden, args.layers), "--data", args.data, "--seq-len", str(args.seq_len),
-           "--micro-batch-size", str(8 // gpus), "--steps", str(args.steps), "--warmup-steps", "20", "--lr", "6e-4",
+    cmd = ["-m", "nha.cli", "train", "--model", preset, *model_args(preset, args.hidden, args.layers),
+           "--data", args.data, "--seq-len", str(args.seq_len), "--micro-batch-size", str(8 // gpus),
+           "--steps", str(args.steps), "--warmup-steps", "20", "--lr", "6e-4",
            "--eval-every", str(args.steps), "--eval-batches", "4", "--log-every", "10", "--save-every", "0",
            "--out", str(out), "--no-progress", *extra]
     launcher = [sys.executable] if gpus == 1 else [sys.executable, "-m", "torch.distributed.run",
@@ -80,7 +81,8 @@ def main() -> None:
         except subprocess.CalledProcessError as err:
             print(f"!! {name} failed: {err}", flush=True)
     card = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    lines = [f"{card}, torch {torch.__version__}; {args.steps} steps of 8 x {args.seq_len} bytes (global), bf16 autocast.", "",
+    lines = [f"{card}, torch {torch.__version__}; {args.steps} steps of 8 x {args.seq_len} bytes (global), "
+             "bf16 autocast.", "",
              "| run | GPUs | steps | train loss | held-out loss | tokens/s | peak GPU memory (GiB) |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:

@@ -4,7 +4,8 @@ N sequences, E time, H heads, M slots, D head dim. Times each primitive alone wi
 grid of tiles / warps (of each read-out's two kernels) / dot precisions, so the launch defaults in slot_chunk.py
 are measured choices; `--chunk` times another chunk length, `--reverse` the backward's reverse-type calls.
 
-    PYTHONPATH=src python benchmarks/tune_slot_kernels.py [--tokens 65536] [--heads 16] [--chunk 64] [--quick] [--reverse]
+    PYTHONPATH=src python benchmarks/tune_slot_kernels.py [--tokens 65536] [--heads 16] [--chunk 64] [--quick]
+        [--reverse]
     PYTHONPATH=src python benchmarks/tune_slot_kernels.py --reverse --paired   # the backward's paired logits
 """
 from __future__ import annotations

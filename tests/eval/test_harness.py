@@ -6,8 +6,8 @@ from nha.eval.harness import evaluate, results_table, task_config
 from nha.eval.loading import byte_tokenizer
 
 ARC_DOCS = [
-    {"id": "a", "question": "Which is a liquid?", "choices": {"text": ["ice", "water", "stone"], "label": ["A", "B", "C"]},
-     "answerKey": "B"},
+    {"id": "a", "question": "Which is a liquid?",
+     "choices": {"text": ["ice", "water", "stone"], "label": ["A", "B", "C"]}, "answerKey": "B"},
     {"id": "b", "question": "What gives light?", "choices": {"text": ["sun", "rock"], "label": ["1", "2"]},
      "answerKey": "1"},
 ]
@@ -51,6 +51,7 @@ def test_bad_tasks_and_paths_are_clear_errors(tmp_path):
         task_config("piqa", tmp_path)
     with pytest.raises(FileNotFoundError, match="task file"):
         task_config(str(tmp_path / "missing.yaml"))
-    (tmp_path / "t.yaml").write_text("task: t\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: no.jsonl\n")
+    (tmp_path / "t.yaml").write_text(
+        "task: t\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: no.jsonl\n")
     with pytest.raises(FileNotFoundError, match="no.jsonl does not exist"):
         task_config(str(tmp_path / "t.yaml"))

@@ -74,7 +74,8 @@ class NativeHybridAttention(nn.Module):
             raise ValueError(f"num_heads ({num_heads}) must be a positive multiple of num_kv_heads ({num_kv_heads})")
         if head_dim is None:
             if hidden_size % num_heads != 0:
-                raise ValueError(f"hidden_size ({hidden_size}) must divide by num_heads ({num_heads}), or give head_dim")
+                raise ValueError(
+                    f"hidden_size ({hidden_size}) must divide by num_heads ({num_heads}), or give head_dim")
             head_dim = hidden_size // num_heads
         if window_size is not None and (isinstance(window_size, bool) or window_size < 0):
             raise ValueError(f"window_size must be an int >= 0 or None (full attention), got {window_size!r}")
@@ -84,7 +85,8 @@ class NativeHybridAttention(nn.Module):
             raise ValueError(f"gate_normalizer must be > 0, got {gate_normalizer}")
         if slot_feature_map not in FEATURE_MAPS:
             raise ValueError(f"slot_feature_map must be one of {list(FEATURE_MAPS)}, got {slot_feature_map!r}")
-        self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim = hidden_size, num_heads, num_kv_heads, head_dim
+        self.hidden_size, self.num_heads = hidden_size, num_heads
+        self.num_kv_heads, self.head_dim = num_kv_heads, head_dim
         self.num_slots, self.window_size, self.gate_normalizer = num_slots, window_size, gate_normalizer
         self.layer_idx, self.backend, self.low_memory_backward = layer_idx, backend, low_memory_backward
         self.v_silu, self.slot_feature_map = v_silu, slot_feature_map
@@ -160,7 +162,8 @@ class NativeHybridAttention(nn.Module):
             if self.f_proj is None:
                 g = q.new_zeros(B, T, H, 0)
             else:
-                g = (F.logsigmoid(self.f_proj(hidden_states).float()) / self.gate_normalizer).to(q.dtype).view(B, T, H, M)
+                g = F.logsigmoid(self.f_proj(hidden_states).float()) / self.gate_normalizer
+                g = g.to(q.dtype).view(B, T, H, M)
             o = self._nha(q, k, v, g, q_win, k_win, new_mask, past_key_values, cu_seqlens)
         if new_mask is not None:
             o = o * new_mask[:, :, None, None].to(o.dtype)
@@ -193,7 +196,8 @@ class NativeHybridAttention(nn.Module):
             cu = F.pad(new_mask.sum(-1).cumsum(0), (1, 0)).to(torch.int32)
             packed = [x.flatten(0, 1).index_select(0, keep)[None] for x in (q, k, v, g, q_win, k_win)]
             o_packed, new_state = run(*packed, cu=cu)
-            o = o_packed.new_zeros(B * T, *o_packed.shape[2:]).index_copy(0, keep, o_packed[0]).view(B, T, -1, o_packed.shape[-1])
+            o = o_packed.new_zeros(B * T, *o_packed.shape[2:]).index_copy(0, keep, o_packed[0])
+            o = o.view(B, T, -1, o_packed.shape[-1])
         if layer is not None:
             layer.update_state(new_state, T)
         return o

@@ -94,7 +94,8 @@ class NHAConfig(PretrainedConfig):
             layers = list(layers or []) + [i for i in range(every - 1, self.num_hidden_layers, every)]
         for i in layers or []:
             if not _is_int(i) or not -self.num_hidden_layers <= i < self.num_hidden_layers:
-                raise ValueError(f"full_attention_layers holds {i!r}, not a layer index in 0..{self.num_hidden_layers - 1}")
+                raise ValueError(
+                    f"full_attention_layers holds {i!r}, not a layer index in 0..{self.num_hidden_layers - 1}")
             # a layer made full attention here is a plain attention layer: no slots, so no gate to leave unused
             windows[i], slots[i] = None, 0
         for i, (w, m) in enumerate(zip(windows, slots)):
@@ -110,7 +111,8 @@ class NHAConfig(PretrainedConfig):
         if self.gate_normalizer <= 0:
             raise ValueError(f"gate_normalizer must be > 0, got {self.gate_normalizer}")
         if self.hidden_act not in ACT2FN:
-            raise ValueError(f"hidden_act must be an activation transformers knows (e.g. 'silu'), got {self.hidden_act!r}")
+            raise ValueError(
+                f"hidden_act must be an activation transformers knows (e.g. 'silu'), got {self.hidden_act!r}")
         if self.slot_feature_map not in (None, "swish"):
             raise ValueError(f"slot_feature_map must be None or 'swish', got {self.slot_feature_map!r}")
         # transformers' own RoPE standardization: accepts rope_theta / rope_scaling and fills rope_parameters

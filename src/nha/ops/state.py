@@ -47,7 +47,8 @@ class NHAState:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> "NHAState":
-        """The state before the first token: empty slots (masked) and an empty window of ``w`` rows (0 if ``w is None``)."""
+        """The state before the first token: empty slots (masked) and an empty window of ``w`` rows (0 if ``w is
+        None``)."""
         rows = 0 if window_size is None else window_size
         n, h, m = num_seqs, num_heads, num_slots
         z = lambda *shape, dt=dtype: torch.zeros(*shape, dtype=dt, device=device)  # noqa: E731

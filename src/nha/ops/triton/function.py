@@ -5,10 +5,10 @@ N sequences, S rows (the extended layout of chunk.py's `_extend`), E scan steps 
 HQ query heads, H key/value heads, G = HQ // H, K/V head dims, M slots.
 
 Forward: window path (banded attention, lse; its output in q's dtype) -> scan gates (`slot_gates`: shift by w,
-masks, GQA; the write strengths in bf16 for a prefill of bf16 inputs) -> both passes' chunk-start states -> slot pass 1 (logits z) -> merge (p, a; without gradients made
-inside the next read-out from z and lse, never in memory: `WindowMerge`) -> slot pass 2 with the output
-`o = a * o_win + S^T p` in its epilogue. The slot kernels read k and v shifted by w and per query head in place
-(shift.py's `Shifted`): no copies, nothing more saved.
+masks, GQA; the write strengths in bf16 for a prefill of bf16 inputs) -> both passes' chunk-start states -> slot
+pass 1 (logits z) -> merge (p, a; without gradients made inside the next read-out from z and lse, never in memory:
+`WindowMerge`) -> slot pass 2 with the output `o = a * o_win + S^T p` in its epilogue. The slot kernels read k and
+v shifted by w and per query head in place (shift.py's `Shifted`): no copies, nothing more saved.
 Backward: pass 2's dp -> merge and output together
 (`merge_backward`: dz, the window path's do and delta, the gate term dz * z + p * dp) -> window path -> pass 1's dq
 (in q's dtype with the window path's dq added in its epilogue) -> both passes' reverse scans side by side
