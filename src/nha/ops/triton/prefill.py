@@ -23,9 +23,9 @@ import triton.language as tl
 
 from nha.ops.triton.common import block, kernel_precision, new_output
 from nha.ops.triton.merge import WindowMerge, _merge_rows
-from nha.ops.triton.slot_chunk import (FUSED_SLOTS, _chunk_flag, _chunk_products, _chunk_state, _flags, _levels,
-                                       _merge_args, _mm, _source, _state_args, _tiles, logits_intra_kernel,
-                                       read_weights, slot_read, source_rows)
+from nha.ops.triton.slot_chunk import (FUSED_SLOTS, _chunk_flag, _chunk_products, _chunk_state, _flags, _merge_args,
+                                       _mm, _source, _state_args, _tiles, read_weights, slot_read, source_rows,
+                                       steep_logits)
 
 
 @triton.jit
@@ -133,17 +133,13 @@ def prefill_output(q, s, gc, k, v, h_k, h_v, chunk: int, prec: str, merge: Windo
     win = o_win is not None
     if win and o_win.shape[1] != out_rows:
         raise ValueError(f"o_win must have the output's {out_rows} rows, got {o_win.shape[1]}")
-    dot = kernel_precision(prec)
     prefill_chunk_kernel[(E // chunk, N * H)](
         q_t, s, gc, gentle, k_t, hk, hks, hkd, v_t, hv, hvs, hvd, z, a_qk, lse_win, live, o_win if win else o, o,
         E, H, M, K, V, hk_row, hv_row, *q_map, *k_map, *v_map, p_rows, out_rows, scale,
-        BT=chunk, BM=BM, BK=BK, NK=triton.cdiv(K, BK), BV=BV, NV=triton.cdiv(V, BV), DOT_PREC=dot, WIN=win,
-        H_GROUP=group, SPAN=span, num_warps=num_warps, **({} if maxnreg is None else {"maxnreg": maxnreg}))
+        BT=chunk, BM=BM, BK=BK, NK=triton.cdiv(K, BK), BV=BV, NV=triton.cdiv(V, BV), DOT_PREC=kernel_precision(prec),
+        WIN=win, H_GROUP=group, SPAN=span, num_warps=num_warps, **({} if maxnreg is None else {"maxnreg": maxnreg}))
     # steep chunks: the in-chunk part of z, then the read (its weights with the merge inside), of those chunks alone
-    sub = 16
-    logits_intra_kernel[(E // sub, N * H)](s, gc, gentle, a_qk, z, s, a_qk, E, H, M, BT=chunk, BC=sub, BM=BM,
-                                           LEVELS=_levels(sub), REVERSE=False, DOT_PREC=dot, DUAL=False,
-                                           A_SWAPPED=False, num_warps=4)
+    steep_logits(s, gc, gentle, a_qk, z, chunk, prec)
     w = read_weights(z, s, gc, chunk, prec, gentle=gentle, merge=merge)
     return slot_read(z, s, gc, v, h_v, chunk, prec, weights=w, gentle=gentle, merge=merge, o_win=o_win, dtype=dtype,
                      out_rows=out_rows, steep_only=True, into=o)

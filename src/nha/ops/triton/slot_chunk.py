@@ -729,8 +729,20 @@ def slot_logits(q, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, su
         for a in swapped_products:
             if a.shape != (N, E, H, chunk):
                 raise ValueError(f"in-chunk products must be {(N, E, H, chunk)}, got {tuple(a.shape)}")
-    logits_intra_kernel[(E // sub, N * H)](x, gc, gentle, a_qy, z, x2, a_qy2, E, H, M, BT=chunk, BC=sub,
-                                           BM=block(M), LEVELS=_levels(sub), REVERSE=reverse,
-                                           DOT_PREC=kernel_precision(prec), DUAL=plus is not None, A_SWAPPED=swapped,
-                                           num_warps=intra_warps)
+    steep_logits(x, gc, gentle, a_qy, z, chunk, prec, reverse, sub, intra_warps, x2 if plus is not None else None,
+                 a_qy2, swapped)
     return (z, a_qy) if keep_products else z
+
+
+def steep_logits(x, gc, gentle, a_qy, z, chunk: int, prec: str, reverse: bool = False, sub: int = 16,
+                 num_warps: int = 4, x2=None, a_qy2=None, swapped: bool = False) -> None:
+    """Adds the in-chunk part of the logits of the steep chunks (`gentle` flags 0) to z `[N, E, H, M]` in place, from
+    the per-chunk kernel's products a_qy `[N, E, H, chunk]` (`logits_intra_kernel`, one program per sub-chunk of
+    `sub` rows); with x2 a second read-out's too, from a_qy2 (`slot_logits`' `plus`); `swapped` as
+    `slot_logits`' swapped_products."""
+    N, E, H, M = x.shape
+    dual = x2 is not None
+    logits_intra_kernel[(E // sub, N * H)](x, gc, gentle, a_qy, z, x2 if dual else x, a_qy2 if dual else a_qy, E, H,
+                                           M, BT=chunk, BC=sub, BM=block(M), LEVELS=_levels(sub), REVERSE=reverse,
+                                           DOT_PREC=kernel_precision(prec), DUAL=dual, A_SWAPPED=swapped,
+                                           num_warps=num_warps)
