@@ -19,6 +19,7 @@ triton.testing.do_bench.
 from __future__ import annotations
 
 import argparse
+import inspect
 
 import torch
 import triton
@@ -69,8 +70,10 @@ def main() -> None:
         (h_k, _), (h_v, _) = scan_states.slot_states_pair(s, gc, k, v, None, None, CHUNK, prec, **states_launch)
         h_k, h_v = (mod.ChunkStates(*h) for h in (h_k, h_v))  # a copy's read-outs check for their own class
         z = mod.slot_logits(q, s, gc, k, h_k, CHUNK, prec, gentle=gentle, **logits_launch)
-        t = {"gates": ms(lambda: gates_mod.slot_gates(g_layer, valid, ends, 64, 1, E, CHUNK, with_g_in=False,
-                                                     s_dtype=s.dtype)),
+        # a gates.py before session 18 wrote the scan's gates too unless told not to
+        old_gates = {"with_g_in": False} if "with_g_in" in inspect.signature(gates_mod.slot_gates).parameters else {}
+        t = {"gates": ms(lambda: gates_mod.slot_gates(g_layer, valid, ends, 64, 1, E, CHUNK, s_dtype=s.dtype,
+                                                     **old_gates)),
              "states": ms(lambda: scan_states.slot_states_pair(s, gc, k, v, None, None, CHUNK, prec,
                                                                **states_launch)),
              "logits": ms(lambda: mod.slot_logits(q, s, gc, k, h_k, CHUNK, prec, gentle=gentle, **logits_launch)),

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from nha.ops.triton import common
 from nha.ops.triton.common import CompiledLaunch, chunk_cumsum
-from nha.ops.triton.gates import reverse_chunk_cumsum, slot_gates, slot_gates_grad
+from nha.ops.triton.gates import reverse_chunk_cumsum, reverse_slot_gates, slot_gates, slot_gates_grad
 from nha.ops.triton.merge import WindowMerge, merge_forward
 from nha.ops.triton.shift import shifted, unshift
 from nha.ops.triton.scan_states import slot_states, slot_states_pair
@@ -57,22 +57,20 @@ def test_slot_gates_and_their_gradient(shift, group, with_final, S):
     valid = torch.rand(N, S, device=DEVICE) > 0.2
     valid[0, 3] = True
     ends = torch.tensor([S, 37], device=DEVICE)
-    g_in, s_in, gc, gentle = slot_gates(g.detach(), valid.to(torch.int8), ends, shift, group, length, chunk)
+    s_in, gc, gentle = slot_gates(g.detach(), valid.to(torch.int8), ends, shift, group, length, chunk)
     ref = _scan_gates_reference(g, valid, ends, shift, group, length)
-    torch.testing.assert_close(g_in, ref.float(), rtol=0, atol=0)
     torch.testing.assert_close(s_in.double(), -torch.expm1(ref), rtol=1e-6, atol=1e-12)
     torch.testing.assert_close(gc, chunk_cumsum(ref.float(), chunk), rtol=1e-5, atol=1e-5)
     # the chunks' flags are gentle_chunks' of gc, bit for bit (the flags' own test is the next one)
     assert torch.equal(gentle, gentle_chunks(gc, chunk))
     assert not gentle.any()  # M <= 16: every chunk is steep (FUSED_SLOTS)
-    # a forward without gradients skips g_in, and only it
-    none, s_only, gc_only, gentle_only = slot_gates(g.detach(), valid.to(torch.int8), ends, shift, group, length,
-                                                    chunk, with_g_in=False)
-    assert none is None and torch.equal(s_only, s_in) and torch.equal(gc_only, gc) and torch.equal(gentle_only, gentle)
+    # the backward's flipped-scan cumsums, made from the layer's gates: those of the scan's gates, bit for bit
+    gcr = reverse_slot_gates(g.detach(), valid.to(torch.int8), ends, shift, group, length, chunk)
+    assert torch.equal(gcr, reverse_chunk_cumsum(ref.float(), chunk))
     # a bf16 prefill's write strengths: the float32 ones rounded to bf16 (to nearest on a GPU, as torch does; the
     # interpreter's conversion truncates: within one bf16 unit in the last place, at most 2^-7 of the value)
-    _, s_half, gc_half, gentle_half = slot_gates(g.detach(), valid.to(torch.int8), ends, shift, group, length, chunk,
-                                                 with_g_in=False, s_dtype=torch.bfloat16)
+    s_half, gc_half, gentle_half = slot_gates(g.detach(), valid.to(torch.int8), ends, shift, group, length, chunk,
+                                              s_dtype=torch.bfloat16)
     assert s_half.dtype == torch.bfloat16 and torch.equal(gc_half, gc) and torch.equal(gentle_half, gentle)
     if common.INTERPRETER:
         torch.testing.assert_close(s_half.float(), s_in, rtol=2.0 ** -7, atol=0)
@@ -80,7 +78,7 @@ def test_slot_gates_and_their_gradient(shift, group, with_final, S):
         assert torch.equal(s_half, s_in.bfloat16())
     # what both slot passes pass back: to the chunk cumsums G through dG = dz z + p dp - s (ds1 + ds2) (plus the final
     # states' term at the last step), and to s = 1 - exp(g_in) through ds1 + ds2
-    dz, z, p, dp, ds1, ds2 = (torch.randn_like(g_in) for _ in range(6))
+    dz, z, p, dp, ds1, ds2 = (torch.randn_like(s_in) for _ in range(6))
     final = torch.randn(N, H * group, M, device=DEVICE) if with_final else None
     dG = dz * z + p * dp - s_in * (ds1 + ds2)
     if with_final:

@@ -12,17 +12,18 @@ v shifted by w and per query head in place (shift.py's `Shifted`): no copies, no
 Backward: pass 2's dp -> merge and output together
 (`merge_backward`: dz, the window path's do and delta, the gate term dz * z + p * dp) -> window path -> pass 1's dq
 (in q's dtype with the window path's dq added in its epilogue) -> both passes' reverse scans side by side
-(`reverse_scans`: ds1 + ds2, dk, dv; in a steep chunk a reverse read-out takes the in-chunk tensors of the forward
-read-out of its pair swapped, transposed: dk dq's weights, dv the output's, the logits the forward's q . k and dp's
-do . v; a gentle chunk's are one product in the read-out itself, and every read-out of both directions takes
-`slot_gates`' one set of flags) -> the gates' gradient of both passes at once (chunk totals, then every chunk's
-reverse cumsum summed over the group and moved back to the layer's rows, in g's dtype). dk and dv leave their
-read-outs at the layer's rows in the input's dtype with the window path's share added when G = 1; with G > 1 one
-pass each sums the group, shifts them back and adds that share (`unshift`). Both passes' chunk-start states, the
-output read's in-chunk weights, the logits' in-chunk products, the scan's gates and the slot probabilities are saved
-by the forward (`Plan.save_states`); else the backward recomputes them as the forward made them (bit-identical; of
-the forward's own tensors only the window path's output and log-sum-exp, the slot logits, the merge weights a and
-the final slots stay).
+(`reverse_scans`, over the flipped scan's gates made again from the layer's, `reverse_slot_gates`: ds1 + ds2, dk,
+dv; in a steep chunk a reverse read-out takes the in-chunk tensors of the forward read-out of its pair swapped,
+transposed: dk dq's weights, dv the output's, the logits the forward's q . k and dp's do . v; a gentle chunk's are
+one product in the read-out itself, and every read-out of both directions takes `slot_gates`' one set of flags) ->
+the gates' gradient of both passes at once (chunk totals, then every chunk's reverse cumsum summed over the group and
+moved back to the layer's rows, in g's dtype). dk and dv leave their read-outs at the layer's rows in the input's
+dtype with the window path's share added when G = 1; with G > 1 one pass each sums the group, shifts them back and
+adds that share (`unshift`). Both passes' chunk-start states, the output read's in-chunk weights, the logits'
+in-chunk products, the scan's write strengths and chunk cumsums and the slot probabilities are saved by the forward
+(`Plan.save_states`); else the backward recomputes them as the forward made them (bit-identical; of the forward's
+own tensors only the window path's output and log-sum-exp, the slot logits, the merge weights a and the final slots
+stay).
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from typing import Optional
 import torch
 
 from nha.ops.chunk import MASKED, pad_time
-from nha.ops.triton.gates import slot_gates, slot_gates_grad
+from nha.ops.triton.gates import reverse_slot_gates, slot_gates, slot_gates_grad
 from nha.ops.triton.merge import WindowMerge, merge_backward, merge_forward
 from nha.ops.triton.prefill import can_fuse, prefill_output
 from nha.ops.triton.shift import shifted, unshift
@@ -121,8 +122,7 @@ class NHAFunction(torch.autograd.Function):
         # a prefill of bf16 inputs rounds every slot-kernel operand to bf16 ("bf16" products): its write strengths
         # are stored so, half the bytes of the row input that all its slot kernels read
         s_dtype = torch.bfloat16 if prec == "bf16" else torch.float32
-        g_in, s_in, gc, gentle = slot_gates(g, plan.valid_i8, plan.ends, plan.shift, G, E, C, with_g_in=plan.backward,
-                                            s_dtype=s_dtype)
+        s_in, gc, gentle = slot_gates(g, plan.valid_i8, plan.ends, plan.shift, G, E, C, s_dtype=s_dtype)
         k_in, v_in = shifted(k, plan.shift, E, G), shifted(v, plan.shift, E, G)
         q_in = pad_time(q, E).contiguous()
         # a group's query heads hold the same gates: one chunk-start state per key/value head serves them all
@@ -143,8 +143,8 @@ class NHAFunction(torch.autograd.Function):
         states = (*h_k[:3], *h_v[:3])  # both `ChunkStates`' tensors (local, start, decay); ctx.span their span
         ctx.span = h_k.span
         if not plan.save_states:  # the backward recomputes these, as the forward made them
-            states, w_o, a_qk, g_in, s_in, gc, p = (None,) * 6, None, None, None, None, None, None
-        ctx.save_for_backward(qw, kw, v, o_win, lse_win, g, q_in, k, g_in, s_in, gc, z, p, a, h0_k, h0_v, ht_k, ht_v,
+            states, w_o, a_qk, s_in, gc, p = (None,) * 6, None, None, None, None, None
+        ctx.save_for_backward(qw, kw, v, o_win, lse_win, g, q_in, k, s_in, gc, z, p, a, h0_k, h0_v, ht_k, ht_v,
                               *states, w_o, a_qk, gentle)
         return o, ht_k, ht_v
 
@@ -192,7 +192,7 @@ def _at_layer_rows(d_in: torch.Tensor, plan: Plan, S: int, G: int, other: Option
 
 def _backward(do, dht_k, dht_v, saved, plan: Plan, shared, span: int):
     """`(dq, dk, dv, dg, dq_win, dk_win, dh0_k, dh0_v)` of the full operator."""
-    (qw, kw, v, o_win, lse_win, g, q_in, k, g_in, s_in, gc, z, p, a, h0_k, h0_v, ht_k, ht_v, *states, w_o, a_qk,
+    (qw, kw, v, o_win, lse_win, g, q_in, k, s_in, gc, z, p, a, h0_k, h0_v, ht_k, ht_v, *states, w_o, a_qk,
      gentle) = saved
     h_k = h_v = None
     if states[0] is not None:
@@ -201,7 +201,7 @@ def _backward(do, dht_k, dht_v, saved, plan: Plan, shared, span: int):
     E, C, G, prec = plan.length, plan.chunk, plan.group, plan.prec
     k_in, v_in = shifted(k, plan.shift, E, G), shifted(v, plan.shift, E, G)
     if gc is None:  # not saved (`save_states=False`): the scan's gates and the slot probabilities, recomputed
-        g_in, s_in, gc, _ = slot_gates(g, plan.valid_i8, plan.ends, plan.shift, G, E, C)
+        s_in, gc, _ = slot_gates(g, plan.valid_i8, plan.ends, plan.shift, G, E, C)
         p, _ = merge_forward(z, lse_win, plan.live_i8, plan.scale)
     if h_k is None:  # and both passes' chunk-start states (freed before the reverse scans)
         h_k, h_v, _, _ = forward_states(s_in, gc, k_in, v_in, h0_k, h0_v, C, prec, group=G)
@@ -233,7 +233,8 @@ def _backward(do, dht_k, dht_v, saved, plan: Plan, shared, span: int):
     if a_qk is None:  # the forward's in-chunk products q . k, for the reverse logits (recomputed as it made them)
         a_qk = chunk_products(q_in, k_in, gc, C, prec)
     dk_other = dk_w if shared[1] else None
-    ds, dk, dv, dh0_k, dh0_v = reverse_scans(s_in, g_in, gc, (dz, q_in, k_in, dht_k, h0_k),
+    gcr = reverse_slot_gates(g, plan.valid_i8, plan.ends, plan.shift, G, E, C)  # the flipped scan's chunk cumsums
+    ds, dk, dv, dh0_k, dh0_v = reverse_scans(s_in, gcr, gc, (dz, q_in, k_in, dht_k, h0_k),
                                              (p, do_in, v_in, dht_v, h0_v),
                                              (w_dq, w_o), (a_qk, a_dov), C, prec, gentle,
                                              dk_out=_layer_rows_out(plan, S, G, dk_other, k.dtype),

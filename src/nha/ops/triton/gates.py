@@ -48,30 +48,28 @@ def _scan_gates(g, valid, ends, t, i_n, i_h, o_m, m_m, S, H, M, SHIFT):
 
 
 @triton.jit
-def slot_gates_kernel(g, valid, ends, g_in, s_in, gc, gentle, S, E, H, HQ, M, SHIFT,
-                      BT: tl.constexpr, BM: tl.constexpr, STORE_G: tl.constexpr):
+def slot_gates_kernel(g, valid, ends, s_in, gc, gentle, S, E, H, HQ, M, SHIFT, BT: tl.constexpr, BM: tl.constexpr):
     # step t of query head hq absorbs the gates of row t - SHIFT of key/value head hq // G, clamped; 0 elsewhere
-    # (g_in itself stored if STORE_G: only a backward reads it), and the chunk's flag: whether its gates fall by less
+    # (`_scan_gates`: the gates themselves are never stored), and the chunk's flag: whether its gates fall by less
     # than GENTLE_SPAN in every slot, in this scan and in the flipped one (slot_chunk.gentle_chunks: the same
     # arithmetic)
     i_t, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_hq = (i_nh // HQ).to(tl.int64), (i_nh % HQ).to(tl.int64)
     i_h = i_hq // (HQ // H)
-    o_i = tl.arange(0, BT)
-    o_t = i_t * BT + o_i
+    o_t = i_t * BT + tl.arange(0, BT)
     o_m = tl.arange(0, BM)
     m_m = o_m < M
     b_g = _scan_gates(g, valid, ends, o_t, i_n, i_h, o_m, m_m, S, H, M, SHIFT)
     p = ((i_n * E + o_t.to(tl.int64))[:, None] * HQ + i_hq) * M + o_m[None, :]
-    if STORE_G:
-        tl.store(g_in + p, b_g, mask=m_m[None, :])
     tl.store(s_in + p, _neg_expm1(b_g).to(s_in.dtype.element_ty), mask=m_m[None, :])
     b_gc = tl.cumsum(b_g, axis=0)
     tl.store(gc + p, b_gc, mask=m_m[None, :])
-    # the next chunk's first gate (0 after the last chunk: the flipped scan's g'_0), from a block of its rows
-    b_after = _scan_gates(g, valid, ends, o_t + BT, i_n, i_h, o_m, m_m & (i_t * BT + BT < E), S, H, M, SHIFT)
-    after = tl.sum(tl.where(o_i[:, None] == 0, b_after, 0.0), axis=0)
-    first = tl.sum(tl.where(o_i[:, None] == 0, b_g, 0.0), axis=0)
+    # the chunk's first gate and the next chunk's (0 after the last chunk: the flipped scan's g'_0), each loaded as a
+    # block of one row: picking a row out of a [BT, BM] block is a reduction across warps (H200, 64k x 16 heads,
+    # bf16 s: 0.396 -> 0.294 ms, benchmarks/results/ab_prefill_kernels_session18_call1_h200.log)
+    o_1 = i_t * BT + BT + tl.arange(0, 1)
+    after = tl.sum(_scan_gates(g, valid, ends, o_1, i_n, i_h, o_m, m_m & (i_t * BT + BT < E), S, H, M, SHIFT), axis=0)
+    first = tl.sum(_scan_gates(g, valid, ends, o_1 - BT, i_n, i_h, o_m, m_m, S, H, M, SHIFT), axis=0)
     # the chunk's total as the sum of its gates, not the cumsum's last row: with s stored in bf16 the compiler would
     # run the cumsum a second time in the bf16 store's layout for that row (H200, 64k x 16 heads: 0.45 -> 0.40 ms;
     # benchmarks/results/ab_prefill_kernels_session17_call5_h200.log)
@@ -82,18 +80,18 @@ def slot_gates_kernel(g, valid, ends, g_in, s_in, gc, gentle, S, E, H, HQ, M, SH
 
 
 @triton.jit
-def reverse_chunk_cumsum_kernel(g, gcr, E, H, M, BT: tl.constexpr, BM: tl.constexpr):
-    # the gates of the time-flipped scan, g'_u = g_(E-u) with g'_0 = 0, summed from each chunk's start (flipped order)
+def reverse_slot_gates_kernel(g, valid, ends, gcr, S, E, H, HQ, M, SHIFT, BT: tl.constexpr, BM: tl.constexpr):
+    # the gates of the time-flipped scan, g'_u = g_in_(E-u) with g'_0 = 0 (g_in: slot_gates_kernel's gates of the
+    # scan, made again from the layer's), summed from each chunk's start (flipped order)
     i_t, i_nh = tl.program_id(0), tl.program_id(1)
-    i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
+    i_n, i_hq = (i_nh // HQ).to(tl.int64), (i_nh % HQ).to(tl.int64)
     o_u = i_t * BT + tl.arange(0, BT)
     o_m = tl.arange(0, BM)
     m_m = o_m < M
-    src = i_n * E + (E - o_u).to(tl.int64)
-    b_g = tl.load(g + (src[:, None] * H + i_h) * M + o_m[None, :], mask=(o_u >= 1)[:, None] & m_m[None, :], other=0.0)
+    b_g = _scan_gates(g, valid, ends, E - o_u, i_n, i_hq // (HQ // H), o_m, m_m, S, H, M, SHIFT)
+    b_g = tl.where((o_u >= 1)[:, None], b_g, 0.0)
     rows = i_n * E + o_u.to(tl.int64)
-    tl.store(gcr + (rows[:, None] * H + i_h) * M + o_m[None, :], tl.cumsum(b_g.to(tl.float32), axis=0),
-             mask=m_m[None, :])
+    tl.store(gcr + (rows[:, None] * HQ + i_hq) * M + o_m[None, :], tl.cumsum(b_g, axis=0), mask=m_m[None, :])
 
 
 @triton.jit
@@ -182,16 +180,28 @@ def _grid(x: torch.Tensor, chunk: int) -> tuple[int, int]:
     return x.shape[1] // chunk, x.shape[0] * x.shape[2]
 
 
-def reverse_chunk_cumsum(g: torch.Tensor, chunk: int) -> torch.Tensor:
-    """`[N, E, H, M]` log gates -> the chunk cumsums of the time-flipped scan's gates `g'_u = g_(E-u)`, `g'_0 = 0`
-    (float32, flipped order: row u is time E - 1 - u)."""
-    N, E, H, M = g.shape
-    gcr = new_output(N, E, H, M, device=g.device)
-    reverse_chunk_cumsum_kernel[_grid(g, chunk)](g, gcr, E, H, M, BT=chunk, BM=block(M))
+def reverse_slot_gates(g, valid_i8, ends, shift: int, group: int, length: int, chunk: int) -> torch.Tensor:
+    """The chunk cumsums of the time-flipped slot scan's gates `g'_u = g_in_(E-u)`, `g'_0 = 0` (E = `length`), where
+    g_in are the scan's gates that `slot_gates` (same arguments) makes from the layer's: `[N, E, H * G, M]` float32,
+    flipped order (row u is time E - 1 - u). The backward makes them from the layer's gates g rather than keep g_in:
+    a training forward writes 4 bytes per element and slot less, and this kernel reads g in its own dtype."""
+    N, S, H, M = g.shape
+    HQ = H * group
+    gcr = new_output(N, length, HQ, M, device=g.device)
+    reverse_slot_gates_kernel[(length // chunk, N * HQ)](g, valid_i8, ends, gcr, S, length, H, HQ, M, shift, BT=chunk,
+                                                         BM=block(M))
     return gcr
 
 
-def slot_gates(g, valid_i8, ends, shift: int, group: int, length: int, chunk: int, with_g_in: bool = True,
+def reverse_chunk_cumsum(g: torch.Tensor, chunk: int) -> torch.Tensor:
+    """`[N, E, H, M]` gates already in scan order (every row valid, no shift; clamped at MIN_LOG_GATE as all gates
+    are) -> the chunk cumsums of the time-flipped scan's gates `g'_u = g_(E-u)`, `g'_0 = 0` (`reverse_slot_gates`)."""
+    N, E = g.shape[:2]
+    valid = torch.ones(N, E, dtype=torch.int8, device=g.device)
+    return reverse_slot_gates(g, valid, torch.full((N,), E, device=g.device), 0, 1, E, chunk)
+
+
+def slot_gates(g, valid_i8, ends, shift: int, group: int, length: int, chunk: int,
                s_dtype: torch.dtype = torch.float32):
     """The slot scan's gates from the layer's: step t of query head hq absorbs row `t - shift` of key/value head
     `hq // group`, clamped at MIN_LOG_GATE, while it is a valid row and t < `ends[n]`; 0 (an identity step) elsewhere.
@@ -199,27 +209,24 @@ def slot_gates(g, valid_i8, ends, shift: int, group: int, length: int, chunk: in
     Args:
         g: `[N, S, H, M]` log gates in any float dtype; valid_i8: `[N, S]` int8; ends: `[N]` int64.
         shift: the window w (rows enter the slots w steps late); group: G; length: E, a multiple of `chunk`.
-        with_g_in: return g_in (only the backward needs it; a forward without gradients skips its 4 bytes per
-            element and slot).
         s_dtype: s_in's dtype: float32 (the backward's gate gradient needs it), or bfloat16 for a prefill of bf16
             inputs (half the bytes of the slot kernels' row input; `slot_chunk.dot_precision`'s "bf16" rounds it to
             bf16 in every product anyway).
 
     Returns:
-        `(g_in, s_in, gc, gentle)`: `[N, E, H * G, M]` float32 the gates (None without `with_g_in`), the write
-        strengths `1 - exp(g_in)` (in `s_dtype`) and the chunk cumsums of g_in; `[N, E / chunk, H * G]` int8 the chunks'
-        `slot_chunk.gentle_chunks(gc, chunk)` flags (the same test, each chunk's total summed in another order).
+        `(s_in, gc, gentle)`: `[N, E, H * G, M]` the write strengths `1 - exp(g_in)` (in `s_dtype`) of the scan's
+        gates g_in (never stored: `reverse_slot_gates` makes them again for the backward) and g_in's chunk cumsums
+        (float32); `[N, E / chunk, H * G]` int8 the chunks' `slot_chunk.gentle_chunks(gc, chunk)` flags (the same
+        test, each chunk's total summed in another order).
     """
     N, S, H, M = g.shape
     HQ = H * group
     s_in = new_output(N, length, HQ, M, dtype=s_dtype, device=g.device)
     gc = new_output(N, length, HQ, M, device=g.device)
-    g_in = new_output(N, length, HQ, M, device=g.device) if with_g_in else None
     gentle = new_output(N, length // chunk, HQ, dtype=torch.int8, device=g.device)
-    slot_gates_kernel[(length // chunk, N * HQ)](g, valid_i8, ends, s_in if g_in is None else g_in, s_in, gc, gentle,
-                                                 S, length, H, HQ, M, shift, BT=chunk, BM=block(M),
-                                                 STORE_G=with_g_in)
-    return g_in, s_in, gc, gentle
+    slot_gates_kernel[(length // chunk, N * HQ)](g, valid_i8, ends, s_in, gc, gentle, S, length, H, HQ, M, shift,
+                                                 BT=chunk, BM=block(M))
+    return s_in, gc, gentle
 
 
 def slot_gates_grad(g, valid_i8, ends, shift: int, chunk: int, s_in, pass_term, ds,

@@ -23,7 +23,6 @@ from typing import Optional
 
 import torch
 
-from nha.ops.triton.gates import reverse_chunk_cumsum
 from nha.ops.triton.merge import WindowMerge
 from nha.ops.triton.scan_states import slot_states, slot_states_pair
 from nha.ops.triton.slot_chunk import read_weights, slot_logits, slot_read
@@ -85,7 +84,7 @@ def read_dq(dz, s, gc, k, h, chunk: int, prec: str, gentle=None, **out):
     return slot_read(dz, s, gc, k, h, chunk, prec, weights=w, gentle=gentle, **out), w
 
 
-def reverse_scans(s, g, gc, logits: tuple, read: tuple, weights: tuple, products: tuple, chunk: int, prec: str,
+def reverse_scans(s, gcr, gc, logits: tuple, read: tuple, weights: tuple, products: tuple, chunk: int, prec: str,
                   gentle: torch.Tensor, dk_out: Optional[dict] = None, dv_out: Optional[dict] = None):
     """`(ds, dk, dv, dh0_k, dh0_v)`: the rest of both passes' gradients but the gates', from their states R run
     backwards in time (the module docstring), both scans side by side so their logits read-outs share the decays.
@@ -94,14 +93,13 @@ def reverse_scans(s, g, gc, logits: tuple, read: tuple, weights: tuple, products
     ds = ds1 + ds2 `[N, E, H, M]` float32 (the gates' gradient only needs the sum); dk, dv float32 `[N, E, H, D]`, or
     as `dk_out` / `dv_out` say (`slot_read`'s output options); dh0_k / dh0_v None without h0.
     The kernels read r, c, s, y back to front and write in place order; only the gates' chunk cumsums are laid out in
-    the flipped order (one `reverse_chunk_cumsum` for both scans). Both scans' float32 chunk-start states
+    the flipped order: gcr, `gates.reverse_slot_gates`' (one for both scans). Both scans' float32 chunk-start states
     `[N, H, E / chunk, M, K + V]` are alive together (one scan at a time would hold one of them).
     weights: the in-chunk weights of `read_dq` and of `read_forward`: a reverse read of (s, r) has the forward read
     of (r, s)'s weights swapped (`slot_read`'s `swapped_weights`), so dk and dv take them instead of computing their
     own. products: the in-chunk products of `logits_forward` and of `read_dp` (`q_t . k_j`, `do_t . v_j`): the
     paired reverse logits take them swapped (`slot_logits`' `swapped_products`). gentle: the forward scans'
     `gentle_chunks` flags, which made those tensors: the reverse kernels take them flipped."""
-    gcr = reverse_chunk_cumsum(g, chunk)
     flags = gentle.flip(1).contiguous()
     (dz, q, k, dht_k, h0_k), (p, do, v, dht_v, h0_v) = logits, read
     hr_k, r0_k = slot_states(dz, gcr, q, dht_k, chunk, prec, reverse=True)
