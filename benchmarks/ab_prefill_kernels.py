@@ -7,9 +7,7 @@ Each variant names a slot_chunk.py file (this checkout's, or a copy with the ker
 (`slot_chunk._mm`'s DOT_PREC: "tf32", "bf16", ...), the dtype of the slot write strengths x = 1 - exp(g) (float32,
 or bf16: half the bytes of that input in all three slot kernels) and, optionally, a gates.py file and launch options
 (`key=value,...`: states_span, states_bd, states_warps for `slot_states_pair`'s span, block_d and num_warps;
-logits_bd, logits_warps, read_bd, read_warps for the read-outs' per-chunk kernels; fused=1 times prefill.py's
-`prefill_output`, the logits, merge and read in one kernel per chunk, in place of the two read-outs, with fused_bk,
-fused_bv, fused_warps and fused_nreg for its K and V blocks, warps and register cap). The states kernel lives in
+logits_bd, logits_warps, read_bd, read_warps for the read-outs' per-chunk kernels). The states kernel lives in
 scan_states.py and always comes from this checkout (only its precision, x's dtype and its launch vary). Median ms by
 triton.testing.do_bench.
 
@@ -26,7 +24,6 @@ import triton
 
 from nha.ops.triton import gates, scan_states, slot_chunk
 from nha.ops.triton.merge import WindowMerge
-from nha.ops.triton.prefill import prefill_output
 from scan_inputs import load_copy, scan_inputs
 
 CHUNK = 64
@@ -53,8 +50,8 @@ def main() -> None:
     valid, ends = torch.ones(N, E, dtype=torch.int8, device="cuda"), torch.full((N,), E, device="cuda")
     ms = lambda f: triton.testing.do_bench(f, warmup=10, rep=100, return_mode="median")  # noqa: E731
     print(f"card: {torch.cuda.get_device_name(0)}; E={E}, H={H}, M={M}, D={D}; median ms (triton do_bench)")
-    print("| slot_chunk.py | precision | x dtype | gates.py | launch | gates | states | logits | read | fused | sum |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| slot_chunk.py | precision | x dtype | gates.py | launch | gates | states | logits | read | sum |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for i, variant in enumerate(args.variant):
         path, prec, xdtype, gates_path, options = (variant + ":this:").split(":")[:5]
         opt = {key: int(value) for key, value in (o.split("=") for o in options.split(",") if o)}
@@ -62,8 +59,6 @@ def main() -> None:
                              num_warps=opt.get("states_warps", 4))
         logits_launch = dict(block_d=opt.get("logits_bd", 0), num_warps=opt.get("logits_warps", 4))
         read_launch = dict(block_d=opt.get("read_bd", 0), num_warps=opt.get("read_warps", 4))
-        fused_launch = dict(block_k=opt.get("fused_bk", 0), block_v=opt.get("fused_bv", 0),
-                            num_warps=opt.get("fused_warps", 4), maxnreg=opt.get("fused_nreg"))
         mod = slot_chunk if path == "this" else load_copy(path, f"slot_chunk_{i}")
         gates_mod = gates if gates_path == "this" else load_copy(gates_path, f"gates_{i}")
         s = s32.to(getattr(torch, xdtype))
@@ -79,11 +74,7 @@ def main() -> None:
              "logits": ms(lambda: mod.slot_logits(q, s, gc, k, h_k, CHUNK, prec, gentle=gentle, **logits_launch)),
              "read": ms(lambda: mod.slot_read(z, s, gc, v, h_v, CHUNK, prec, gentle=gentle, merge=merge,
                                               o_win=o_win, dtype=torch.bfloat16, **read_launch))}
-        if opt.get("fused"):  # this checkout's fused kernel in place of the two read-outs
-            del t["logits"], t["read"]
-            t["fused"] = ms(lambda: prefill_output(q, s, gc, k, v, h_k, h_v, CHUNK, prec, merge, o_win,
-                                                   gentle=gentle, dtype=torch.bfloat16, **fused_launch))
-        cells = " | ".join(f"{t[c]:.3f}" if c in t else "-" for c in ("gates", "states", "logits", "read", "fused"))
+        cells = " | ".join(f"{t[c]:.3f}" for c in ("gates", "states", "logits", "read"))
         print(f"| {path} | {prec} | {xdtype} | {gates_path} | {options or '-'} | {cells} | {sum(t.values()):.3f} |",
               flush=True)
 

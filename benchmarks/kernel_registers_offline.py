@@ -7,11 +7,9 @@ against the driver's figures on an H200 (`bench_gpu_profile.py`, session 6): the
 session-5 logits kernel in both directions and the session-6 `logits_chunk_kernel`. Sizes: M = 64, D = 128, chunk
 64, 16-row sub-chunks, tf32x3 products. Not a timing: on an H200 the in-chunk kernels ran fastest at 2 warps while
 spilling (BENCHMARKS.md, session 6); this is for seeing what a change does to register pressure before a GPU is at
-hand. `--prefill` compiles this checkout's fused prefill kernel (prefill.py) instead, as a bf16 prefill launches it
-("bf16" products, bf16 write strengths, states in segments, a bf16 window output).
+hand.
 
     python benchmarks/kernel_registers_offline.py [path/to/slot_chunk.py ...]   # default: this checkout's
-    python benchmarks/kernel_registers_offline.py --prefill [--warps 4 8]
 """
 from __future__ import annotations
 
@@ -71,30 +69,12 @@ def registers(fn, signature: dict, constexprs: dict, num_warps: int) -> tuple[in
     return int(usage.group(1)), int(usage.group(2))
 
 
-def prefill_registers(warps: list[int]) -> None:
-    """The fused prefill kernel's registers and spills at M = 64, K = V = 128, as `triton_nha` would launch it."""
-    from nha.ops.triton.prefill import prefill_chunk_kernel  # noqa: PLC0415
-
-    pointers = dict(q=BF16, x=BF16, gc=F32, gentle=I8, k=BF16, hk=BF16, hks=F32, hkd=F32, v=BF16, hv=BF16, hvs=F32,
-                    hvd=F32, z=F32, a_qk=F32, lse_win=F32, live=I8, o_win=BF16, o=BF16, scale="fp32")
-    consts = dict(BT=64, BM=64, BK=128, NK=1, BV=128, NV=1, DOT_PREC="bf16", WIN=True, H_GROUP=1, SPAN=32)
-    sig = {a: pointers.get(a, I32) for a in prefill_chunk_kernel.arg_names if a not in consts}
-    print("| kernel | warps | registers | stack (spill) bytes |\n|---|---|---|---|")
-    for n in warps:
-        regs, spills = registers(prefill_chunk_kernel, sig, consts, n)
-        print(f"| prefill_chunk_kernel | {n} | {regs} | {spills} |", flush=True)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     here = os.path.join(os.path.dirname(__file__), "..", "src", "nha", "ops", "triton", "slot_chunk.py")
     ap.add_argument("files", nargs="*", default=[here], help="slot_chunk.py files (default: this checkout's)")
     ap.add_argument("--warps", type=int, nargs="+", default=[2, 4])
-    ap.add_argument("--prefill", action="store_true", help="the fused prefill kernel (prefill.py) instead")
     args = ap.parse_args()
-    if args.prefill:
-        prefill_registers(args.warps)
-        return
     print("| file | kernel | scan | warps | registers | stack (spill) bytes |\n|---|---|---|---|---|---|")
     for i, path in enumerate(args.files):
         module = load_copy(path, f"slot_chunk_{i}")

@@ -119,35 +119,6 @@ def test_a_forward_without_gradients_gives_the_same_output():
     torch.testing.assert_close(o.detach(), o_no_grad, rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("w", [6, None], ids=["w6", "unbounded"])
-def test_the_fused_prefill_gives_the_same_output(w, monkeypatch):
-    # function.FUSED_PREFILL (prefill.py: logits, merge and read in one kernel per chunk) against the separate
-    # kernels, without gradients: GQA, packed sequences, an initial state, gentle and steep chunks (M = 40)
-    from nha.ops.triton import function  # noqa: PLC0415
-
-    calls = []
-
-    def spy(*args, **kwargs):
-        calls.append(1)
-        return prefill_output(*args, **kwargs)
-
-    prefill_output = function.prefill_output
-    monkeypatch.setattr(function, "prefill_output", spy)
-    x = make_inputs(1, 140, 4, 2, 16, 16, 40, device=DEVICE, gate_scale=4.0, seed=5)
-    state = random_state(3, 2, 40, 16, 16, w, [9, 0, 4]).map(lambda t: t.to(DEVICE))
-    cu = torch.tensor([0, 70, 100, 140], device=DEVICE)
-    outs = []
-    for fused in (False, True):
-        monkeypatch.setattr(function, "FUSED_PREFILL", fused)
-        with torch.no_grad():
-            outs.append(triton_nha(x["q"], x["k"], x["v"], x["g"], w, initial_state=state, cu_seqlens=cu,
-                                   output_final_state=True))
-    assert calls == [1]
-    (o, final), (o_fused, final_fused) = outs
-    torch.testing.assert_close(o_fused, o, rtol=1e-5, atol=1e-5)  # the same sums, in another order
-    torch.testing.assert_close(final_fused.slot_k, final.slot_k, rtol=0, atol=0)
-
-
 def test_a_bf16_prefill_keeps_half_write_strengths(monkeypatch):
     # without gradients, bf16 inputs get "bf16" slot products (`slot_chunk.dot_precision`), so the write strengths
     # s = 1 - exp(g) are stored in bf16 (half the bytes every slot kernel reads); with gradients they stay float32

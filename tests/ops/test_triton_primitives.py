@@ -245,39 +245,6 @@ def test_the_output_read_makes_the_merge_itself():
             slot_read(z, x, gc, y, h, chunk, "ieee", merge=merge, **wrong)
 
 
-@pytest.mark.parametrize("window", [True, False], ids=["window", "no-window"])
-def test_the_fused_prefill_matches_logits_then_read(window):
-    # prefill.py: one kernel per chunk for the logits, the merge and the output read (steep chunks finished by the
-    # sub-chunk kernels and a steep-only read) gives logits_forward then read_forward's output: GQA (k and v shifted,
-    # read per query head), K != V, states in segments from an initial state, gentle and steep chunks, rows past
-    # the layer's S and rows whose slots are not live
-    from nha.ops.triton.prefill import prefill_output  # noqa: PLC0415
-    from nha.ops.triton.slot_scan import forward_states, logits_forward, read_forward  # noqa: PLC0415
-
-    N, S, KV, group, M, K, V, chunk, E, shift = 2, 100, 1, 2, 40, 9, 12, 64, 128, 3
-    H = KV * group
-    g = _gentle_and_steep_gates(N, E, KV, M).repeat_interleave(group, 2)
-    x, gc = (-torch.expm1(g)), chunk_cumsum(g, chunk)
-    flags = gentle_chunks(gc, chunk)
-    assert 0 < int(flags.sum()) < flags.numel()
-    k_in = shifted(torch.randn(N, S, KV, K, device=DEVICE), shift, E, group)
-    v_in = shifted(torch.randn(N, S, KV, V, device=DEVICE), shift, E, group)
-    q = torch.randn(N, E, H, K, device=DEVICE)
-    h0_k, h0_v = torch.randn(N, KV, M, K, device=DEVICE), torch.randn(N, KV, M, V, device=DEVICE)
-    h_k, h_v, _, _ = forward_states(x, gc, k_in, v_in, h0_k, h0_v, chunk, "ieee", group=group)
-    lse_win = torch.randn(N, S, H, device=DEVICE)
-    o_win = torch.randn(N, S, H, V, device=DEVICE) if window else None
-    live = (torch.rand(N, S, device=DEVICE) > 0.2).to(torch.int8)
-    merge = WindowMerge(lse_win, live, 0.5)
-    z, _ = logits_forward(q, x, gc, k_in, h_k, chunk, "ieee", gentle=flags)
-    want, _ = read_forward(z, x, gc, v_in, h_v, chunk, "ieee", merge, o_win, gentle=flags, out_rows=S)
-    got = prefill_output(q, x, gc, k_in, v_in, h_k, h_v, chunk, "ieee", merge, o_win, gentle=flags, out_rows=S)
-    assert got.shape == (N, S, H, V)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)  # the same sums, in another order
-    with pytest.raises(ValueError, match="slots"):
-        prefill_output(q, x[..., :8], gc[..., :8], k_in, v_in, h_k, h_v, chunk, "ieee", merge, o_win)
-
-
 @pytest.mark.parametrize("M", [5, 64])
 def test_reverse_reads_take_the_forward_reads_weights_swapped(M):
     # the backward's dk / dv reads (reverse, row input s, state writes r) reuse the forward-direction weights of

@@ -35,17 +35,11 @@ import torch
 from nha.ops.chunk import MASKED, pad_time
 from nha.ops.triton.gates import reverse_slot_gates, slot_gates, slot_gates_grad
 from nha.ops.triton.merge import WindowMerge, merge_backward, merge_forward
-from nha.ops.triton.prefill import can_fuse, prefill_output
 from nha.ops.triton.shift import shifted, unshift
 from nha.ops.triton.slot_chunk import ChunkStates, chunk_products, read_weights
 from nha.ops.triton.slot_scan import (final_term, forward_states, logits_forward, read_dp, read_dq, read_forward,
                                      reverse_scans)
 from nha.ops.triton.window_attn import window_backward, window_forward
-
-
-# A forward without gradients takes its slot logits, merge and output read in one kernel per chunk
-# (prefill.py) instead of logits_forward then read_forward. Off until an A/B on a GPU shows it pays.
-FUSED_PREFILL = False
 
 
 @dataclass
@@ -128,17 +122,12 @@ class NHAFunction(torch.autograd.Function):
         # a group's query heads hold the same gates: one chunk-start state per key/value head serves them all
         h_k, h_v, ht_k, ht_v = forward_states(s_in, gc, k_in, v_in, h0_k, h0_v, C, prec, group=G)
         merge = WindowMerge(lse_win, plan.live_i8, plan.scale)
-        if not plan.backward and FUSED_PREFILL and can_fuse(g.shape[-1]):
-            o = prefill_output(q_in, s_in, gc, k_in, v_in, h_k, h_v, C, prec, merge, o_win, gentle=gentle,
-                               dtype=q.dtype, out_rows=S)
-            z = a_qk = w_o = probs = None
-        else:
-            z, a_qk = logits_forward(q_in, s_in, gc, k_in, h_k, C, prec, gentle=gentle)
-            # the merge (p, a): in memory for a backward (which reads them: the merge kernel writes them once), else
-            # made in the output's read-out and never stored
-            probs = merge_forward(z, lse_win, plan.live_i8, plan.scale) if plan.backward else None
-            o, w_o = read_forward(z, s_in, gc, v_in, h_v, C, prec, merge, o_win, probs, gentle=gentle, dtype=q.dtype,
-                                  out_rows=S)
+        z, a_qk = logits_forward(q_in, s_in, gc, k_in, h_k, C, prec, gentle=gentle)
+        # the merge (p, a): in memory for a backward (which reads them: the merge kernel writes them once), else made
+        # in the output's read-out and never stored
+        probs = merge_forward(z, lse_win, plan.live_i8, plan.scale) if plan.backward else None
+        o, w_o = read_forward(z, s_in, gc, v_in, h_v, C, prec, merge, o_win, probs, gentle=gentle, dtype=q.dtype,
+                              out_rows=S)
         p, a = probs or (None, None)
         states = (*h_k[:3], *h_v[:3])  # both `ChunkStates`' tensors (local, start, decay); ctx.span their span
         ctx.span = h_k.span

@@ -61,21 +61,15 @@ def _merge(b_z, b_lw, b_live, inside, o_m, M, scale):
 
 
 @triton.jit
-def _merge_rows(b_z, lse_win, live, n, t, i_h, S, H, M, o_m, scale):
-    # `(p [R, BM], a [R])` of the rows at times t of sequence n and query head i_h (of H) from their raw slot logits
-    # b_z `[R, BM]` and the window path's lse_win `[N, S, H]` and live `[N, S]` (`WindowMerge`)
+def _slot_probs(z, lse_win, live, p_z, n, t, i_h, S, H, M, o_m, scale):
+    # `(p [R, BM], a [R])` of the rows at times t of sequence n and query head i_h (of H) from the raw slot logits at
+    # offsets p_z `[R, BM]` of z and the window path's lse_win `[N, S, H]` and live `[N, S]` (`WindowMerge`)
     inside = t < S
     row = n * S + t.to(tl.int64)
     b_lw = tl.load(lse_win + row * H + i_h, mask=inside, other=MASKED)
     b_live = tl.load(live + row, mask=inside, other=0) != 0
-    return _merge(b_z, b_lw, b_live, inside, o_m, M, scale)
-
-
-@triton.jit
-def _slot_probs(z, lse_win, live, p_z, n, t, i_h, S, H, M, o_m, scale):
-    # `_merge_rows` of the raw slot logits at offsets p_z `[R, BM]` of z
     b_z = tl.load(z + p_z, mask=(o_m < M)[None, :], other=0.0)
-    return _merge_rows(b_z, lse_win, live, n, t, i_h, S, H, M, o_m, scale)
+    return _merge(b_z, b_lw, b_live, inside, o_m, M, scale)
 
 
 @triton.jit

@@ -237,7 +237,7 @@ def slot_read_kernel(
     E, H, M, D, H_ROW, OUT_ROWS, OUT_SHIFT, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP, P_ROWS, scale,
     BT: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr,
     REVERSE: tl.constexpr, DOT_PREC: tl.constexpr, WIN: tl.constexpr, SCALED: tl.constexpr, W_SWAPPED: tl.constexpr,
-    H_GROUP: tl.constexpr = 1, SPAN: tl.constexpr = 0, MERGE: tl.constexpr = False, STEEP_ONLY: tl.constexpr = False,
+    H_GROUP: tl.constexpr = 1, SPAN: tl.constexpr = 0, MERGE: tl.constexpr = False,
 ):
     # o_t = S_t^T p_t for one chunk of BT rows and one D block: the chunk-start state's part plus the in-chunk part
     # W y. A gentle chunk (`gentle_chunks`) makes its W here, (p_t exp(G_t)) . (x_j exp(-G_j)) in one product; a steep
@@ -249,14 +249,10 @@ def slot_read_kernel(
     # W_SWAPPED (REVERSE only): w holds the forward read's weights of the swapped pair (row input x, state writes p),
     # whose entry [t_c, place of t_r in its chunk] is this read's W[r, c] (slot_read says why). h holds one state
     # per H_GROUP heads (GQA: `slot_states(..., group)`), its rows H_ROW apart (`slot_states_pair`: one of two states
-    # side by side); with SPAN, in segments (hs, hd: `_chunk_state`). STEEP_ONLY: a gentle chunk's program returns at
-    # once (prefill.py's fused kernel wrote its output)
+    # side by side); with SPAN, in segments (hs, hd: `_chunk_state`)
     i_d, i_t, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = (i_nh // H).to(tl.int64), (i_nh % H).to(tl.int64)
     NT = E // BT
-    if STEEP_ONLY:
-        if _chunk_flag(gentle, i_n, i_t, i_h, NT, H) != 0:  # before any load
-            return
     o_m = tl.arange(0, BM)
     o_d = i_d * BD + tl.arange(0, BD)
     o_t = tl.arange(0, BT)
@@ -587,8 +583,7 @@ def slot_read(p, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub:
               num_warps: int = 4, intra_warps: int = 2, a=None, o_win=None,
               dtype: torch.dtype = torch.float32, out_rows: Optional[int] = None, out_shift: int = 0,
               swapped_weights: Optional[torch.Tensor] = None, weights: Optional[torch.Tensor] = None,
-              gentle: Optional[torch.Tensor] = None, merge: Optional[WindowMerge] = None, steep_only: bool = False,
-              into: Optional[torch.Tensor] = None) -> torch.Tensor:
+              gentle: Optional[torch.Tensor] = None, merge: Optional[WindowMerge] = None) -> torch.Tensor:
     """`o_t = S_t^T p_t`: p `[N, E, H, M]` -> `[N, out_rows, H, D]` in `dtype` (p, x, y and o back to front if
     `reverse`): o_t lands at row `t - out_shift` (t in storage order) where that row is in `[0, out_rows)`, default E
     rows and no shift; the scan's k/v gradient moved back to the layer's rows is `out_shift = w`.
@@ -604,8 +599,6 @@ def slot_read(p, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub:
     programs in gentle chunks return at once; not launched when weights are given).
 
     `weights`: W from `read_weights(p, x, gc, ...)` with the same direction and flags (computed here when None).
-    `steep_only`: only the steep chunks' rows are read (and written), into `into` (`[N, out_rows, H, D]` in `dtype`,
-    returned) when given: prefill.py's fused kernel writes the gentle chunks' output.
     `swapped_weights` (reverse only): the forward-direction `read_weights(x, p, gc_forward, ...)`, the pair swapped,
     with `gentle` the forward's flags flipped (required). A reverse read's W[t, j] (j >= t in time)
     = sum_m p_tm x_jm exp(G_jm - G_tm) is that W's entry [j, t]: the backward's dk and dv reads take the steep
@@ -626,10 +619,7 @@ def slot_read(p, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub:
     elif w.shape != (N, E, H, chunk):
         raise ValueError(f"in-chunk weights must be {(N, E, H, chunk)}, got {tuple(w.shape)}")
     out_rows = E if out_rows is None else out_rows
-    o = new_output(N, out_rows, H, D, dtype=dtype, device=x.device) if into is None else into
-    if o.shape != (N, out_rows, H, D) or o.dtype != dtype or not o.is_contiguous():
-        raise ValueError(f"into must be a contiguous {dtype} tensor {(N, out_rows, H, D)}, got {o.dtype} "
-                         f"{tuple(o.shape)}")
+    o = new_output(N, out_rows, H, D, dtype=dtype, device=x.device)
     win = o_win is not None
     if win and o_win.shape[1] != out_rows:
         raise ValueError(f"o_win must have the output's {out_rows} rows, got {o_win.shape[1]}")
@@ -641,8 +631,7 @@ def slot_read(p, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, sub:
                            lse_win, live, E, H, M, D, h_row, out_rows, out_shift, *y_map, p_rows, scale, BT=chunk,
                            BM=BM, BD=BD, REVERSE=reverse, DOT_PREC=kernel_precision(prec), WIN=win,
                            SCALED=a is not None, W_SWAPPED=swapped_weights is not None, H_GROUP=h_group, SPAN=span,
-                           MERGE=merge is not None, STEEP_ONLY=steep_only, num_warps=num_warps,
-                           **_read_registers(prec, BM))
+                           MERGE=merge is not None, num_warps=num_warps, **_read_registers(prec, BM))
     return o
 
 
