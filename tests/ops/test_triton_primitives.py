@@ -220,6 +220,23 @@ def test_gentle_chunks_hold_in_both_scan_directions(reverse_steep):
     assert steep == ([(1, 1)] if reverse_steep else [(1, 1), (2, 1)])
 
 
+def test_slot_gates_flags_chunks_as_gentle_chunks_does():
+    # slot_gates_kernel's flags take a chunk's first gate and the next chunk's from their own loads, not from
+    # gentle_chunks' cumsums: spikes at chunks' first rows put the flipped scan's fall near GENTLE_SPAN, where a wrong
+    # row flips the flag (a shift of 3 moves the gates 3 steps later, with a sequence ending early)
+    N, S, H, M, chunk, shift = 2, 509, 2, 40, 64, 3
+    E = (S + shift + chunk - 1) // chunk * chunk
+    gen = torch.Generator().manual_seed(11)
+    g = -torch.rand(N, S, H, M, generator=gen) * 0.5
+    firsts = torch.arange(chunk - shift, S, chunk)  # rows that reach a chunk's first step
+    g[:, firsts, :, 0] -= 10 + torch.rand(N, len(firsts), H, generator=gen) * 30  # one slot: one spike per chunk
+    g = g.to(DEVICE)
+    valid, ends = torch.ones(N, S, dtype=torch.int8, device=DEVICE), torch.tensor([E, 300], device=DEVICE)
+    _, gc, flags = slot_gates(g, valid, ends, shift, 1, E, chunk)
+    assert torch.equal(flags, gentle_chunks(gc, chunk))
+    assert 0 < int(flags.sum()) < flags.numel()
+
+
 def test_the_output_read_makes_the_merge_itself():
     # without gradients, NHA's output read-out takes the raw slot logits z and the window path's lse (`WindowMerge`)
     # and makes the merge's slot probabilities p and window share a in registers, in its in-chunk weights of steep
