@@ -29,7 +29,6 @@ from scan_inputs import load_copy, scan_inputs
 CHUNK = 64
 
 
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--variant", nargs="+", default=["this:tf32:float32", "this:bf16:float32", "this:tf32:bfloat16",

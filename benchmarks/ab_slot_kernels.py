@@ -25,7 +25,6 @@ from scan_inputs import load_copy, scan_inputs
 CHUNK = 64
 
 
-
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--old", nargs="+", required=True, help="paths of the slot_chunk.py files to compare against")

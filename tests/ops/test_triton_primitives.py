@@ -61,7 +61,8 @@ def test_slot_gates_and_their_gradient(shift, group, with_final, S):
     ref = _scan_gates_reference(g, valid, ends, shift, group, length)
     torch.testing.assert_close(s_in.double(), -torch.expm1(ref), rtol=1e-6, atol=1e-12)
     torch.testing.assert_close(gc, chunk_cumsum(ref.float(), chunk), rtol=1e-5, atol=1e-5)
-    # the chunks' flags are gentle_chunks' of gc, bit for bit (the flags' own test is the next one)
+    # the chunks' flags are gentle_chunks' of gc, bit for bit (all 0 here; with gentle chunks:
+    # test_slot_gates_flags_chunks_as_gentle_chunks_does)
     assert torch.equal(gentle, gentle_chunks(gc, chunk))
     assert not gentle.any()  # M <= 16: every chunk is steep (FUSED_SLOTS)
     # the backward's flipped-scan cumsums, made from the layer's gates: those of the scan's gates, bit for bit

@@ -302,27 +302,6 @@ def slot_read_kernel(
 
 
 @triton.jit
-def _chunk_products(q, y, h, hs, hd, q_rows, q_ok, y_rows, y_ok, i_sh, i_t, NT, M, D, H_ROW, o_m, m_m,
-                    BT: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, ND: tl.constexpr, DOT_PREC: tl.constexpr,
-                    WITH_H: tl.constexpr, SPAN: tl.constexpr):
-    # the D-contracted products of a chunk's BT query rows (`_source` rows of q and y; D walked in ND blocks of BD):
-    # with WITH_H the chunk-start state's part q_t . S_c `[BT, BM]` (state head i_sh, `_chunk_state`'s arguments;
-    # else zeros), and A[t, j] = q_t . y_j `[BT, BT]` (y's rows not y_ok are masked-off loads: they read nothing)
-    b_qh = tl.zeros([BT, BM], dtype=tl.float32)
-    b_a = tl.zeros([BT, BT], dtype=tl.float32)
-    for i_d in tl.static_range(0, ND):
-        o_d = i_d * BD + tl.arange(0, BD)
-        m_d = o_d < D
-        b_q = tl.load(q + q_rows[:, None] * D + o_d[None, :], mask=q_ok[:, None] & m_d[None, :], other=0.0)
-        if WITH_H:
-            b_h = _chunk_state(h, hs, hd, i_sh, i_t, NT, M, H_ROW, o_m, o_d, m_m, m_d, SPAN)
-            b_qh += _mm(b_q, tl.trans(b_h), DOT_PREC)
-        b_y = tl.load(y + y_rows[:, None] * D + o_d[None, :], mask=y_ok[:, None] & m_d[None, :], other=0.0)
-        b_a += _mm(b_q, tl.trans(b_y), DOT_PREC)
-    return b_qh, b_a
-
-
-@triton.jit
 def logits_chunk_kernel(
     q, x, gc, gentle, y, h, hs, hd, z, a_qy,
     E, H, M, D, H_ROW, Q_ROWS, Q_HEADS, Q_SHIFT, Q_GROUP, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP,
@@ -351,10 +330,23 @@ def logits_chunk_kernel(
     rows_in = i_n * E + t.to(tl.int64)
     q_rows, q_ok = _source(t, i_n, i_h, Q_ROWS, Q_HEADS, Q_SHIFT, Q_GROUP)
     y_rows, y_ok = _source(t, i_n, i_h, Y_ROWS, Y_HEADS, Y_SHIFT, Y_GROUP)
-    if not WITH_A:  # a gentle chunk's in-chunk part still needs A (a steep one's load is masked off: it reads nothing)
-        y_ok = y_ok & (flag != 0)
-    b_qh, b_a = _chunk_products(q, y, h, hs, hd, q_rows, q_ok, y_rows, y_ok, i_n * (H // H_GROUP) + i_h // H_GROUP,
-                                i_t, NT, M, D, H_ROW, o_m, m_m, BT, BM, BD, ND, DOT_PREC, WITH_Z, SPAN)
+    b_qh = tl.zeros([BT, BM], dtype=tl.float32)
+    b_a = tl.zeros([BT, BT], dtype=tl.float32)
+    for i_d in tl.static_range(0, ND):
+        o_d = i_d * BD + tl.arange(0, BD)
+        m_d = o_d < D
+        b_q = tl.load(q + q_rows[:, None] * D + o_d[None, :], mask=q_ok[:, None] & m_d[None, :], other=0.0)
+        if WITH_Z:
+            b_h = _chunk_state(h, hs, hd, i_n * (H // H_GROUP) + i_h // H_GROUP, i_t, NT, M, H_ROW, o_m, o_d, m_m,
+                               m_d, SPAN)
+            b_qh += _mm(b_q, tl.trans(b_h), DOT_PREC)
+        if WITH_A:
+            b_y = tl.load(y + y_rows[:, None] * D + o_d[None, :], mask=y_ok[:, None] & m_d[None, :], other=0.0)
+            b_a += _mm(b_q, tl.trans(b_y), DOT_PREC)
+        else:  # a gentle chunk's in-chunk part still needs A (a steep one's load is masked off: it reads nothing)
+            b_y = tl.load(y + y_rows[:, None] * D + o_d[None, :], mask=y_ok[:, None] & m_d[None, :] & (flag != 0),
+                          other=0.0)
+            b_a += _mm(b_q, tl.trans(b_y), DOT_PREC)
     if WITH_Z:
         b_gc = tl.load(gc + (rows[:, None] * H + i_h) * M + o_m[None, :], mask=m_m[None, :], other=0.0)
         p_z = z + (rows_in[:, None] * H + i_h) * M + o_m[None, :]
@@ -718,20 +710,8 @@ def slot_logits(q, x, gc, y, h, chunk: int, prec: str, reverse: bool = False, su
         for a in swapped_products:
             if a.shape != (N, E, H, chunk):
                 raise ValueError(f"in-chunk products must be {(N, E, H, chunk)}, got {tuple(a.shape)}")
-    steep_logits(x, gc, gentle, a_qy, z, chunk, prec, reverse, sub, intra_warps, x2 if plus is not None else None,
-                 a_qy2, swapped)
+    logits_intra_kernel[(E // sub, N * H)](x, gc, gentle, a_qy, z, x2, a_qy2, E, H, M, BT=chunk, BC=sub,
+                                           BM=block(M), LEVELS=_levels(sub), REVERSE=reverse,
+                                           DOT_PREC=kernel_precision(prec), DUAL=plus is not None, A_SWAPPED=swapped,
+                                           num_warps=intra_warps)
     return (z, a_qy) if keep_products else z
-
-
-def steep_logits(x, gc, gentle, a_qy, z, chunk: int, prec: str, reverse: bool = False, sub: int = 16,
-                 num_warps: int = 4, x2=None, a_qy2=None, swapped: bool = False) -> None:
-    """Adds the in-chunk part of the logits of the steep chunks (`gentle` flags 0) to z `[N, E, H, M]` in place, from
-    the per-chunk kernel's products a_qy `[N, E, H, chunk]` (`logits_intra_kernel`, one program per sub-chunk of
-    `sub` rows); with x2 a second read-out's too, from a_qy2 (`slot_logits`' `plus`); `swapped` as
-    `slot_logits`' swapped_products."""
-    N, E, H, M = x.shape
-    dual = x2 is not None
-    logits_intra_kernel[(E // sub, N * H)](x, gc, gentle, a_qy, z, x2 if dual else x, a_qy2 if dual else a_qy, E, H,
-                                           M, BT=chunk, BC=sub, BM=block(M), LEVELS=_levels(sub), REVERSE=reverse,
-                                           DOT_PREC=kernel_precision(prec), DUAL=dual, A_SWAPPED=swapped,
-                                           num_warps=num_warps)
